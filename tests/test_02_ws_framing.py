@@ -1,0 +1,298 @@
+"""Chapter 2: WebSocket frames (RFC 6455 §5): the bytes, masking, the decoder's rules."""
+
+import os
+import random
+import unittest
+
+import ws_server
+from ws_server import (Close, CloseCode, Message, Opcode, Ping, Pong, ProtocolError, Receiver,
+                       apply_mask, encode_frame)
+
+# §5.7, byte for byte.
+HELLO_UNMASKED = bytes([0x81, 0x05, 0x48, 0x65, 0x6C, 0x6C, 0x6F])
+HELLO_MASKED = bytes([0x81, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D, 0x51, 0x58])
+HEL_LO_FRAGMENTS = bytes([0x01, 0x03, 0x48, 0x65, 0x6C]) + bytes([0x80, 0x02, 0x6C, 0x6F])
+PING_HELLO_UNMASKED = bytes([0x89, 0x05, 0x48, 0x65, 0x6C, 0x6C, 0x6F])
+PONG_HELLO_MASKED = bytes([0x8A, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D, 0x51, 0x58])
+BINARY_256_HEADER = bytes([0x82, 0x7E, 0x01, 0x00])
+BINARY_64K_HEADER = bytes([0x82, 0x7F, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00])
+MASK = bytes([0x37, 0xFA, 0x21, 0x3D])
+
+
+def server_receiver(**options) -> Receiver:
+    """What the server uses: client frames must be masked."""
+    return Receiver(mask_expected=True, **options)
+
+
+def client_receiver(**options) -> Receiver:
+    """What a client uses: server frames must not be masked."""
+    return Receiver(mask_expected=False, **options)
+
+
+def masked(opcode, payload=b"", fin=True, key=MASK):
+    return encode_frame(opcode, payload, fin=fin, masking_key=key)
+
+
+class Test01RfcExamples(unittest.TestCase):
+    """§5.7 "Examples", encoded by us and decoded by us."""
+
+    def test_01_single_frame_unmasked_text(self):
+        self.assertEqual(encode_frame(Opcode.TEXT, b"Hello"), HELLO_UNMASKED)
+        self.assertEqual(client_receiver().feed(HELLO_UNMASKED), [Message(Opcode.TEXT, b"Hello")])
+
+    def test_02_single_frame_masked_text(self):
+        self.assertEqual(masked(Opcode.TEXT, b"Hello"), HELLO_MASKED)
+        self.assertEqual(server_receiver().feed(HELLO_MASKED), [Message(Opcode.TEXT, b"Hello")])
+
+    def test_03_fragmented_unmasked_text(self):
+        frames = encode_frame(Opcode.TEXT, b"Hel", fin=False) + encode_frame(Opcode.CONTINUATION, b"lo")
+        self.assertEqual(frames, HEL_LO_FRAGMENTS)
+        self.assertEqual(client_receiver().feed(HEL_LO_FRAGMENTS), [Message(Opcode.TEXT, b"Hello")])
+
+    def test_04_unmasked_ping_and_masked_pong(self):
+        self.assertEqual(encode_frame(Opcode.PING, b"Hello"), PING_HELLO_UNMASKED)
+        self.assertEqual(client_receiver().feed(PING_HELLO_UNMASKED), [Ping(b"Hello")])
+        self.assertEqual(masked(Opcode.PONG, b"Hello"), PONG_HELLO_MASKED)
+        self.assertEqual(server_receiver().feed(PONG_HELLO_MASKED), [Pong(b"Hello")])
+
+    def test_05_256_bytes_use_the_16_bit_length(self):
+        payload = os.urandom(256)
+        self.assertEqual(encode_frame(Opcode.BINARY, payload), BINARY_256_HEADER + payload)
+        self.assertEqual(client_receiver().feed(BINARY_256_HEADER + payload), [Message(Opcode.BINARY, payload)])
+
+    def test_06_64_kib_use_the_64_bit_length(self):
+        payload = os.urandom(65536)
+        self.assertEqual(encode_frame(Opcode.BINARY, payload), BINARY_64K_HEADER + payload)
+        self.assertEqual(client_receiver().feed(BINARY_64K_HEADER + payload), [Message(Opcode.BINARY, payload)])
+
+    def test_07_the_length_encoding_is_always_minimal(self):
+        for length, header_size in ((0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)):
+            with self.subTest(length=length):
+                self.assertEqual(len(encode_frame(Opcode.BINARY, bytes(length))), header_size + length)
+
+
+class Test02Masking(unittest.TestCase):
+    """§5.3: transformed[i] = original[i] XOR masking_key[i MOD 4]."""
+
+    @staticmethod
+    def by_the_definition(data, key):
+        return bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+    def test_01_the_fast_mask_equals_the_definition(self):
+        rng = random.Random(6455)
+        block = ws_server.MASK_BLOCK
+        for size in (0, 1, 3, 4, 5, 125, 1000, block - 1, block, block + 1, 3 * block + 7):
+            data, key = rng.randbytes(size), rng.randbytes(4)
+            with self.subTest(size=size):
+                self.assertEqual(apply_mask(data, key), self.by_the_definition(data, key))
+
+    def test_02_masking_twice_gives_the_original(self):
+        data = os.urandom(100_003)
+        self.assertEqual(apply_mask(apply_mask(data, MASK), MASK), data)
+
+    def test_03_a_frame_fed_one_byte_at_a_time_decodes_the_same(self):
+        payload = os.urandom(70_000)
+        frame = masked(Opcode.BINARY, payload, key=b"\x01\x02\x03\x04")
+        receiver, events = server_receiver(), []
+        for i in range(0, len(frame), 997):  # pieces that start at every phase of the key
+            events += receiver.feed(frame[i:i + 997])
+        self.assertEqual(events, [Message(Opcode.BINARY, payload)])
+
+
+class Test03Fragmentation(unittest.TestCase):
+    """§5.4: a message in several frames; control frames may come in between."""
+
+    def test_01_a_ping_between_fragments_is_delivered_before_the_message(self):
+        frames = (masked(Opcode.TEXT, b"frag", fin=False) + masked(Opcode.PING, b"?")
+                  + masked(Opcode.CONTINUATION, b"ment"))
+        self.assertEqual(server_receiver().feed(frames), [Ping(b"?"), Message(Opcode.TEXT, b"fragment")])
+
+    def test_02_empty_fragments_are_fine(self):
+        frames = (masked(Opcode.BINARY, b"", fin=False) + masked(Opcode.CONTINUATION, b"", fin=False)
+                  + masked(Opcode.CONTINUATION, b""))
+        self.assertEqual(server_receiver().feed(frames), [Message(Opcode.BINARY, b"")])
+
+    def test_03_utf8_split_across_fragments_is_valid(self):
+        euro = "€".encode()
+        frames = masked(Opcode.TEXT, euro[:1], fin=False) + masked(Opcode.CONTINUATION, euro[1:])
+        self.assertEqual(server_receiver().feed(frames), [Message(Opcode.TEXT, euro)])
+
+    def test_04_close_in_the_middle_of_a_fragmented_message_is_a_close(self):
+        # Autobahn 7.1.5: answered like any other close.
+        frames = masked(Opcode.TEXT, b"frag", fin=False) + masked(Opcode.CLOSE, b"\x03\xe8")
+        self.assertEqual(server_receiver().feed(frames), [Close(1000, "")])
+
+
+class Test04ProtocolErrors(unittest.TestCase):
+    """Each broken rule fails the connection with its close code (§7.4.1)."""
+
+    def assertFails(self, data, code, receiver=None, fragment=""):
+        events = (receiver or server_receiver()).feed(data)
+        self.assertIsInstance(events[-1], ProtocolError, events)
+        self.assertEqual(events[-1].code, code)
+        self.assertIn(fragment, events[-1].reason)
+        return events
+
+    def test_01_an_unmasked_client_frame_is_1002(self):
+        self.assertFails(encode_frame(Opcode.TEXT, b"hi"), 1002, fragment="unmasked")
+
+    def test_02_a_masked_server_frame_is_1002_for_the_client(self):
+        self.assertFails(HELLO_MASKED, 1002, client_receiver(), fragment="masked")
+
+    def test_03_rsv_bits_without_an_extension_are_1002(self):
+        for rsv in (0x40, 0x20, 0x10):
+            frame = bytearray(HELLO_MASKED)
+            frame[0] |= rsv
+            with self.subTest(rsv=rsv):
+                self.assertFails(bytes(frame), 1002, fragment="reserved bits")
+
+    def test_04_reserved_opcodes_are_1002(self):
+        for opcode in (3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF):
+            with self.subTest(opcode=opcode):
+                self.assertFails(masked(opcode, b"x"), 1002, fragment="reserved opcode")
+
+    def test_05_a_fragmented_control_frame_is_1002(self):
+        self.assertFails(masked(Opcode.PING, b"x", fin=False), 1002, fragment="fragmented control")
+
+    def test_06_a_control_frame_over_125_bytes_is_1002(self):
+        self.assertEqual(server_receiver().feed(masked(Opcode.PING, bytes(125))), [Ping(bytes(125))])
+        self.assertFails(masked(Opcode.PING, bytes(126)), 1002, fragment="125")
+
+    def test_07_a_continuation_with_no_message_started_is_1002(self):
+        self.assertFails(masked(Opcode.CONTINUATION, b"x"), 1002, fragment="continuation")
+
+    def test_08_a_new_data_frame_inside_a_fragmented_message_is_1002(self):
+        frames = masked(Opcode.TEXT, b"a", fin=False) + masked(Opcode.BINARY, b"b")
+        self.assertFails(frames, 1002, fragment="inside a fragmented")
+
+    def test_09_a_64_bit_length_with_the_top_bit_set_is_1002(self):
+        frame = bytes([0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1]) + MASK
+        self.assertFails(frame, 1002, fragment="top bit")
+
+    def test_10_invalid_utf8_text_is_1007(self):
+        self.assertFails(masked(Opcode.TEXT, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"), 1007)
+
+    def test_11_invalid_utf8_fails_fast_in_the_middle_of_a_frame(self):
+        frame = masked(Opcode.TEXT, b"valid so far \xff and then more text")
+        self.assertFails(frame[:6 + 14], 1007)  # header, key and 14 bytes: the frame is unfinished
+
+    def test_12_truncated_utf8_at_the_end_of_a_message_is_1007(self):
+        self.assertFails(masked(Opcode.TEXT, "€".encode()[:2]), 1007)
+        frames = masked(Opcode.TEXT, b"ok", fin=False) + masked(Opcode.CONTINUATION, "€".encode()[:2])
+        self.assertFails(frames, 1007)
+
+    def test_13_events_before_the_error_are_kept(self):
+        events = self.assertFails(HELLO_MASKED + masked(5, b""), 1002)
+        self.assertEqual(events[0], Message(Opcode.TEXT, b"Hello"))
+
+    def test_14_after_an_error_the_receiver_decodes_nothing(self):
+        receiver = server_receiver()
+        self.assertFails(masked(5, b""), 1002, receiver)
+        self.assertEqual(receiver.feed(HELLO_MASKED), [])
+
+
+class Test05Limits(unittest.TestCase):
+    """--max-size, checked from the header; a flood of fragments is charged."""
+
+    def test_01_a_message_at_the_limit_passes_and_one_byte_more_is_1009(self):
+        self.assertEqual(server_receiver(max_size=1000).feed(masked(Opcode.BINARY, bytes(1000))),
+                         [Message(Opcode.BINARY, bytes(1000))])
+        events = server_receiver(max_size=1000).feed(masked(Opcode.BINARY, bytes(1001)))
+        self.assertEqual(events[-1].code, CloseCode.MESSAGE_TOO_BIG)
+
+    def test_02_the_limit_is_checked_from_the_header_before_the_payload(self):
+        header = bytes([0x82, 0xFF]) + (1 << 40).to_bytes(8, "big") + MASK  # announces 1 TiB
+        events = server_receiver().feed(header)
+        self.assertEqual(events[-1].code, 1009)
+
+    def test_03_fragments_add_up_to_the_limit(self):
+        frames = masked(Opcode.TEXT, b"a" * 600, fin=False) + masked(Opcode.CONTINUATION, b"a" * 600)
+        self.assertEqual(server_receiver(max_size=1000).feed(frames)[-1].code, 1009)
+
+    def test_04_a_flood_of_empty_continuations_is_stopped_by_the_fragment_charge(self):
+        limit = 1 << 20
+        receiver = server_receiver(max_size=limit)
+        empty = masked(Opcode.CONTINUATION, b"", fin=False)
+        events = receiver.feed(masked(Opcode.TEXT, b"", fin=False))
+        events += receiver.feed(empty * (limit // ws_server.FRAGMENT_CHARGE))
+        self.assertEqual(events, [])
+        self.assertEqual(receiver.feed(empty)[-1].code, 1009)  # frame number max_size / 64 + 1
+
+    def test_05_autobahn_9_3_1_four_mib_in_64_byte_fragments_passes_with_16_mib(self):
+        chunk = b"*" * 64
+        fragments = [masked(Opcode.TEXT, chunk, fin=False)]
+        fragments += [masked(Opcode.CONTINUATION, chunk, fin=False)] * (65536 - 2)
+        fragments.append(masked(Opcode.CONTINUATION, chunk))
+        events = server_receiver(max_size=16 << 20).feed(b"".join(fragments))
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0].payload, chunk * 65536)
+
+
+class Test06ClosePayloads(unittest.TestCase):
+    """§5.5.1 and §7.4: what a close frame may carry."""
+
+    def test_01_empty_means_no_status_code(self):
+        self.assertEqual(ws_server.parse_close_payload(b""), Close(None, ""))
+
+    def test_02_a_code_and_a_utf8_reason(self):
+        self.assertEqual(ws_server.parse_close_payload(b"\x03\xe8bye \xe2\x82\xac"), Close(1000, "bye €"))
+
+    def test_03_one_byte_is_1002(self):
+        with self.assertRaises(ProtocolError) as caught:
+            ws_server.parse_close_payload(b"\x03")
+        self.assertEqual(caught.exception.code, 1002)
+
+    def test_04_codes_not_allowed_on_the_wire_are_1002(self):
+        for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535):
+            with self.subTest(code=code), self.assertRaises(ProtocolError) as caught:
+                ws_server.parse_close_payload(code.to_bytes(2, "big"))
+            self.assertEqual(caught.exception.code, 1002)
+
+    def test_05_registered_and_application_codes_are_accepted(self):
+        for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999):
+            with self.subTest(code=code):
+                self.assertEqual(ws_server.parse_close_payload(code.to_bytes(2, "big")).code, code)
+
+    def test_06_a_reason_that_is_not_utf8_is_1007(self):
+        with self.assertRaises(ProtocolError) as caught:
+            ws_server.parse_close_payload(b"\x03\xe8\xff")
+        self.assertEqual(caught.exception.code, 1007)
+
+    def test_07_our_close_payload_fits_in_125_bytes_even_with_a_long_reason(self):
+        payload = ws_server.build_close_payload(1000, "€" * 100)
+        self.assertLessEqual(len(payload), 125)
+        self.assertEqual(ws_server.parse_close_payload(payload).code, 1000)
+
+
+class Test07Fuzz(unittest.TestCase):
+    """Random and mutated frames, in random pieces: only the protocol's own errors come out."""
+
+    def test_01_random_and_mutated_input_never_raises_anything_but_protocol_errors(self):
+        rng = random.Random(20261124)
+        valid = [HELLO_MASKED, PONG_HELLO_MASKED, masked(Opcode.TEXT, b"ab", fin=False),
+                 masked(Opcode.CONTINUATION, "é".encode()), masked(Opcode.BINARY, bytes(300)),
+                 masked(Opcode.CLOSE, b"\x03\xe8ok"), masked(Opcode.PING, b"")]
+        kinds = (Message, Ping, Pong, Close)
+        for _ in range(3000):
+            if rng.random() < 0.3:
+                data = rng.randbytes(rng.randrange(1, 64))
+            else:
+                data = bytearray(b"".join(rng.choice(valid) for _ in range(rng.randrange(1, 5))))
+                for _ in range(rng.randrange(0, 4)):
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+            receiver = server_receiver(max_size=4096)
+            events, position = [], 0
+            while position < len(data):
+                step = rng.randrange(1, 40)
+                events += receiver.feed(bytes(data[position:position + step]))
+                position += step
+            for event in events[:-1]:
+                self.assertIsInstance(event, kinds)
+            if events and isinstance(events[-1], ProtocolError):
+                self.assertIn(events[-1].code, (1002, 1007, 1009))
+            elif events:
+                self.assertIsInstance(events[-1], kinds)
+
+
+if __name__ == "__main__":
+    unittest.main()
