@@ -867,6 +867,7 @@ class Connection:
                 else:
                     self._handle_control(event)
             if self.state is State.CLOSED:
+                await self._wait_for_tcp_end()
                 raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
             try:
                 data = await self.reader.read(READ_SIZE)
@@ -1011,13 +1012,17 @@ class Connection:
                 await asyncio.wait_for(self.recv_message(), deadline - self._loop.time())
             except (ConnectionClosed, asyncio.TimeoutError):
                 break
+        await self._wait_for_tcp_end()
+        self._abort()
+
+    async def _wait_for_tcp_end(self) -> None:
+        """§7.1.1: the client waits, within close_timeout, for the server to close TCP first."""
         if self.is_client and not self.transport.is_closing():
-            # §7.1.1: the client waits for the server to close TCP first, within a bound.
             try:
                 await asyncio.wait_for(self.reader.read(), self.limits.close_timeout)
             except (asyncio.TimeoutError, OSError):
                 pass
-        self._abort()
+            self._abort()
 
     def _start_closing(self, code: int, reason: str) -> None:
         self._send_frame(Opcode.CLOSE, build_close_payload(code, reason))
