@@ -685,7 +685,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
         except UnicodeDecodeError:
             self._plain(400, "the body is not UTF-8 text")
             return
-        names = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("event")
+        names = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query, keep_blank_values=True).get("event")
         event = names[-1] if names else None
         if event is not None and (not event or LINE_BREAK.search(event)):
             self._plain(400, "the event name must be one non-empty line")
@@ -842,6 +842,14 @@ class SSEServer(ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that resets or times out is routine: a log line, not a traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.debug("%s: %s", client_address[0], error)
+        else:
+            log.exception("error while handling a request from %s", client_address[0])
+
     def start_timers(self) -> None:
         for interval, action, name in ((self.config.clock, self._tick, "clock"),
                                        (self.config.heartbeat, self._heartbeat, "heartbeat")):
@@ -892,9 +900,10 @@ class StreamFailed(Exception):
     """§9.2.3 "fail the connection": a browser does not reconnect after this."""
 
 
-def open_stream(url: str, last_event_id: str = "", timeout: float | None = None) -> http.client.HTTPResponse:
+def open_stream(url: str, last_event_id: str = "", timeout: float | None = None
+                ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     """GET the stream the way EventSource does (§9.2.2, §9.2.4); StreamFailed unless 200 with
-    the event-stream type."""
+    the event-stream type.  The caller closes the connection."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise StreamFailed(f"not an http(s) URL: {url}")
@@ -903,14 +912,18 @@ def open_stream(url: str, last_event_id: str = "", timeout: float | None = None)
     headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
-    connection.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers=headers)
-    response = connection.getresponse()
+    try:
+        connection.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                           headers=headers)
+        response = connection.getresponse()
+    except BaseException:
+        connection.close()
+        raise
     essence = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
     if response.status != 200 or essence != "text/event-stream":
-        response.close()
         connection.close()
         raise StreamFailed(f"{response.status} {response.reason}, Content-Type {essence or 'none'}")
-    return response
+    return connection, response
 
 
 def read_events(response: http.client.HTTPResponse, parser: EventStreamParser) -> Iterator[ServerSentEvent]:
@@ -924,16 +937,17 @@ def read_events(response: http.client.HTTPResponse, parser: EventStreamParser) -
 
 def follow(url: str, timeout: float | None = 60.0) -> Iterator[ServerSentEvent]:
     """Events from `url` forever, reconnecting like a browser (§9.2.3): after the stream ends
-    or breaks, wait the reconnection time, then ask again with Last-Event-ID."""
+    or breaks, wait the reconnection time, then ask again with Last-Event-ID.  A refusal (not
+    200 with the right type) raises StreamFailed: a browser gives up then too."""
     parser = EventStreamParser()
     while True:
         try:
-            response = open_stream(url, parser.last_event_id, timeout)
+            connection, response = open_stream(url, parser.last_event_id, timeout)
             try:
                 log.info("connected to %s", url)
                 yield from read_events(response, parser)
             finally:
-                response.close()
+                connection.close()
             log.info("stream ended")
         except (OSError, http.client.HTTPException) as error:
             log.info("connection lost: %s", error)

@@ -1,12 +1,19 @@
-"""Helpers shared by the tests: raw sockets that speak just enough to break the rules."""
+"""Helpers shared by the tests: raw sockets that speak just enough to break the rules,
+for WebSocket (asyncio) and for Server-Sent Events (blocking sockets)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import contextlib
+import http.client
+import os
+import socket
+import threading
+import time
+import unittest
 
+import sse_server
 import ws_server
 from ws_server import Opcode, encode_frame
 
@@ -148,3 +155,163 @@ class ServerTestCase:
                 return
             await asyncio.sleep(0.01)
         raise AssertionError(f"{len(self.server.room.clients)} clients, expected {count}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Server-Sent Events: a raw HTTP client that keeps every byte, and a server fixture
+# ---------------------------------------------------------------------------------------------
+
+
+
+
+class Dechunker:
+    """RFC 9112 §7.1 in reverse: chunks in, payloads out (the test's mirror of encode_chunk)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.chunks: list[bytes] = []
+        self.done = False  # the last chunk (size 0) was seen
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        out = []
+        while not self.done:
+            line_end = self.buffer.find(b"\r\n")
+            if line_end < 0:
+                break
+            size = int(self.buffer[:line_end], 16)
+            end = line_end + 2 + size
+            if len(self.buffer) < end + 2:
+                break
+            assert self.buffer[end:end + 2] == b"\r\n", self.buffer[:end + 2]
+            self.buffer, chunk = self.buffer[end + 2:], self.buffer[line_end + 2:end]
+            if size == 0:
+                self.done = True
+            else:
+                self.chunks.append(chunk)
+                out.append(chunk)
+        return b"".join(out)
+
+
+class StreamClient:
+    """GET /sse over a raw socket: the response head, every body byte, and the parsed events."""
+
+    def __init__(self, port: int, path: str = "/sse", headers: dict[str, str] | None = None,
+                 version: str = "HTTP/1.1") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        fields = {"Host": f"127.0.0.1:{port}", "Accept": "text/event-stream", **(headers or {})}
+        request = f"GET {path} {version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+        self.sock.sendall(request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = self.sock.recv(65536)
+            if not data:
+                raise AssertionError(f"no response head: {head!r}")
+            head += data
+        head, _, rest = head.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split(" ")[1])
+        self.headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        self.chunked = self.headers.get("transfer-encoding") == "chunked"
+        self.dechunker = Dechunker()
+        self.parser = sse_server.EventStreamParser()
+        self.body = b""
+        self.events: list[sse_server.ServerSentEvent] = []
+        self.eof = False
+        self._consume(rest)
+
+    def _consume(self, data: bytes) -> None:
+        body = self.dechunker.feed(data) if self.chunked else data
+        self.body += body
+        self.events += self.parser.feed(body)
+
+    def read_more(self, timeout: float = TIMEOUT) -> None:
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(65536)
+        if not data:
+            self.eof = True
+        self._consume(data)
+
+    def wait_until(self, condition, timeout: float = TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.eof:
+                raise AssertionError(f"stream ended; body so far: {self.body[-300:]!r}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out; body so far: {self.body[-300:]!r}")
+            self.read_more(remaining)
+
+    def next_events(self, count: int, timeout: float = TIMEOUT) -> list[sse_server.ServerSentEvent]:
+        """Wait for `count` more events than were taken so far; return them."""
+        self.wait_until(lambda: len(self.events) >= count, timeout)
+        taken, self.events = self.events[:count], self.events[count:]
+        return taken
+
+    def read_to_eof(self, timeout: float = TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            self.read_more(max(0.01, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: status, headers (lower-cased names), body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def wait_for(condition, timeout: float = TIMEOUT, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.01)
+
+
+class SSEServerTestCase(unittest.TestCase):
+    """An SSEServer on 127.0.0.1, port 0, in background threads; no clock or heartbeat unless
+    `options` asks for them, so the tests publish exactly the events they expect."""
+
+    options: dict = {}
+
+    def setUp(self) -> None:
+        self.threads_before = threading.active_count()
+        self.server = self.start_server(**self.options)
+        self.port = self.server.port
+        self.streams: list[StreamClient] = []
+
+    def start_server(self, **options) -> sse_server.SSEServer:
+        settings = {"port": 0, "clock": 0, "heartbeat": 0, **options}
+        server = sse_server.SSEServer(sse_server.ServerConfig(**settings))
+        server.start()
+        self.addCleanup(server.stop)
+        return server
+
+    def tearDown(self) -> None:
+        for stream in self.streams:
+            stream.close()
+
+    def stream(self, path: str = "/sse", **headers: str) -> StreamClient:
+        stream = StreamClient(self.port, path, {k.replace("_", "-"): v for k, v in headers.items()})
+        self.streams.append(stream)
+        return stream
+
+    def subscribed(self, stream: StreamClient) -> StreamClient:
+        """Wait until the server has written the stream's first bytes (retry:)."""
+        stream.wait_until(lambda: stream.parser.retry is not None)
+        return stream
+
+    def publish(self, body: bytes | str, query: str = "", **headers: str) -> int:
+        status, _, _ = http_request(self.port, "POST", "/publish" + query,
+                                    body.encode() if isinstance(body, str) else body,
+                                    {k.replace("_", "-"): v for k, v in headers.items()})
+        return status
