@@ -588,7 +588,9 @@ class SSERequestHandler(BaseHTTPRequestHandler):
             joined = self.server.hub.subscribe(sock, chunked=chunked, last_event_id=self._last_event_id(),
                                                peer=self.address_string())
         except ShuttingDown:
-            self._plain(503, "server shutting down", [("Retry-After", "5")])
+            # No answer at all: to an EventSource a dropped connection means "reconnect later",
+            # whereas a 503 would make it give up for good (§9.2.3).
+            self.close_connection = True
             return
         if joined is None:
             # An EventSource does not retry after a 503 (§9.2.3: any status but 200 fails
@@ -882,12 +884,12 @@ class SSEServer(ThreadingHTTPServer):
     def stop(self) -> None:
         """End every stream (the last chunk), stop the timers and the listener."""
         self._stopping.set()
-        self.hub.close()
         if any(t.name == "sse-server" for t in self._background):
             self.shutdown()  # stops serve_forever running in the background thread
+        self.server_close()  # no new clients first: they would find the hub closed
+        self.hub.close()
         for thread in self._background:
             thread.join(timeout=5)
-        self.server_close()
         self.hub.history.close()
 
 

@@ -846,6 +846,8 @@ class Connection:
         self._close_timer: asyncio.TimerHandle | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._ping_payload: bytes | None = None
+        self._reading = False  # is a task inside recv_message()?
+        self._closed = asyncio.Event()  # set once the state is CLOSED
         if not client and self.limits.ping_interval > 0:
             self._ping_timer = self._loop.call_later(self.limits.ping_interval, self._keepalive)
 
@@ -856,7 +858,17 @@ class Connection:
 
         Events are handled strictly in the order they arrived: a message that came before a
         close frame or a protocol error is returned (and echoed) before that close is sent.
+        One task receives at a time; another task may send, or `close()`, meanwhile.
         """
+        if self._reading:
+            raise RuntimeError("recv() called while another task is already receiving")
+        self._reading = True
+        try:
+            return await self._next_message()
+        finally:
+            self._reading = False
+
+    async def _next_message(self) -> Message:
         events = self._events
         while True:
             while events:
@@ -1006,6 +1018,12 @@ class Connection:
         if self.state is State.OPEN:
             self._start_closing(code, reason)
         deadline = self._loop.time() + self.limits.close_timeout + 1
+        if self._reading:  # another task's recv() will read the peer's close: wait for it
+            try:
+                await asyncio.wait_for(self._closed.wait(), deadline - self._loop.time())
+            except asyncio.TimeoutError:
+                self._abort()
+            return
         # Read on until the peer's close frame and the end of TCP, as recv() would.
         while self.state is not State.CLOSED and self._loop.time() < deadline:
             try:
@@ -1064,6 +1082,7 @@ class Connection:
 
     def _set_closed(self) -> None:
         self.state = State.CLOSED
+        self._closed.set()
         for timer in (self._ping_timer, self._close_timer):
             if timer is not None:
                 timer.cancel()
@@ -1169,6 +1188,7 @@ class WebSocketServer:
         self.room = ChatRoom()
         self._server: asyncio.base_events.Server | None = None
         self._handlers: set[asyncio.Task] = set()
+        self._handshaking: set[asyncio.Task] = set()  # handlers still reading a request head
 
     @property
     def port(self) -> int:
@@ -1182,6 +1202,8 @@ class WebSocketServer:
         """Stop accepting, close every client with `code` (1001, going away), wait for them."""
         if self._server is not None:
             self._server.close()
+        for task in tuple(self._handshaking):  # idle or half-sent requests: nothing to wait for
+            task.cancel()
         for client in tuple(self.room.clients):
             if client.state is State.OPEN:
                 client._start_closing(code, "server shutting down")
@@ -1197,14 +1219,18 @@ class WebSocketServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._handlers.add(task)
+        self._handshaking.add(task)
         try:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:  # shutdown() ends connections it cannot close politely
             pass
         except Exception:  # a bug: log it, keep serving everyone else
             log.exception("unexpected error")
         finally:
             self._handlers.discard(task)
+            self._handshaking.discard(task)
             if not writer.transport.is_closing():
                 writer.transport.abort()
 
@@ -1231,6 +1257,7 @@ class WebSocketServer:
             writer.write(build_error_response(error.status, error.reason, error.headers))
             await self._close_http(writer)
             return
+        self._handshaking.discard(asyncio.current_task())
         response = build_switching_protocols(handshake)
         if config.trace:
             log.info("handshake response:\n%s", response.decode("latin-1").rstrip())

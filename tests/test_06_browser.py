@@ -1,0 +1,195 @@
+"""Chapter 6: the pages in a real browser: headless Chromium against our two servers.
+
+Skipped, with how to install it, when no Chromium is found; CI installs Debian's `chromium`.
+"""
+
+import asyncio
+import json
+import unittest
+
+import sse_server
+import ws_server
+from tests.browser import INSTALL_HINT, Chromium, DevTools, Tab, find_chromium
+from tests.support import TIMEOUT, http_request
+
+BROWSER: Chromium | None = None
+
+
+def setUpModule() -> None:
+    global BROWSER
+    binary = find_chromium()
+    if binary is None:
+        raise unittest.SkipTest(INSTALL_HINT)
+    BROWSER = Chromium(binary)
+
+
+def tearDownModule() -> None:
+    if BROWSER is not None:
+        BROWSER.close()
+
+
+class BrowserTestCase(unittest.IsolatedAsyncioTestCase):
+
+    async def asyncSetUp(self) -> None:
+        self.devtools = await DevTools.open(BROWSER.ws_url)
+        self.tabs: list[Tab] = []
+
+    async def asyncTearDown(self) -> None:
+        for tab in self.tabs:
+            await tab.close()
+        await self.devtools.close()
+
+    async def tab(self, url: str) -> Tab:
+        tab = await Tab.open(self.devtools, url)
+        self.tabs.append(tab)
+        return tab
+
+
+class Test01ChatPage(BrowserTestCase):
+    """static/chat.html, served by ws_server.py, in Chromium."""
+
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        self.server = await self.start_chat(0)
+        self.url = f"http://127.0.0.1:{self.server.port}/"
+
+    async def asyncTearDown(self) -> None:
+        await super().asyncTearDown()
+        await asyncio.wait_for(self.server.shutdown(), TIMEOUT + 2)
+
+    async def start_chat(self, port: int) -> ws_server.WebSocketServer:
+        server = ws_server.WebSocketServer(ws_server.ServerConfig(port=port, limits=ws_server.Limits(ping_interval=0)))
+        await server.start()
+        return server
+
+    async def open_chat(self) -> Tab:
+        tab = await self.tab(self.url)
+        await tab.wait_for("document.getElementById('state').dataset.state === 'open'")
+        return tab
+
+    async def test_01_two_tabs_chat_both_ways_with_the_button_and_with_enter(self):
+        first, second = await self.open_chat(), await self.open_chat()
+        await first.evaluate("document.getElementById('messageInput').value = 'hello from the first tab';"
+                             "document.getElementById('sendButton').click()")
+        for tab in (first, second):
+            await tab.wait_for("document.getElementById('chatBox').textContent.includes('hello from the first tab')")
+        await second.evaluate("document.getElementById('messageInput').focus()")
+        await second.send("Input.insertText", {"text": "and back with Enter"})
+        await second.press_enter()
+        for tab in (first, second):
+            await tab.wait_for("document.getElementById('chatBox').textContent.includes('and back with Enter')")
+        self.assertEqual(await second.evaluate("document.getElementById('messageInput').value"), "")
+
+    async def test_02_a_message_that_looks_like_html_is_shown_as_text_and_creates_no_element(self):
+        tab = await self.open_chat()
+        client = await ws_server.connect(self.url.replace("http", "ws"))
+        payload = "<img src=x onerror=alert(1)>"
+        await client.send(payload)
+        await tab.wait_for(f"document.getElementById('chatBox').textContent.includes({json.dumps(payload)})")
+        self.assertEqual(await tab.evaluate("document.querySelectorAll('#chatBox *').length"), 0)
+        self.assertEqual(await tab.evaluate("document.querySelectorAll('img').length"), 0)
+        self.assertFalse([e for e in self.devtools.events if e["method"] == "Page.javascriptDialogOpening"])
+        await client.close()
+
+    async def test_03_a_binary_message_is_shown_readably(self):
+        tab = await self.open_chat()
+        client = await ws_server.connect(self.url.replace("http", "ws"))
+        await client.send(b"\x00\x01\xfe\xff")
+        text = await tab.wait_for("document.getElementById('chatBox').textContent.trim()")
+        self.assertEqual(text, "[binary, 4 bytes: 00 01 fe ff]")
+        await client.close()
+
+    async def test_04_the_page_reconnects_after_the_server_restarts(self):
+        tab = await self.open_chat()
+        port = self.server.port
+        stopping = asyncio.create_task(self.server.shutdown())
+        state = await tab.wait_for("document.getElementById('state').dataset.state === 'closed' &&"
+                                   "document.getElementById('state').textContent")
+        self.assertIn("code 1001", state)  # going away: the server said why
+        await asyncio.wait_for(stopping, TIMEOUT + 2)
+        self.server = await self.start_chat(port)
+        await tab.wait_for("document.getElementById('state').dataset.state === 'open'", timeout=15)
+        client = await ws_server.connect(self.url.replace("http", "ws"))
+        await client.send("after the restart")
+        await tab.wait_for("document.getElementById('chatBox').textContent.includes('after the restart')")
+        await client.close()
+
+
+class Test02SSEPage(BrowserTestCase):
+    """static/sse.html, served by sse_server.py, in Chromium: EventSource reconnects by itself."""
+
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        self.server = self.start_sse(0)
+        self.port = self.server.port
+
+    async def asyncTearDown(self) -> None:
+        await super().asyncTearDown()
+        await asyncio.to_thread(self.server.stop)
+
+    def start_sse(self, port: int, **options) -> sse_server.SSEServer:
+        server = sse_server.SSEServer(sse_server.ServerConfig(port=port, retry=300, heartbeat=0, **options))
+        server.start()
+        return server
+
+    async def open_page(self) -> Tab:
+        tab = await self.tab(f"http://127.0.0.1:{self.port}/")
+        await tab.wait_for("source.readyState === 1")
+        return tab
+
+    def items(self, contains: str) -> str:
+        return f"[...document.querySelectorAll('#ul li')].filter(li => li.textContent.includes({json.dumps(contains)})).length"
+
+    async def test_01_the_page_shows_the_clock_ticking_with_ids(self):
+        tab = await self.open_page()
+        await tab.wait_for(f"{self.items('Current time: ')} >= 2", timeout=5)
+        text = await tab.evaluate("document.querySelector('#ul li').textContent")
+        self.assertRegex(text, r"^Current time: \d\d:\d\d:\d\d \[message, id \d+\]$")
+        self.assertEqual(await tab.evaluate("document.getElementById('state').dataset.state"), "open")
+
+    async def test_02_after_the_server_is_killed_and_restarted_the_page_reconnects_by_itself(self):
+        tab = await self.open_page()
+        await tab.wait_for(f"{self.items('Current time: ')} >= 1", timeout=5)
+        await asyncio.to_thread(self.server.stop)
+        await tab.wait_for("source.readyState === 0")  # connecting again: the browser retries
+        self.server = self.start_sse(self.port)
+        await tab.wait_for("source.readyState === 1", timeout=10)
+        # A fresh in-memory server does not know the page's last id: it says so with `reset`.
+        await tab.wait_for("document.querySelectorAll('#ul li.reset').length === 1")
+        self.server.hub.publish("after the restart")
+        await tab.wait_for(f"{self.items('after the restart')} === 1")
+
+    async def test_03_a_message_published_with_post_appears_as_text(self):
+        tab = await self.open_page()
+        status, _, _ = await asyncio.to_thread(http_request, self.port, "POST", "/publish",
+                                               b"<b onmouseover=alert(1)>published</b>")
+        self.assertEqual(status, 204)
+        await tab.wait_for(f"{self.items('<b onmouseover=alert(1)>published</b>')} === 1")
+        self.assertEqual(await tab.evaluate("document.querySelectorAll('#ul b').length"), 0)
+
+    async def test_04_the_page_form_publishes_a_named_event_that_the_page_listens_to(self):
+        tab = await self.open_page()
+        await tab.evaluate("document.getElementById('publishText').value = 'from the form';"
+                           "document.getElementById('publishEvent').value = 'note';"
+                           "document.querySelector('#publishForm button').click()")
+        text = await tab.wait_for("[...document.querySelectorAll('#ul li')].map(li => li.textContent)"
+                                  ".find(t => t.includes('from the form'))")
+        self.assertRegex(text, r"^from the form \[note, id \d+\]$")
+
+    async def test_05_another_origin_may_read_the_stream_but_not_with_credentials_and_star(self):
+        # The tutorial's page connects from another origin, and its server sends `*` with
+        # credentials allowed.  `*` alone works; a credentialed request is refused by the browser.
+        other = self.start_sse(0)
+        try:
+            tab = await self.tab(f"http://127.0.0.1:{other.port}/missing-page")
+            script = ("new Promise(done => { const s = new EventSource('http://127.0.0.1:%d/sse/', %s);"
+                      " s.onopen = () => { s.close(); done('open'); };"
+                      " s.onerror = () => { if (s.readyState === 2) done('refused'); }; })")
+            self.assertEqual(await tab.evaluate(script % (self.port, "{}")), "open")
+            self.assertEqual(await tab.evaluate(script % (self.port, "{withCredentials: true}")), "refused")
+        finally:
+            await asyncio.to_thread(other.stop)
+
+
+if __name__ == "__main__":
+    unittest.main()
