@@ -413,24 +413,38 @@ def static_response(root: str | os.PathLike, request: Request, index: str) -> by
 # 5. Framing (§5)
 # ---------------------------------------------------------------------------------------------
 
-#: Masking works on blocks of this size: large enough that Python's per-call cost vanishes,
-#: small enough for the CPU caches (measured: 16-256 KiB best).  A multiple of 4, so every
-#: block starts at the same position in the key.
+#: Integer masking works on blocks of this size: large enough that Python's per-call cost
+#: vanishes, small enough for the CPU caches (measured: 16-256 KiB best).  A multiple of 4, so
+#: every block starts at the same position in the key.
 MASK_BLOCK = 64 * 1024
 
+#: From this size up, the four-lane `bytes.translate` technique is faster than integer XOR
+#: (`python -m tests.bench_mask` measures both; see the README's Performance section).
+MASK_LANES_FROM = 2 * 1024
 
-def apply_mask(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytes:
+#: XOR with a constant byte k, as a `bytes.translate` table: _XOR_TABLES[k][b] == b ^ k.
+_XOR_TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
+
+
+def apply_mask(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytes | bytearray:
     """§5.3: mask or unmask (the same operation) `data` with the 4-byte `masking_key`.
 
     The definition, one byte at a time:
 
         transformed[i] = original[i] XOR masking_key[i MOD 4]
 
-    A Python loop over bytes runs at about 6 MB/s.  Instead the whole buffer becomes one
-    integer, XORed with the key repeated to the same length: the work runs in C, one machine
-    word at a time (about 200 MB/s).  Large buffers go in `MASK_BLOCK` slices, which stay in
-    the CPU caches (about 400 MB/s).  `tests/bench_mask.py` measures each way.
+    A Python loop over bytes runs at a few MB/s.  Two ways do the work in C instead, and the
+    faster one is chosen by size: `_mask_int_blocks` for small payloads, `_mask_lanes` from
+    `MASK_LANES_FROM` bytes up (which returns its working bytearray: one copy less).
     """
+    if len(data) < MASK_LANES_FROM:
+        return _mask_int_blocks(data, masking_key)
+    return _mask_lanes(data, masking_key)
+
+
+def _mask_int_blocks(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytes:
+    """The buffer as one integer, XORed with the key repeated to the same length: C does it
+    one machine word at a time.  Large buffers go in `MASK_BLOCK` slices, which stay in cache."""
     n = len(data)
     if n <= MASK_BLOCK:
         key = int.from_bytes((masking_key * ((n >> 2) + 1))[:n], "little")
@@ -443,8 +457,18 @@ def apply_mask(data: bytes | bytearray | memoryview, masking_key: bytes) -> byte
         block = int.from_bytes(view[start:start + MASK_BLOCK], "little") ^ key
         blocks.append(block.to_bytes(MASK_BLOCK, "little"))
     if whole < n:
-        blocks.append(apply_mask(view[whole:], masking_key))
+        blocks.append(_mask_int_blocks(view[whole:], masking_key))
     return b"".join(blocks)
+
+
+def _mask_lanes(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytearray:
+    """Bytes 0, 4, 8, ... are all XORed with masking_key[0]; bytes 1, 5, 9, ... with
+    masking_key[1]; and so on.  So the payload is four strided lanes, and XOR with one constant
+    byte is a 256-entry lookup table: `bytes.translate` maps a whole lane in C."""
+    out = bytearray(data)
+    for lane in range(4):
+        out[lane::4] = out[lane::4].translate(_XOR_TABLES[masking_key[lane]])
+    return out
 
 
 def encode_frame(opcode: int, payload: bytes, *, fin: bool = True,
@@ -712,7 +736,7 @@ class Receiver:
             piece = apply_mask(piece, key)
         self._received += take
         self._remaining -= take
-        self._parts.append(bytes(piece))
+        self._parts.append(piece)
         if self._opcode == Opcode.TEXT:
             self._feed_utf8(piece, final=False)
         if self._remaining == 0:
@@ -726,7 +750,7 @@ class Receiver:
             self.on_frame(header, b"".join(self._parts)[-header.length:] if header.length else b"")
         if not header.fin:
             return
-        payload = b"".join(self._parts) if len(self._parts) != 1 else self._parts[0]
+        payload = b"".join(self._parts) if len(self._parts) != 1 else bytes(self._parts[0])
         if self._opcode == Opcode.TEXT:
             self._feed_utf8(b"", final=True)
         events.append(Message(Opcode(self._opcode), payload))
@@ -881,6 +905,10 @@ class Connection:
             if self.state is State.CLOSED:
                 await self._wait_for_tcp_end()
                 raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+            if self._flush_handle is not None:
+                # About to wait for the peer, which may be waiting for our answer: send what is
+                # queued now rather than one loop turn later (frames of one read still batch).
+                self._flush()
             try:
                 data = await self.reader.read(READ_SIZE)
             except OSError:
@@ -1235,6 +1263,14 @@ class WebSocketServer:
                 writer.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted = await self._handshake(reader, writer)
+        if accepted is not None:  # the request head and its parse are gone: an idle client is small
+            await self._chat(reader, writer, *accepted)
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                         ) -> tuple[Handshake, bytes] | None:
+        """Read and answer the request: a static file, a refusal, or 101 (then the handshake
+        and the bytes that came after the head)."""
         config = self.config
         try:
             head, rest = await asyncio.wait_for(read_request_head(reader, config.max_header_bytes),
@@ -1262,6 +1298,11 @@ class WebSocketServer:
         if config.trace:
             log.info("handshake response:\n%s", response.decode("latin-1").rstrip())
         writer.write(response)
+        return handshake, rest
+
+    async def _chat(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    handshake: Handshake, rest: bytes) -> None:
+        config = self.config
         connection = Connection(reader, writer, limits=config.limits,
                                 subprotocol=handshake.subprotocol, trace=config.trace)
         self.room.clients.add(connection)

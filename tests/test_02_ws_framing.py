@@ -78,13 +78,16 @@ class Test02Masking(unittest.TestCase):
     def by_the_definition(data, key):
         return bytes(b ^ key[i % 4] for i, b in enumerate(data))
 
-    def test_01_the_fast_mask_equals_the_definition(self):
+    def test_01_the_fast_masks_equal_the_definition(self):
         rng = random.Random(6455)
-        block = ws_server.MASK_BLOCK
-        for size in (0, 1, 3, 4, 5, 125, 1000, block - 1, block, block + 1, 3 * block + 7):
+        block, lanes = ws_server.MASK_BLOCK, ws_server.MASK_LANES_FROM
+        sizes = (0, 1, 3, 4, 5, 125, 1000, lanes - 1, lanes, lanes + 1, block - 1, block, block + 1, 3 * block + 7)
+        for size in sizes:
             data, key = rng.randbytes(size), rng.randbytes(4)
-            with self.subTest(size=size):
-                self.assertEqual(apply_mask(data, key), self.by_the_definition(data, key))
+            expected = self.by_the_definition(data, key)
+            for mask in (apply_mask, ws_server._mask_int_blocks, ws_server._mask_lanes):
+                with self.subTest(size=size, mask=mask.__name__):
+                    self.assertEqual(mask(data, key), expected)
 
     def test_02_masking_twice_gives_the_original(self):
         data = os.urandom(100_003)

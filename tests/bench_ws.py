@@ -1,0 +1,321 @@
+"""Benchmark: ws_server.py under load from a standard-library load generator, on loopback.
+
+    python -m tests.bench_ws                      # every mode, about a minute
+    python -m tests.bench_ws --modes echo_small,idle --idle-clients 1000,10000
+
+Modes (each starts a fresh `ws_server.py` subprocess on 127.0.0.1):
+  echo_small  one connection, 64-byte text messages, 100 in flight -> messages/s;
+              then strict ping-pong (one message, wait for its echo) -> round-trip time
+  echo_large  1 MiB and 16 MiB binary messages, masked by the client -> MB/s of round trips
+  fanout      K clients, one of them sends M messages carrying a timestamp; the server
+              broadcasts each to all K -> deliveries/s, latency p50/p99
+  idle        N connections that do nothing -> server RSS per connection
+
+Why the generator is faster than the server: its frames are built and masked once, before the
+clock starts; echoes have a known size, so it counts bytes instead of parsing frames; fanout
+receivers read one timestamp per read (the oldest frame in it, so latency is not flattered).
+The table gives both processes' CPU seconds: the generator's must stay below the server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import socket
+import time
+
+import ws_server
+from ws_server import Opcode, encode_frame
+from tests.benchtools import Server, machine, median, percentile, print_table, raise_fd_limit
+
+HANDSHAKE = ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def handshake_bytes() -> bytes:
+    return HANDSHAKE.format(key=base64.b64encode(os.urandom(16)).decode()).encode()
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    return encode_frame(opcode, payload, masking_key=os.urandom(4))
+
+
+def server_frame_size(payload_size: int) -> int:
+    """Bytes of an unmasked server frame (§5.2): header, extended length, payload."""
+    return payload_size + (2 if payload_size < 126 else 4 if payload_size < 65536 else 10)
+
+
+class Client(asyncio.Protocol):
+    """A raw connection: handshake, then every byte received goes to `on_bytes`."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+        self.open = asyncio.get_running_loop().create_future()
+        self.received = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(handshake_bytes())
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open.done():
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self.head.startswith(b"HTTP/1.1 101"):
+                self.open.set_exception(RuntimeError(self.head[:80]))
+                return
+            data, self.head = self.head[end + 4:], b""
+            self.open.set_result(True)
+            if not data:
+                return
+        self.on_bytes(data)
+
+    def on_bytes(self, data: bytes) -> None:
+        self.received += len(data)
+
+    def connection_lost(self, exc) -> None:
+        if not self.open.done():
+            self.open.set_exception(ConnectionError("closed during the handshake"))
+
+
+async def connect_many(port: int, count: int, factory=Client, concurrency: int = 200) -> list:
+    loop = asyncio.get_running_loop()
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one():
+        async with limit:
+            _, client = await loop.create_connection(factory, "127.0.0.1", port)
+            await asyncio.wait_for(client.open, 30)
+            return client
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
+# -- echo_small ------------------------------------------------------------------------------------
+
+class Pipeline(Client):
+    """Keeps `in_flight` echoes outstanding until `total` have come back."""
+
+    def __init__(self, frame: bytes, echo_size: int, in_flight: int, total: int) -> None:
+        super().__init__()
+        self.frame, self.echo_size, self.in_flight, self.total = frame, echo_size, in_flight, total
+        self.sent = self.completed = 0
+        self.done = asyncio.get_running_loop().create_future()
+
+    def start(self) -> None:
+        self.sent = self.in_flight
+        self.transport.write(self.frame * self.in_flight)
+
+    def on_bytes(self, data: bytes) -> None:
+        self.received += len(data)
+        completed = self.received // self.echo_size
+        more = min(completed - self.completed, self.total - self.sent)
+        self.completed = completed
+        if more > 0:
+            self.sent += more
+            self.transport.write(self.frame * more)
+        if completed >= self.total and not self.done.done():
+            self.done.set_result(time.perf_counter())
+
+
+async def echo_small(server: Server, total: int, pings: int) -> list[dict]:
+    loop = asyncio.get_running_loop()
+    payload = b"x" * 64
+    _, client = await loop.create_connection(
+        lambda: Pipeline(client_frame(Opcode.TEXT, payload), server_frame_size(64), 100, total), "127.0.0.1", server.port)
+    await client.open
+    cpu_server, cpu_client, started = server.cpu_seconds(), time.process_time(), time.perf_counter()
+    client.start()
+    finished = await asyncio.wait_for(client.done, 120)
+    rows = [{"mode": "echo_small, 64 B, 100 in flight", "result": total / (finished - started), "unit": "msg/s",
+             "server CPU s": server.cpu_seconds() - cpu_server, "generator CPU s": time.process_time() - cpu_client}]
+    client.transport.close()
+    rows.append(await asyncio.to_thread(ping_pong, server, pings))
+    return rows
+
+
+def ping_pong(server: Server, count: int) -> dict:
+    """Strict request-response with a blocking socket: one message, wait for its echo."""
+    sock = open_blocking(server.port)
+    frame, size = client_frame(Opcode.TEXT, b"x" * 64), server_frame_size(64)
+    buffer = bytearray(size)
+    times = []
+    cpu_server, cpu_client = server.cpu_seconds(), time.process_time()
+    for _ in range(count):
+        started = time.perf_counter()
+        sock.sendall(frame)
+        receive_exactly(sock, buffer)
+        times.append(time.perf_counter() - started)
+    sock.close()
+    return {"mode": "ping-pong round trip (median; p99 %.0f µs)" % (percentile(times, 0.99) * 1e6),
+            "result": median(times) * 1e6, "unit": "µs",
+            "server CPU s": server.cpu_seconds() - cpu_server, "generator CPU s": time.process_time() - cpu_client}
+
+
+def open_blocking(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(handshake_bytes())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101") and head.endswith(b"\r\n\r\n"), head[:80]
+    return sock
+
+
+def receive_exactly(sock: socket.socket, buffer: bytearray) -> None:
+    view, got = memoryview(buffer), 0
+    while got < len(buffer):
+        n = sock.recv_into(view[got:])
+        if not n:
+            raise ConnectionError("server closed the connection")
+        got += n
+
+
+# -- echo_large ------------------------------------------------------------------------------------
+
+def echo_large(server: Server, size: int, count: int) -> dict:
+    sock = open_blocking(server.port)
+    frame = client_frame(Opcode.BINARY, os.urandom(size))  # masked once, before the clock starts
+    buffer = bytearray(server_frame_size(size))
+    cpu_server, cpu_client = server.cpu_seconds(), time.process_time()
+    started = time.perf_counter()
+    for _ in range(count):
+        sock.sendall(frame)
+        receive_exactly(sock, buffer)
+    elapsed = time.perf_counter() - started
+    sock.close()
+    return {"mode": f"echo_large, {size >> 20} MiB binary x {count}", "result": size * count / elapsed / 1e6,
+            "unit": "MB/s", "server CPU s": server.cpu_seconds() - cpu_server,
+            "generator CPU s": time.process_time() - cpu_client}
+
+
+# -- fanout ------------------------------------------------------------------------------------------
+
+PAYLOAD = 32  # 16 digits of sequence number, 16 of send time in µs
+
+
+class Receiver(Client):
+    """Counts broadcast frames (all PAYLOAD bytes long) and samples one latency per read."""
+
+    frame_size = server_frame_size(PAYLOAD)
+
+    def __init__(self, expected: int, finished: list) -> None:
+        super().__init__()
+        self.expected, self.finished = expected, finished
+        self.samples: list[tuple[float, int]] = []  # (latency s, frames it stands for)
+
+    def on_bytes(self, data: bytes) -> None:
+        now = time.time_ns() // 1000
+        before = self.received // self.frame_size
+        start = (-self.received) % self.frame_size  # where the first frame starting here begins
+        self.received += len(data)
+        frames = self.received // self.frame_size - before
+        if frames and start + self.frame_size <= len(data):
+            sent = int(data[start + 2 + 16:start + 2 + PAYLOAD])
+            self.samples.append(((now - sent) / 1e6, frames))
+        if before < self.expected <= self.received // self.frame_size:
+            self.finished.append(time.perf_counter())
+
+
+async def fanout(server: Server, clients: int, messages: int) -> dict:
+    finished: list[float] = []
+    receivers = await connect_many(server.port, clients, lambda: Receiver(messages, finished))
+    await asyncio.sleep(0.5)
+    sender = receivers[0].transport
+    cpu_server, cpu_client, started = server.cpu_seconds(), time.process_time(), time.perf_counter()
+    for seq in range(messages):
+        payload = b"%016d%016d" % (seq, time.time_ns() // 1000)
+        sender.write(client_frame(Opcode.TEXT, payload))
+        await asyncio.sleep(0)  # one message per turn of the loop: receivers read in between
+    deadline = time.perf_counter() + 120
+    while len(finished) < clients and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    elapsed = max(finished) - started if len(finished) == clients else float("nan")
+    samples = [s for r in receivers for s in r.samples]
+    for receiver in receivers:
+        receiver.transport.close()
+    return {"mode": f"fanout, {clients} clients x {messages} messages (p50 {weighted(samples, 0.5) * 1e3:.1f} ms, "
+                    f"p99 {weighted(samples, 0.99) * 1e3:.1f} ms)",
+            "result": clients * messages / elapsed, "unit": "deliveries/s",
+            "server CPU s": server.cpu_seconds() - cpu_server, "generator CPU s": time.process_time() - cpu_client}
+
+
+def weighted(samples: list[tuple[float, int]], fraction: float) -> float:
+    total = sum(n for _, n in samples)
+    if not total:
+        return float("nan")
+    seen = 0
+    for latency, n in sorted(samples):
+        seen += n
+        if seen >= fraction * total:
+            return latency
+    return samples[-1][0]
+
+
+# -- idle ----------------------------------------------------------------------------------------------
+
+async def idle(server: Server, clients: int) -> dict:
+    warm = await connect_many(server.port, 1)
+    warm[0].transport.close()
+    await asyncio.sleep(0.5)
+    before = server.status("VmRSS")
+    held = await connect_many(server.port, clients)
+    await asyncio.sleep(1.0)
+    loaded = server.status("VmRSS")
+    for client in held:
+        client.transport.close()
+    return {"mode": f"idle, {clients} connections", "result": (loaded - before) / clients,
+            "unit": "KiB RSS per connection", "server CPU s": float("nan"), "generator CPU s": float("nan")}
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+def with_server(rows: list, measure, *server_args: str) -> None:
+    server = Server("ws_server.py", *server_args)
+    try:
+        result = asyncio.run(measure(server))
+        rows.extend(result if isinstance(result, list) else [result])
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default="echo_small,echo_large,fanout,idle")
+    parser.add_argument("--messages", type=int, default=200_000, help="echo_small messages")
+    parser.add_argument("--pings", type=int, default=5000, help="ping-pong round trips")
+    parser.add_argument("--large-count", type=lambda s: [int(x) for x in s.split(",")], default=[150, 10],
+                        help="round trips of 1 MiB and of 16 MiB (default 150,10)")
+    parser.add_argument("--fanout-clients", type=lambda s: [int(x) for x in s.split(",")], default=[100, 1000])
+    parser.add_argument("--fanout-messages", type=int, default=100)
+    parser.add_argument("--idle-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000])
+    args = parser.parse_args(argv)
+    print_table(f"ws_server.py ({machine()})", run(args))
+
+
+def run(args) -> list[dict]:
+    """Each measurement gets a fresh server and its own event loop (`with_server`)."""
+    rows: list[dict] = []
+    modes = args.modes.split(",")
+    if "echo_small" in modes:
+        with_server(rows, lambda s: echo_small(s, args.messages, args.pings))
+    if "echo_large" in modes:
+        for size, count in ((1 << 20, args.large_count[0]), (16 << 20, args.large_count[1])):
+            with_server(rows, lambda s: asyncio.to_thread(echo_large, s, size, count), "--max-size", str(32 << 20))
+    if "fanout" in modes:
+        for clients in args.fanout_clients:
+            with_server(rows, lambda s: fanout(s, clients, args.fanout_messages))
+    if "idle" in modes:
+        raise_fd_limit(max(args.idle_clients) * 2 + 1000)
+        for clients in args.idle_clients:
+            with_server(rows, lambda s: idle(s, clients))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

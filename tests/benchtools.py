@@ -1,0 +1,122 @@
+"""Shared by the benchmarks (`python -m tests.bench_ws`, `tests.bench_sse`, `tests.bench_mask`).
+
+Not collected by unittest (the names do not start with `test`).  Standard library only, Linux
+(/proc) for the server's memory, CPU and thread counts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    """One of our servers as a subprocess on 127.0.0.1 and a free port; its log is drained."""
+
+    def __init__(self, script: str, *args: str, timeout: float = 10.0) -> None:
+        self.process = subprocess.Popen([sys.executable, str(ROOT / script), "--port", "0", *args],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout
+        self.port = 0
+        while not self.port:
+            line = self.process.stderr.readline()
+            if not line or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{script} did not start")
+            found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+            self.port = int(found.group(1)) if found else 0
+        # Keep reading its log (a line per connection) so that the server never blocks on it.
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for _ in self.process.stderr:
+            pass
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def status(self, field: str) -> int:
+        """A number from /proc/PID/status, e.g. VmRSS (KiB) or Threads."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the whole process (every thread, the ended ones too)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Raise this process's soft limit of open files (the servers started later inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(needed, soft), hard), hard))
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    """A markdown table of dicts (same keys), numbers rounded for reading."""
+    print(f"\n### {title}\n")
+    if not rows:
+        print("(no rows)")
+        return
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("| " + " | ".join("---" for _ in keys) + " |")
+    for row in rows:
+        print("| " + " | ".join(_format(row[k]) for k in keys) + " |")
+    sys.stdout.flush()
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return "-"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {sys.version.split()[0]}"
