@@ -333,7 +333,7 @@ class Subscriber:
       reconnect with Last-Event-ID and catch up from the history, and the others never wait.
     """
 
-    __slots__ = ("sock", "chunked", "max_queue", "lock", "wake", "backlog", "draining", "closed",
+    __slots__ = ("sock", "chunked", "max_queue", "lock", "signal", "backlog", "draining", "closed",
                  "reason", "peer")
 
     def __init__(self, sock: socket.socket, chunked: bool, max_queue: int, peer: str = "") -> None:
@@ -341,7 +341,11 @@ class Subscriber:
         self.chunked = chunked
         self.max_queue = max_queue
         self.lock = threading.Lock()
-        self.wake = threading.Event()
+        # A one-bit signal "there is work": released = raised, held = lowered.  A bare lock, not a
+        # threading.Event, which adds a Condition and a deque (about 1 KiB per subscriber).  It is
+        # raised and lowered only under `lock`, and only the subscriber's thread waits on it.
+        self.signal = threading.Lock()
+        self.signal.acquire()
         self.backlog: list[bytes] = []
         self.draining = True  # the thread owns the socket until the head and replay are out
         self.closed = False
@@ -359,7 +363,7 @@ class Subscriber:
                     self._drop(f"too slow: {self.max_queue} events waiting")
                     return
                 self.backlog.append(data)
-                self.wake.set()
+                self._raise_signal()
                 return
             try:
                 sent = self.sock.send(data, socket.MSG_DONTWAIT)
@@ -371,7 +375,7 @@ class Subscriber:
             if sent < len(data):
                 self.backlog.append(data[sent:])
                 self.draining = True
-                self.wake.set()
+                self._raise_signal()
 
     def take_backlog(self) -> list[bytes]:
         """Called by the subscriber's thread: the bytes to write, or [] (and the socket goes
@@ -380,18 +384,26 @@ class Subscriber:
             backlog, self.backlog = self.backlog, []
             if not backlog and not self.closed:
                 self.draining = False
-                self.wake.clear()
+                self.signal.acquire(blocking=False)  # lower it: everything is written
             return backlog
+
+    def wait(self) -> None:
+        """Sleep until the signal is raised (called by the subscriber's thread only)."""
+        self.signal.acquire()  # and it stays lowered: the thread now takes the backlog
+
+    def _raise_signal(self) -> None:
+        if self.signal.locked():
+            self.signal.release()
 
     def close(self, reason: str) -> None:
         with self.lock:
             if not self.closed:
                 self.closed, self.reason = True, reason
-                self.wake.set()
+                self._raise_signal()
 
     def _drop(self, reason: str) -> None:
         self.closed, self.reason = True, reason
-        self.wake.set()
+        self._raise_signal()
         try:  # a thread blocked writing to this socket wakes up with an error
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -599,6 +611,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
             return
         subscriber, replay, reset = joined
         self.close_connection = True  # the stream is the last thing on this connection
+        self.rfile.close()  # nothing more is read: free its 8 KiB buffer for the stream's lifetime
         try:
             sock.settimeout(None)  # from now on writes are bounded by write_all's deadline
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each event goes now
@@ -645,7 +658,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
             if backlog:
                 write_all(subscriber.sock, b"".join(backlog), timeout)
             else:
-                subscriber.wake.wait()
+                subscriber.wait()
         if subscriber.reason == "server shutting down" and subscriber.chunked:
             write_all(subscriber.sock, LAST_CHUNK, 1.0)  # a clean end: the stream is complete
 

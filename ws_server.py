@@ -461,6 +461,16 @@ def _mask_int_blocks(data: bytes | bytearray | memoryview, masking_key: bytes) -
     return b"".join(blocks)
 
 
+def unmask_in_place(buffer: bytearray, start: int, masking_key: bytes) -> None:
+    """Apply the mask to buffer[start:] where it lies: no copy of the payload is made."""
+    if len(buffer) - start < MASK_LANES_FROM:
+        buffer[start:] = _mask_int_blocks(buffer[start:], masking_key)
+        return
+    for lane in range(4):
+        lane_slice = slice(start + lane, None, 4)
+        buffer[lane_slice] = buffer[lane_slice].translate(_XOR_TABLES[masking_key[lane]])
+
+
 def _mask_lanes(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytearray:
     """Bytes 0, 4, 8, ... are all XORed with masking_key[0]; bytes 1, 5, 9, ... with
     masking_key[1]; and so on.  So the payload is four strided lanes, and XOR with one constant
@@ -496,11 +506,11 @@ class Message:
     """A complete data message (§5.6): text (`opcode` TEXT, UTF-8 payload) or binary."""
 
     opcode: Opcode
-    payload: bytes
+    payload: bytes | bytearray  # as received: the receiver's buffer, not copied again
 
     @property
     def data(self) -> str | bytes:
-        return self.payload.decode("utf-8") if self.opcode == Opcode.TEXT else self.payload
+        return self.payload.decode("utf-8") if self.opcode == Opcode.TEXT else bytes(self.payload)
 
 
 @dataclasses.dataclass(slots=True)
@@ -605,6 +615,9 @@ class Receiver:
     an invalid byte fails the connection with 1007 at once, even in the middle of a frame.
     """
 
+    __slots__ = ("_buffer", "_cost", "_decoder", "_header", "_opcode", "_payload", "_received",
+                 "_remaining", "failed", "mask_expected", "max_size", "on_frame")
+
     def __init__(self, *, mask_expected: bool = True, max_size: int = DEFAULT_MAX_SIZE,
                  on_frame: Callable[[FrameHeader, bytes], None] | None = None) -> None:
         self.mask_expected = mask_expected  # §5.1: True for a server, False for a client
@@ -618,7 +631,7 @@ class Receiver:
         self._received = 0  # payload bytes of this frame already read (masking key phase)
         # The data message in progress, perhaps over several fragments (§5.4).
         self._opcode: int | None = None
-        self._parts: list[bytes] = []
+        self._payload = bytearray()  # its payload so far, unmasked in place as it arrives
         self._cost = 0
         self._decoder: codecs.IncrementalDecoder | None = None
 
@@ -680,7 +693,7 @@ class Receiver:
                     if opcode == Opcode.TEXT:
                         self._check_utf8(payload)
                     self._opcode = None
-                    events.append(Message(Opcode(opcode), bytes(payload)))
+                    events.append(Message(Opcode(opcode), payload))
                     continue
                 self._header, self._remaining, self._received = header, length, 0
                 if length == 0:
@@ -729,16 +742,18 @@ class Receiver:
         """Read what has arrived of the current data frame's payload; return the new position."""
         header = self._header
         take = min(self._remaining, end - pos)
-        piece = buf[pos:pos + take]
+        payload = self._payload
+        start = len(payload)
+        with memoryview(buf) as view:  # one copy: from the read buffer to the message
+            payload += view[pos:pos + take]
         if header.masking_key:
             phase = self._received & 3  # where in the key this piece starts
-            key = header.masking_key[phase:] + header.masking_key[:phase]
-            piece = apply_mask(piece, key)
+            unmask_in_place(payload, start, header.masking_key[phase:] + header.masking_key[:phase])
         self._received += take
         self._remaining -= take
-        self._parts.append(piece)
         if self._opcode == Opcode.TEXT:
-            self._feed_utf8(piece, final=False)
+            with memoryview(payload) as view:
+                self._feed_utf8(view[start:], final=False)
         if self._remaining == 0:
             self._finish_frame(events)
         return pos + take
@@ -747,14 +762,13 @@ class Receiver:
         header = self._header
         self._header = None
         if self.on_frame:
-            self.on_frame(header, b"".join(self._parts)[-header.length:] if header.length else b"")
+            self.on_frame(header, bytes(self._payload[len(self._payload) - header.length:]))
         if not header.fin:
             return
-        payload = b"".join(self._parts) if len(self._parts) != 1 else bytes(self._parts[0])
         if self._opcode == Opcode.TEXT:
             self._feed_utf8(b"", final=True)
-        events.append(Message(Opcode(self._opcode), payload))
-        self._opcode, self._parts, self._decoder = None, [], None
+        events.append(Message(Opcode(self._opcode), self._payload))
+        self._opcode, self._payload, self._decoder = None, bytearray(), None
 
     def _feed_utf8(self, piece: bytes, final: bool) -> None:
         if self._decoder is None:
@@ -846,6 +860,12 @@ class Connection:
     later", would tell a client that did nothing wrong to blame the server's load).
     """
 
+    __slots__ = ("_close_timer", "_closed_waiter", "_drain_task", "_events", "_flush_handle",
+                 "_high_water", "_loop", "_next_event", "_outgoing", "_ping_payload",
+                 "_ping_timer", "_reading", "close_code", "close_reason", "is_client", "limits",
+                 "name", "reader", "receiver", "state", "subprotocol", "trace", "transport",
+                 "writer")  # no per-connection __dict__: idle clients stay small
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  client: bool = False, limits: Limits | None = None,
                  subprotocol: str | None = None, trace: bool = False) -> None:
@@ -862,7 +882,8 @@ class Connection:
         self.receiver = Receiver(mask_expected=not client, max_size=self.limits.max_size,
                                  on_frame=self._trace_in if trace else None)
         self._loop = asyncio.get_running_loop()
-        self._events: collections.deque[Event] = collections.deque()
+        self._events: list[Event] = []  # received, not yet handled; a list and an index: a
+        self._next_event = 0  # deque would cost 600 bytes for every idle connection
         self._outgoing: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
         self._drain_task: asyncio.Task | None = None
@@ -871,7 +892,7 @@ class Connection:
         self._ping_timer: asyncio.TimerHandle | None = None
         self._ping_payload: bytes | None = None
         self._reading = False  # is a task inside recv_message()?
-        self._closed = asyncio.Event()  # set once the state is CLOSED
+        self._closed_waiter: asyncio.Future | None = None  # close() waiting for another reader
         if not client and self.limits.ping_interval > 0:
             self._ping_timer = self._loop.call_later(self.limits.ping_interval, self._keepalive)
 
@@ -888,35 +909,42 @@ class Connection:
             raise RuntimeError("recv() called while another task is already receiving")
         self._reading = True
         try:
-            return await self._next_message()
+            while True:
+                message = self._next_message()
+                if message is not None:
+                    return message
+                if self.state is State.CLOSED:
+                    await self._wait_for_tcp_end()
+                    raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+                if self._flush_handle is not None:
+                    # About to wait for the peer, which may be waiting for our answer: send what
+                    # is queued now, not one loop turn later (frames of one read still batch).
+                    self._flush()
+                try:
+                    data = await self.reader.read(READ_SIZE)
+                except OSError:
+                    data = b""
+                if data:
+                    self.receive_data(data)
+                else:  # the peer's TCP is gone
+                    self._connection_lost()
         finally:
             self._reading = False
 
-    async def _next_message(self) -> Message:
+    def _next_message(self) -> Message | None:
+        """Handle the received events in order, up to the next data message."""
         events = self._events
-        while True:
-            while events:
-                event = events.popleft()
-                if type(event) is Message:
-                    if self.state is State.OPEN:  # after our close, data is discarded (§7.1.3)
-                        return event
-                else:
-                    self._handle_control(event)
-            if self.state is State.CLOSED:
-                await self._wait_for_tcp_end()
-                raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-            if self._flush_handle is not None:
-                # About to wait for the peer, which may be waiting for our answer: send what is
-                # queued now rather than one loop turn later (frames of one read still batch).
-                self._flush()
-            try:
-                data = await self.reader.read(READ_SIZE)
-            except OSError:
-                data = b""
-            if data:
-                self.receive_data(data)
-            else:  # the peer's TCP is gone
-                self._connection_lost()
+        while self._next_event < len(events):
+            event = events[self._next_event]
+            self._next_event += 1
+            if type(event) is Message:
+                if self.state is State.OPEN:  # after our close, data is discarded (§7.1.3)
+                    return event
+            else:
+                self._handle_control(event)
+        events.clear()
+        self._next_event = 0
+        return None
 
     def receive_data(self, data: bytes) -> None:
         """Decode bytes from the peer; their events wait, in order, for `recv_message`."""
@@ -1048,7 +1076,8 @@ class Connection:
         deadline = self._loop.time() + self.limits.close_timeout + 1
         if self._reading:  # another task's recv() will read the peer's close: wait for it
             try:
-                await asyncio.wait_for(self._closed.wait(), deadline - self._loop.time())
+                self._closed_waiter = self._loop.create_future()
+                await asyncio.wait_for(self._closed_waiter, deadline - self._loop.time())
             except asyncio.TimeoutError:
                 self._abort()
             return
@@ -1110,7 +1139,8 @@ class Connection:
 
     def _set_closed(self) -> None:
         self.state = State.CLOSED
-        self._closed.set()
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
         for timer in (self._ping_timer, self._close_timer):
             if timer is not None:
                 timer.cancel()
@@ -1249,7 +1279,9 @@ class WebSocketServer:
         self._handlers.add(task)
         self._handshaking.add(task)
         try:
-            await self._serve(reader, writer)
+            accepted = await self._handshake(reader, writer)
+            if accepted is not None:  # the request head and its parse are gone: idle clients are small
+                await self._chat(reader, writer, *accepted)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:  # shutdown() ends connections it cannot close politely
@@ -1261,11 +1293,6 @@ class WebSocketServer:
             self._handshaking.discard(task)
             if not writer.transport.is_closing():
                 writer.transport.abort()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted = await self._handshake(reader, writer)
-        if accepted is not None:  # the request head and its parse are gone: an idle client is small
-            await self._chat(reader, writer, *accepted)
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                          ) -> tuple[Handshake, bytes] | None:
