@@ -20,6 +20,11 @@ from tests.support import TIMEOUT, SSEServerTestCase, StreamClient, http_request
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def request_threads() -> int:
+    """Threads that ThreadingHTTPServer started, one per connection, still running."""
+    return sum(1 for t in threading.enumerate() if t.name.endswith("(process_request_thread)"))
+
+
 class Test01TheStream(SSEServerTestCase):
     """§9.2.3: a 200 with text/event-stream, then events as they happen."""
 
@@ -211,14 +216,16 @@ class Test05HeartbeatsAndVanishedClients(SSEServerTestCase):
         self.assertEqual(stream.events, [])  # a comment is not an event
 
     def test_02_vanished_clients_are_unsubscribed_and_their_threads_end(self):
+        wait_for(lambda: request_threads() == 0, message="earlier tests' threads to end")
         baseline = threading.active_count()
         streams = [self.subscribed(self.stream()) for _ in range(3)]
         wait_for(lambda: self.server.hub.subscriber_count == 3, message="3 subscribers")
-        self.assertGreaterEqual(threading.active_count(), baseline + 3)
+        self.assertEqual(request_threads(), 3)  # one thread per client
         for stream in streams:
             stream.close()  # no goodbye: the server finds out when a heartbeat fails
         wait_for(lambda: self.server.hub.subscriber_count == 0, message="no subscribers")
-        wait_for(lambda: threading.active_count() == baseline, message=f"{baseline} threads")
+        wait_for(lambda: request_threads() == 0, message="no request threads")
+        self.assertEqual(threading.active_count(), baseline)
 
 
 class Test06SlowClients(SSEServerTestCase):
@@ -335,13 +342,14 @@ class Test10StaticFiles(SSEServerTestCase):
 class Test11Shutdown(SSEServerTestCase):
 
     def test_01_stop_ends_every_stream_with_the_last_chunk_and_threads_end(self):
-        baseline = self.threads_before
         streams = [self.subscribed(self.stream()) for _ in range(3)]
+        self.assertGreaterEqual(request_threads(), 3)
         self.server.stop()
         for stream in streams:
             stream.read_to_eof()
             self.assertTrue(stream.dechunker.done)  # a complete stream, not a cut one
-        wait_for(lambda: threading.active_count() == baseline, message=f"{baseline} threads")
+        wait_for(lambda: request_threads() == 0, message="no request threads")
+        self.assertFalse([t for t in threading.enumerate() if t.name in ("sse-server", "clock", "heartbeat")])
 
     def test_02_ctrl_c_ends_the_streams_and_exits_0_without_a_traceback(self):
         process = subprocess.Popen([sys.executable, str(ROOT / "sse_server.py"), "--port", "0"],
