@@ -58,7 +58,7 @@ class Subscriber(asyncio.Protocol):
         found = buffer.count(MARK)
         if found:
             first = buffer.find(MARK) + len(MARK)
-            end = buffer.find(b"}", first)
+            end = buffer.find(b",", first)
             if end > 0:
                 self.samples.append(((now - int(buffer[first:end])) / 1e6, found))
             before, self.count = self.count, self.count + found
