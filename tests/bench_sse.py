@@ -22,37 +22,25 @@ import argparse
 import asyncio
 import time
 
-from tests.benchtools import Server, machine, print_table, raise_fd_limit
+from tests.benchtools import RawHTTPClient, Server, machine, print_table, raise_fd_limit
 
 MARK = b'data: {"t":'  # the start of every published event's data line
 
 
-class Subscriber(asyncio.Protocol):
+class Subscriber(RawHTTPClient):
     """GET /sse; counts published events (they contain MARK), samples one latency per read."""
 
     def __init__(self, expected: int, finished: list) -> None:
+        super().__init__()
         self.expected, self.finished = expected, finished
-        self.head = b""
-        self.open = asyncio.get_running_loop().create_future()
         self.count = 0
         self.tail = b""  # the end of the previous read, in case MARK is split across reads
         self.samples: list[tuple[float, int]] = []
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.write(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+    def request(self) -> bytes:
+        return b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
 
-    def data_received(self, data: bytes) -> None:
-        if not self.open.done():
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not self.head.startswith(b"HTTP/1.1 200"):
-                self.open.set_exception(RuntimeError(self.head[:80]))
-                return
-            data, self.head = self.head[end + 4:], b""
-            self.open.set_result(True)
+    def on_body(self, data: bytes) -> None:
         now = time.time_ns() // 1000
         buffer = self.tail + data
         found = buffer.count(MARK)
@@ -65,10 +53,6 @@ class Subscriber(asyncio.Protocol):
             if before < self.expected <= self.count:
                 self.finished.append(time.perf_counter())
         self.tail = buffer[-(len(MARK) - 1):]
-
-    def connection_lost(self, exc) -> None:
-        if not self.open.done():
-            self.open.set_exception(ConnectionError("closed before the response head"))
 
 
 async def subscribe(port: int, count: int, expected: int, finished: list, concurrency: int = 200) -> list:

@@ -28,7 +28,7 @@ import time
 
 import ws_server
 from ws_server import Opcode, encode_frame
-from tests.benchtools import Server, machine, median, percentile, print_table, raise_fd_limit
+from tests.benchtools import RawHTTPClient, Server, machine, median, percentile, print_table, raise_fd_limit
 
 HANDSHAKE = ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
@@ -47,40 +47,23 @@ def server_frame_size(payload_size: int) -> int:
     return payload_size + (2 if payload_size < 126 else 4 if payload_size < 65536 else 10)
 
 
-class Client(asyncio.Protocol):
-    """A raw connection: handshake, then every byte received goes to `on_bytes`."""
+class Client(RawHTTPClient):
+    """A raw WebSocket connection: the handshake, then it counts the bytes received."""
+
+    status = b"HTTP/1.1 101"
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.head = b""
-        self.open = asyncio.get_running_loop().create_future()
+        super().__init__()
         self.received = 0
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.write(handshake_bytes())
+    def request(self) -> bytes:
+        return handshake_bytes()
 
-    def data_received(self, data: bytes) -> None:
-        if not self.open.done():
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not self.head.startswith(b"HTTP/1.1 101"):
-                self.open.set_exception(RuntimeError(self.head[:80]))
-                return
-            data, self.head = self.head[end + 4:], b""
-            self.open.set_result(True)
-            if not data:
-                return
+    def on_body(self, data: bytes) -> None:
         self.on_bytes(data)
 
     def on_bytes(self, data: bytes) -> None:
         self.received += len(data)
-
-    def connection_lost(self, exc) -> None:
-        if not self.open.done():
-            self.open.set_exception(ConnectionError("closed during the handshake"))
 
 
 async def connect_many(port: int, count: int, factory=Client, concurrency: int = 200) -> list:

@@ -6,6 +6,7 @@ Not collected by unittest (the names do not start with `test`).  Standard librar
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import resource
@@ -15,6 +16,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from tests.support import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -59,13 +62,48 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / TICKS
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
+
+
+class RawHTTPClient(asyncio.Protocol):
+    """Sends `request()` on connect; `open` resolves at a response head with `status`; then
+    every body byte goes to `on_body`."""
+
+    status = b"HTTP/1.1 200"
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+        self.open = asyncio.get_running_loop().create_future()
+
+    def request(self) -> bytes:
+        raise NotImplementedError
+
+    def on_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request())
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open.done():
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self.head.startswith(self.status):
+                self.open.set_exception(RuntimeError(self.head[:80]))
+                return
+            data, self.head = self.head[end + 4:], b""
+            self.open.set_result(True)
+            if not data:
+                return
+        self.on_body(data)
+
+    def connection_lost(self, exc) -> None:
+        if not self.open.done():
+            self.open.set_exception(ConnectionError("closed before the response head"))
 
 
 def raise_fd_limit(needed: int) -> None:

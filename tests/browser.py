@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import ws_server
+from tests.support import stop_process
 
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 INSTALL_HINT = ("no Chromium found: install it (Debian/Ubuntu: sudo apt-get install chromium) "
@@ -61,13 +62,7 @@ class Chromium:
         self.ws_url = f"ws://127.0.0.1:{int(lines[0])}{lines[1]}"
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
         self.profile.cleanup()
 
 

@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import os
 import socket
+import subprocess
 import threading
 import time
 import unittest
@@ -18,6 +19,17 @@ import ws_server
 from ws_server import Opcode, encode_frame
 
 TIMEOUT = 5.0  # every wait in the integration tests is bounded by this
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate a child we started, politely, then firmly; always reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
