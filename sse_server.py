@@ -68,7 +68,7 @@ DEFAULT_MAX_BODY = 64 * 1024  # --max-body: bytes in one POST /publish
 DEFAULT_MAX_QUEUE = 256  # --max-queue: events waiting for one slow subscriber before it is dropped
 DEFAULT_WRITE_TIMEOUT = 10.0  # --write-timeout: seconds one write may wait for a slow subscriber
 DEFAULT_CLOCK = 1.0  # --clock: seconds between clock events (the tutorial's setInterval 1000)
-REQUEST_TIMEOUT = 10.0  # seconds of silence while reading a request head or body
+DEFAULT_REQUEST_TIMEOUT = 10.0  # --request-timeout: seconds of silence while reading a request
 
 CLOCK_FORMAT = "Current time: %H:%M:%S"
 
@@ -550,8 +550,13 @@ class SSERequestHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "sse_server"
-    timeout = REQUEST_TIMEOUT  # a client that stops sending mid-request is dropped
     server: SSEServer
+
+    def setup(self) -> None:
+        # StreamRequestHandler applies `timeout` to the socket: a client that stops sending in
+        # the middle of a request (slowloris) is dropped after --request-timeout seconds.
+        self.timeout = self.server.config.request_timeout
+        super().setup()
 
     # -- dispatch (BaseHTTPRequestHandler calls do_<METHOD>) ------------------------------------
 
@@ -823,6 +828,7 @@ class ServerConfig:
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
     clock: float = DEFAULT_CLOCK
     trace: bool = False
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
 
 
 def clock_message() -> str:
@@ -1009,6 +1015,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"events waiting for a slow subscriber before it is dropped (default: {DEFAULT_MAX_QUEUE})")
     parser.add_argument("--write-timeout", type=float, default=DEFAULT_WRITE_TIMEOUT, metavar="S",
                         help=f"seconds a write to a slow subscriber may take (default: {DEFAULT_WRITE_TIMEOUT:g})")
+    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT, metavar="S",
+                        help=f"seconds a client may stay silent in the middle of a request (default: {DEFAULT_REQUEST_TIMEOUT:g})")
     parser.add_argument("--trace", action="store_true", help="log every request and every event")
     parser.add_argument("--connect", metavar="URL", help="print the events of URL instead (reconnects)")
     return parser
@@ -1025,8 +1033,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("max_clients", "max_body", "max_queue"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.history < 0 or args.retry < 0 or args.write_timeout <= 0:
-        parser.error("--history and --retry must be at least 0, --write-timeout above 0")
+    if args.history < 0 or args.retry < 0 or args.write_timeout <= 0 or args.request_timeout <= 0:
+        parser.error("--history and --retry must be at least 0, --write-timeout and --request-timeout above 0")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.connect:
@@ -1034,7 +1042,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = ServerConfig(args.host, args.port, args.static, args.retry, args.heartbeat, args.history,
                               args.store, tuple(args.allow_origin or ("*",)), args.max_clients,
-                              args.max_body, args.max_queue, args.write_timeout, args.clock, args.trace)
+                              args.max_body, args.max_queue, args.write_timeout, args.clock, args.trace,
+                              args.request_timeout)
         server = SSEServer(config)
     except KeyboardInterrupt:
         return 0

@@ -260,7 +260,7 @@ class Test06SlowClients(SSEServerTestCase):
 
 class Test07Limits(SSEServerTestCase):
 
-    options = {"max_clients": 2}
+    options = {"max_clients": 2, "request_timeout": 0.3, "write_timeout": 0.5, "max_queue": 100_000}
 
     def test_01_beyond_max_clients_the_answer_is_503(self):
         for _ in range(2):
@@ -268,6 +268,26 @@ class Test07Limits(SSEServerTestCase):
         refused = self.stream()
         self.assertEqual(refused.status, 503)
         self.assertEqual(refused.headers["retry-after"], "5")
+
+    def test_03_a_client_silent_in_the_middle_of_its_request_is_dropped(self):
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n")  # and no blank line: slowloris
+        started = time.monotonic()
+        self.assertEqual(sock.recv(1024), b"")  # closed by the server
+        self.assertLess(time.monotonic() - started, TIMEOUT - 1)
+
+    def test_04_a_subscriber_whose_writes_stall_past_write_timeout_is_dropped(self):
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.settimeout(TIMEOUT)
+        stalled.connect(("127.0.0.1", self.port))
+        self.addCleanup(stalled.close)
+        stalled.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        wait_for(lambda: self.server.hub.subscriber_count == 1, message="the subscriber")
+        for _ in range(300):  # 10 MB: more than the socket buffers hold; the queue never fills
+            self.server.hub.publish("x" * 32768)
+        wait_for(lambda: self.server.hub.subscriber_count == 0, message="the stalled subscriber dropped")
 
     def test_02_a_request_head_with_too_many_headers_is_refused(self):
         headers = {f"X-{i}": "y" for i in range(120)}
