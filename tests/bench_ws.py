@@ -60,9 +60,6 @@ class Client(RawHTTPClient):
         return handshake_bytes()
 
     def on_body(self, data: bytes) -> None:
-        self.on_bytes(data)
-
-    def on_bytes(self, data: bytes) -> None:
         self.received += len(data)
 
 
@@ -93,7 +90,7 @@ class Pipeline(Client):
         self.sent = self.in_flight
         self.transport.write(self.frame * self.in_flight)
 
-    def on_bytes(self, data: bytes) -> None:
+    def on_body(self, data: bytes) -> None:
         self.received += len(data)
         completed = self.received // self.echo_size
         more = min(completed - self.completed, self.total - self.sent)
@@ -192,7 +189,7 @@ class Receiver(Client):
         self.expected, self.finished = expected, finished
         self.samples: list[tuple[float, int]] = []  # (latency s, frames it stands for)
 
-    def on_bytes(self, data: bytes) -> None:
+    def on_body(self, data: bytes) -> None:
         now = time.time_ns() // 1000
         before = self.received // self.frame_size
         start = (-self.received) % self.frame_size  # where the first frame starting here begins

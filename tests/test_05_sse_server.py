@@ -20,6 +20,18 @@ from tests.support import TIMEOUT, SSEServerTestCase, StreamClient, http_request
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class NonReadingSubscriber:
+    """Mixin: a subscriber with a tiny receive buffer that never reads its stream."""
+
+    def subscriber_that_never_reads(self) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(TIMEOUT)
+        sock.connect(("127.0.0.1", self.port))
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
 def request_threads() -> int:
     """Threads that ThreadingHTTPServer started, one per connection, still running."""
     return sum(1 for t in threading.enumerate() if t.name.endswith("(process_request_thread)"))
@@ -228,19 +240,14 @@ class Test05HeartbeatsAndVanishedClients(SSEServerTestCase):
         self.assertEqual(threading.active_count(), baseline)
 
 
-class Test06SlowClients(SSEServerTestCase):
+class Test06SlowClients(NonReadingSubscriber, SSEServerTestCase):
     """A subscriber that does not read is dropped once its queue is full; the others and the
     publisher never wait for it."""
 
     options = {"max_queue": 32, "write_timeout": 30.0}
 
     def test_01_a_slow_client_is_dropped_while_a_fast_one_gets_every_event(self):
-        slow = socket.socket()
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        slow.settimeout(TIMEOUT)
-        slow.connect(("127.0.0.1", self.port))
-        self.addCleanup(slow.close)
-        slow.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        self.subscriber_that_never_reads()
         fast = self.subscribed(self.stream())
         wait_for(lambda: self.server.hub.subscriber_count == 2, message="2 subscribers")
         count, payload = 300, "x" * 32768
@@ -258,7 +265,7 @@ class Test06SlowClients(SSEServerTestCase):
         wait_for(lambda: self.server.hub.subscriber_count == 1, message="the slow client dropped")
 
 
-class Test07Limits(SSEServerTestCase):
+class Test07Limits(NonReadingSubscriber, SSEServerTestCase):
 
     options = {"max_clients": 2, "request_timeout": 0.3, "write_timeout": 0.5, "max_queue": 100_000}
 
@@ -278,12 +285,7 @@ class Test07Limits(SSEServerTestCase):
         self.assertLess(time.monotonic() - started, TIMEOUT - 1)
 
     def test_04_a_subscriber_whose_writes_stall_past_write_timeout_is_dropped(self):
-        stalled = socket.socket()
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.settimeout(TIMEOUT)
-        stalled.connect(("127.0.0.1", self.port))
-        self.addCleanup(stalled.close)
-        stalled.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        self.subscriber_that_never_reads()
         wait_for(lambda: self.server.hub.subscriber_count == 1, message="the subscriber")
         for _ in range(300):  # 10 MB: more than the socket buffers hold; the queue never fills
             self.server.hub.publish("x" * 32768)
