@@ -7,20 +7,24 @@
     python sse_server.py --connect http://127.0.0.1:8088/sse   # terminal client
 
 Every second every subscriber gets the tutorial's clock, `{"message": "Current time: HH:MM:SS"}`.
-`http.server.ThreadingHTTPServer` gives each client its own thread.  Standard library only.
-The module reads top to bottom like the spec ("HTML Living Standard", §9.2 Server-sent events):
+`http.server.ThreadingHTTPServer` gives each client its own thread.  Standard library only;
+every platform Python runs on.  The module reads top to bottom like the spec ("HTML Living
+Standard", §9.2 Server-sent events):
 
 1. Constants: the media type, default limits.
 2. The format (§9.2.5): `format_event` writes one event; nothing can be injected through it.
 3. The parser (§9.2.5, §9.2.6): `EventStreamParser`, fed bytes, returns events the way a browser
    dispatches them.  Pure: no sockets.
-4. HTTP/1.1 framing of the stream: chunked transfer coding (RFC 9112 §7.1), by hand.
-5. The hub: event ids, the history kept for `Last-Event-ID` (memory or SQLite), subscribers with
-   a bounded backlog, one fan-out for every event.
-6. The HTTP handler (one thread per request): `/sse`, `POST /publish`, CORS, static files.
-7. The server: the clock, heartbeats, a clean shutdown.
-8. The client: `--connect URL`, which reconnects with `Last-Event-ID` like a browser.
-9. The command line.
+4. HTTP/1.1 framing: the chunked transfer coding (RFC 9112 §7.1), both ways, by hand.
+5. Requests and their refusals: the pure decisions about a publish, CORS and `Last-Event-ID`;
+   each refusal is an `HTTPError` (the one error of the HTTP layer `ws_server.py` shares).
+6. The hub: event ids, the history kept for `Last-Event-ID` (memory or SQLite), subscribers
+   with a bounded backlog, one fan-out for every event, one watcher for departures.
+7. The HTTP handler (one thread per connection): reads each request head with a deadline,
+   then `/sse`, `POST /publish`, CORS preflights, static files.
+8. The server: the clock, heartbeats, a clean shutdown.
+9. The client: `--connect URL`, which reconnects with `Last-Event-ID` like a browser.
+10. The command line.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import itertools
 import json
 import logging
 import re
-import select
+import selectors
 import signal
 import socket
 import sqlite3
@@ -45,7 +49,8 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterable, Iterator
 
-import ws_server  # for its static-file helpers: one way to map a URL to a file
+import ws_server  # the HTTP/1.1 layer both servers share, and its static-file helpers
+from ws_server import HTTPError
 
 log = logging.getLogger("sse_server")
 
@@ -68,7 +73,13 @@ DEFAULT_MAX_BODY = 64 * 1024  # --max-body: bytes in one POST /publish
 DEFAULT_MAX_QUEUE = 256  # --max-queue: events waiting for one slow subscriber before it is dropped
 DEFAULT_WRITE_TIMEOUT = 10.0  # --write-timeout: seconds one write may wait for a slow subscriber
 DEFAULT_CLOCK = 1.0  # --clock: seconds between clock events (the tutorial's setInterval 1000)
-DEFAULT_REQUEST_TIMEOUT = 10.0  # --request-timeout: seconds of silence while reading a request
+DEFAULT_REQUEST_TIMEOUT = 10.0  # --request-timeout: seconds for a whole request head (and body)
+DEFAULT_MAX_HEADER_BYTES = ws_server.DEFAULT_MAX_HEADER_BYTES  # --max-header-bytes
+DEFAULT_MAX_HEADER_LINES = ws_server.DEFAULT_MAX_HEADER_LINES  # --max-header-lines
+
+#: How long opening an SQLite store may wait for a lock another process holds, before it is
+#: reported as in use (see `SQLiteHistory`).
+STORE_LOCK_WAIT = 1.0
 
 CLOCK_FORMAT = "Current time: %H:%M:%S"
 
@@ -231,16 +242,19 @@ class EventStreamParser:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. HTTP/1.1 framing of the stream: chunked transfer coding (RFC 9112 §7.1)
+# 4. HTTP/1.1 framing: the chunked transfer coding (RFC 9112 §7.1)
 # ---------------------------------------------------------------------------------------------
 #
-#   chunk      = chunk-size CRLF chunk-data CRLF     ; size in hex
-#   last-chunk = "0" CRLF CRLF                       ; (no trailers)
+#   chunked-body = *chunk last-chunk trailer-section CRLF
+#   chunk        = chunk-size [ chunk-ext ] CRLF chunk-data CRLF     ; size in hex
+#   last-chunk   = 1*("0") [ chunk-ext ] CRLF
 #
 # An HTTP/1.1 response must say where its body ends: Content-Length (unknown for an endless
 # stream), chunked, or closing the connection.  Chunked lets the server end the stream cleanly
 # (the last chunk) and a client tell a complete stream from a cut one.  Each event is one chunk,
 # written in one send.  HTTP/1.0 clients have no chunked coding: their stream ends at close.
+# The other way, a server must be able to read a chunked request body (§7.1): a publisher that
+# streams its body does not know its length in advance.
 
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -250,9 +264,158 @@ def encode_chunk(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
+class ChunkedDecoder:
+    """The chunked coding backwards, sans I/O: feed it bytes, it returns whole chunks' data.
+
+    Bounded: at most `max_size` bytes of data in all (413 past it), lines (size, extensions,
+    trailers) of at most `max_line` bytes; anything malformed is a 400.  Once `done`, the bytes
+    after the body are in `unused` (the next request on the connection).  Chunk extensions and
+    trailer fields are read and ignored, as §7.1.1 and §7.1.2 allow.
+    """
+
+    def __init__(self, max_size: int, max_line: int = 4096) -> None:
+        self.max_size = max_size
+        self.max_line = max_line
+        self.done = False
+        self.unused = b""
+        self.size = 0  # data bytes decoded so far
+        self._buffer = b""
+        self._remaining: int | None = None  # of the chunk being read; None between chunks
+        self._in_trailers = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The data of every chunk that these bytes complete, in order."""
+        chunks: list[bytes] = []
+        if self.done:
+            self.unused += data
+            return chunks
+        buffer = self._buffer + data
+        while not self.done:
+            if self._remaining is not None:  # the chunk's data, then its CRLF
+                if len(buffer) < self._remaining + 2:
+                    break
+                chunk, end = buffer[:self._remaining], buffer[self._remaining:self._remaining + 2]
+                if end != b"\r\n":
+                    raise HTTPError(400, "chunk data not followed by CRLF")
+                chunks.append(chunk)
+                buffer, self._remaining = buffer[self._remaining + 2:], None
+                continue
+            line_end = buffer.find(b"\r\n")
+            if line_end < 0:
+                if len(buffer) > self.max_line:
+                    raise HTTPError(400, "chunk size line too long")
+                break
+            line, buffer = buffer[:line_end], buffer[line_end + 2:]
+            if self._in_trailers:
+                if not line:  # the empty line that ends the body
+                    self.done, self.unused = True, buffer
+                    buffer = b""
+                continue
+            self._start_chunk(line)
+        self._buffer = buffer
+        return chunks
+
+    def _start_chunk(self, line: bytes) -> None:
+        size_text = line.split(b";", 1)[0].strip(b" \t")
+        if not size_text or len(size_text) > 16 or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise HTTPError(400, "malformed chunk size")
+        size = int(size_text, 16)
+        if size == 0:  # the last chunk: trailer fields follow, then an empty line
+            self._in_trailers = True
+            return
+        self.size += size
+        if self.size > self.max_size:
+            raise HTTPError(413, f"body over {self.max_size} bytes")
+        self._remaining = size
+
+
 # ---------------------------------------------------------------------------------------------
-# 5. The hub: ids, history, subscribers
+# 5. Requests and their refusals: pure decisions, each refusal an HTTPError
 # ---------------------------------------------------------------------------------------------
+
+STREAM_PATHS = ("/sse", "/sse/")  # the tutorial's page asks for /sse/, its server serves /sse
+PUBLISH_PATH = "/publish"
+ALLOWED_METHODS = "GET, HEAD, POST, OPTIONS"
+#: Sent by a preflight: Last-Event-ID because fetch-based EventSource polyfills set it by hand
+#: (a browser's own EventSource needs no preflight), Content-Type for JSON publishers.
+ALLOWED_HEADERS = "Last-Event-ID, Content-Type, Cache-Control"
+
+
+def publish_event_name(query: str) -> str | None:
+    """`?event=NAME` names the published event (its `event:` field, §9.2.6); 400 unless the
+    name is one non-empty line: a line break would inject fields."""
+    names = urllib.parse.parse_qs(query, keep_blank_values=True).get("event")
+    name = names[-1] if names else None
+    if name is not None and (not name or LINE_BREAK.search(name)):
+        raise HTTPError(400, "the event name must be one non-empty line")
+    return name
+
+
+def publish_text(body: bytes) -> str:
+    """§9.2.5: an event stream is UTF-8, so a published body must be too (400 otherwise)."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPError(400, "the body is not UTF-8 text") from None
+
+
+def last_event_id(request: ws_server.Request) -> str | None:
+    """§9.2.4: the `Last-Event-ID` header carries the last event ID string, UTF-8 encoded
+    (header values are read as latin-1, byte for byte, so they are decoded again here)."""
+    value = request.header("last-event-id")
+    if not value:
+        return None
+    return value.encode("latin-1").decode("utf-8", "replace").strip()
+
+
+# CORS (Fetch standard, "CORS protocol").  A page may read a response from another origin only
+# if the response says so (Access-Control-Allow-Origin).  `*` allows any page, but never with
+# credentials (cookies): browsers reject `*` together with Access-Control-Allow-Credentials:
+# true, which is what the tutorial sends, so its EventSource({withCredentials: true}) cannot
+# work.  With an allow-list the matching origin is echoed, credentials are allowed, and
+# `Vary: Origin` tells caches that the answer depends on the request's Origin.
+
+
+def cors_headers(origin: str | None, allowed: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The CORS headers of an answer to a request with this `Origin`."""
+    if "*" in allowed:
+        return [("Access-Control-Allow-Origin", "*")]
+    headers = [("Vary", "Origin")]
+    if origin is not None and origin in allowed:
+        headers += [("Access-Control-Allow-Origin", origin), ("Access-Control-Allow-Credentials", "true")]
+    return headers
+
+
+def check_origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> None:
+    """With an allow-list, a browser page from elsewhere may not subscribe or publish (403).
+
+    CORS alone would not stop it: the browser sends a form-like POST before asking, and only
+    hides the answer.  No Origin means no browser page (curl), and our own pages are
+    same-origin: their Origin is this server's scheme and Host.  Compared as strings, never
+    parsed: an Origin is `scheme "://" host [ ":" port ]` (RFC 6454 §6.1), and a broken one
+    (`http://[`) must be refused, not crash a URL parser."""
+    if "*" in allowed or origin is None or origin in allowed:
+        return
+    if host and origin.lower() in (f"http://{host}".lower(), f"https://{host}".lower()):
+        return
+    raise HTTPError(403, "origin not allowed")
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The hub: ids, history, subscribers, departures
+# ---------------------------------------------------------------------------------------------
+
+
+class SSEError(Exception):
+    """Base of the errors this module raises on purpose (HTTP refusals are `HTTPError`)."""
+
+
+class StoreError(SSEError):
+    """The store cannot keep an event, or cannot be opened: the message names the file."""
+
+
+class ShuttingDown(SSEError):
+    """The hub takes no new subscribers: the server is stopping."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,11 +437,22 @@ class History:
     Ids must not repeat across server runs: a client holding id 57 from an earlier run must not
     be mistaken for one that saw this run's event 57.  So, kept in memory, the first id is the
     start time in microseconds: any id of an earlier run is then "too old" here.
+
+    `store` makes an event durable (nothing to do in memory); `append` then makes it part of
+    the history.  The hub calls them in that order, so what is replayed was stored.
     """
 
     def __init__(self, maxlen: int, first_id: int | None = None) -> None:
         self._events: collections.deque[StoredEvent] = collections.deque(maxlen=maxlen)
         self.next_id = first_id if first_id is not None else time.time_ns() // 1000
+
+    def parse_id(self, last_event_id: str) -> int | None:
+        """The position a client's Last-Event-ID names, or None if it names none: ids here are
+        decimal numbers (ASCII digits, at most 18, so no id can cost a long `int()`)."""
+        return ws_server.parse_decimal(last_event_id)
+
+    def store(self, event: StoredEvent) -> None:
+        """Keep `event` durably before it is acknowledged; StoreError if that fails."""
 
     def append(self, event: StoredEvent) -> None:
         self._events.append(event)
@@ -297,40 +471,90 @@ class History:
 
 
 class SQLiteHistory(History):
-    """The history, also kept in an SQLite file (`--store`), so a restarted server still
-    replays what its clients missed, and continues the ids."""
+    """The history, also kept in an SQLite file (`--store`), so that a restarted server still
+    replays what its clients missed, and continues the ids.
+
+    One store belongs to one server process.  Two servers numbering events in one file would
+    hand out the same ids and refuse each other's inserts, so the file is opened in SQLite's
+    EXCLUSIVE locking mode and locked at once: a second server is refused at its start, on
+    every platform (SQLite does the locking; no `fcntl` needed).  Several processes need a
+    shared bus instead of a shared file.  Every error names the file.
+    """
+
+    COLUMNS = [("id", "INTEGER"), ("payload", "BLOB")]
 
     def __init__(self, path: str, maxlen: int) -> None:
-        # One connection, used under the hub's lock by whichever thread publishes.
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")  # no fsync per event; a crash loses little
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
-        rows = self._db.execute("SELECT id, payload FROM events ORDER BY id DESC LIMIT ?", (maxlen,)).fetchall()
+        self.path = path
+        self._maxlen = maxlen
+        self._db: sqlite3.Connection | None = None
+        try:
+            # One connection, used by one publisher at a time (the hub's publishing lock).
+            self._db = sqlite3.connect(path, timeout=STORE_LOCK_WAIT, check_same_thread=False,
+                                       isolation_level=None)
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first access
+            self._db.execute("PRAGMA journal_mode=WAL")  # no fsync per event; a crash loses little
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("BEGIN EXCLUSIVE")  # takes the lock now, and keeps it
+            self._db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+            self._db.execute("COMMIT")
+            columns = [(row[1], row[2].upper()) for row in self._db.execute("PRAGMA table_info(events)")]
+            if columns != self.COLUMNS:
+                raise StoreError(f"{path}: not an event store (its table 'events' has the columns "
+                                 f"{', '.join(name for name, _ in columns)})")
+            rows = self._db.execute("SELECT id, payload FROM events ORDER BY id DESC LIMIT ?", (maxlen,)).fetchall()
+        except sqlite3.OperationalError as error:
+            self.close()
+            if "locked" in str(error):
+                raise StoreError(f"{path}: in use by another server process; one store belongs to one "
+                                 f"process (several processes need a shared bus, not a shared file)") from None
+            raise StoreError(f"{path}: {error}") from None
+        except sqlite3.Error as error:  # "file is not a database", ...
+            self.close()
+            raise StoreError(f"{path}: {error}") from None
+        except StoreError:
+            self.close()
+            raise
         super().__init__(maxlen, rows[0][0] + 1 if rows else None)
         self._events.extend(StoredEvent.from_payload(id, payload) for id, payload in reversed(rows))
-        self._maxlen = maxlen
 
-    def append(self, event: StoredEvent) -> None:
-        super().append(event)
-        self._db.execute("INSERT INTO events (id, payload) VALUES (?, ?)", (event.id, event.payload))
-        if event.id % 256 == 0:  # trim now and then, not at every event
-            self._db.execute("DELETE FROM events WHERE id <= ?", (event.id - self._maxlen,))
+    def store(self, event: StoredEvent) -> None:
+        """INSERT the event (and now and then trim old ones) in one transaction."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO events (id, payload) VALUES (?, ?)", (event.id, event.payload))
+            if event.id % 256 == 0:  # trim now and then, not at every event
+                db.execute("DELETE FROM events WHERE id <= ?", (event.id - self._maxlen,))
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise StoreError(f"{self.path}: the event could not be stored ({error})") from None
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 class Subscriber:
-    """One open stream.  Its socket is written two ways, never both at once:
+    """One open stream, and its whole delivery: the first events, the live ones, the backlog
+    of a slow client, the drop.  Its socket is written two ways, never both at once:
 
     - by the publisher, directly, while the subscriber keeps up: a non-blocking send of the
       event's bytes into the socket buffer, so one event reaches a thousand subscribers without
       waking a thousand threads;
-    - by the subscriber's own thread, when the socket buffer is full ("draining"): the publisher
-      then only appends to `backlog`, at most `max_queue` events, and wakes the thread, which
-      writes them with a deadline.  A subscriber that falls further behind is dropped: it can
-      reconnect with Last-Event-ID and catch up from the history, and the others never wait.
+    - by the subscriber's own thread (`stream`), when the socket buffer is full ("draining"):
+      the publisher then only appends to `backlog`, at most `max_queue` events, and wakes the
+      thread, which writes them with a deadline.  A subscriber that falls further behind is
+      dropped: it can reconnect with Last-Event-ID and catch up from the history, and the
+      others never wait.
+
+    The socket is non-blocking from the start of the stream: neither writer ever blocks in a
+    send, and the thread waits for room with a selector, with a deadline (`write_all`).
     """
 
     __slots__ = ("sock", "chunked", "max_queue", "lock", "signal", "backlog", "draining", "closed",
@@ -352,8 +576,10 @@ class Subscriber:
         self.reason = ""
         self.peer = peer
 
+    # -- the publisher's side ------------------------------------------------------------------
+
     def deliver(self, event: StoredEvent) -> None:
-        """Called by the publisher: send now if the socket takes it, else queue for the thread."""
+        """Send now if the socket takes it, else queue for the subscriber's thread."""
         data = event.chunk if self.chunked else event.payload
         with self.lock:
             if self.closed:
@@ -366,7 +592,7 @@ class Subscriber:
                 self._raise_signal()
                 return
             try:
-                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+                sent = self.sock.send(data)
             except BlockingIOError:
                 sent = 0
             except OSError as error:  # EPIPE, ECONNRESET: the client has gone
@@ -377,9 +603,24 @@ class Subscriber:
                 self.draining = True
                 self._raise_signal()
 
-    def take_backlog(self) -> list[bytes]:
-        """Called by the subscriber's thread: the bytes to write, or [] (and the socket goes
-        back to the publisher) when there are none."""
+    # -- the subscriber's thread ---------------------------------------------------------------
+
+    def stream(self, first: bytes, write_timeout: float) -> None:
+        """Write `first` (retry, then the replay or a reset), then whatever the publisher could
+        not, until the stream is closed; end it with the last chunk when the server stops."""
+        self.sock.setblocking(False)
+        write_all(self.sock, first, write_timeout)
+        while not self.closed:
+            backlog = self._take_backlog()
+            if backlog:
+                write_all(self.sock, b"".join(backlog), write_timeout)
+            else:
+                self.signal.acquire()  # sleep until raised; it stays lowered: the backlog is taken next
+        if self.reason == "server shutting down" and self.chunked:
+            write_all(self.sock, LAST_CHUNK, 1.0)  # a clean end: the stream is complete
+
+    def _take_backlog(self) -> list[bytes]:
+        """The bytes to write, or [] (and the socket goes back to the publisher) when none."""
         with self.lock:
             backlog, self.backlog = self.backlog, []
             if not backlog and not self.closed:
@@ -387,38 +628,71 @@ class Subscriber:
                 self.signal.acquire(blocking=False)  # lower it: everything is written
             return backlog
 
-    def wait(self) -> None:
-        """Sleep until the signal is raised (called by the subscriber's thread only)."""
-        self.signal.acquire()  # and it stays lowered: the thread now takes the backlog
-
-    def _raise_signal(self) -> None:
-        if self.signal.locked():
-            self.signal.release()
+    # -- the end -------------------------------------------------------------------------------
 
     def close(self, reason: str) -> None:
+        """End the stream: its thread wakes, writes what it must, and leaves."""
         with self.lock:
             if not self.closed:
                 self.closed, self.reason = True, reason
                 self._raise_signal()
 
+    def drop(self, reason: str) -> None:
+        """End the stream now, even in the middle of a write: the socket is shut down."""
+        with self.lock:
+            self._drop(reason)
+
+    def _raise_signal(self) -> None:
+        if self.signal.locked():
+            self.signal.release()
+
     def _drop(self, reason: str) -> None:
-        self.closed, self.reason = True, reason
+        if not self.closed:
+            self.closed, self.reason = True, reason
         self._raise_signal()
-        try:  # a thread blocked writing to this socket wakes up with an error
+        try:  # a thread waiting to write to this socket wakes up with an error
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
 
-class ShuttingDown(Exception):
-    pass
+def write_all(sock: socket.socket, data: bytes, timeout: float) -> None:
+    """Write every byte to a non-blocking socket within `timeout` seconds, or raise
+    TimeoutError (or OSError).  A selector waits for room only when the socket is full: it is
+    created then, so a subscriber that keeps up costs no file descriptor of its own.
+    (`selectors` picks epoll, kqueue or, on Windows, select: whatever the platform has.)"""
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    selector = None
+    try:
+        while view:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                sent = 0
+            view = view[sent:]
+            if view:
+                if selector is None:
+                    selector = selectors.DefaultSelector()
+                    selector.register(sock, selectors.EVENT_WRITE)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    raise TimeoutError(f"no progress writing for {timeout:g} s")
+    finally:
+        if selector is not None:
+            selector.close()
 
 
 class Hub:
-    """Numbers, keeps and fans out events.  One lock orders everything: while one event goes
-    out to every subscriber no other is numbered, so each subscriber sees ids in order, and a
-    new subscriber is added between two events, never during one: replay + live has no gap and
-    no duplicate."""
+    """Numbers, keeps and fans out events.
+
+    Two locks, so that nothing slow happens where subscribers wait.  `_publishing` orders the
+    publishers: one at a time, an event is numbered and stored (an SQLite insert may wait for
+    the disk).  `_lock` orders what is fast: the event joins the history and goes to every
+    subscriber, and a new subscriber is added between two events, never during one.  So each
+    subscriber sees ids in order, replay + live has no gap and no duplicate, and an event is
+    acknowledged, replayed and sent if and only if it was stored.
+    """
 
     def __init__(self, history: History, *, max_clients: int = DEFAULT_MAX_CLIENTS,
                  max_queue: int = DEFAULT_MAX_QUEUE, trace: bool = False) -> None:
@@ -426,6 +700,7 @@ class Hub:
         self.max_clients = max_clients
         self.max_queue = max_queue
         self.trace = trace
+        self._publishing = threading.Lock()
         self._lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()  # replaced, never mutated: cheap to iterate
         self._emptied = threading.Condition(threading.Lock())
@@ -436,26 +711,23 @@ class Hub:
         return len(self._subscribers)
 
     def subscribe(self, sock: socket.socket, *, chunked: bool, last_event_id: str | None,
-                  peer: str = "") -> tuple[Subscriber, list[StoredEvent], StoredEvent | None] | None:
-        """Add a subscriber; return it, the events to replay, and a `reset` event when
-        `last_event_id` cannot be resumed.  None when `max_clients` are already open."""
+                  peer: str = "") -> tuple[Subscriber, list[StoredEvent]] | None:
+        """Add a subscriber; return it and its first events: what it missed since
+        `last_event_id`, or a `reset` event when that id cannot be resumed.  None when
+        `max_clients` are already open; ShuttingDown once the hub is closed."""
         with self._lock:
             if self._closed:
                 raise ShuttingDown
             if len(self._subscribers) >= self.max_clients:
                 return None
-            replay: list[StoredEvent] = []
-            reset = None
+            first: list[StoredEvent] = []
             if last_event_id is not None:
-                found = (self.history.after(int(last_event_id))
-                         if last_event_id.isascii() and last_event_id.isdigit() else None)
-                if found is None:
-                    reset = self._reset_event(last_event_id)
-                else:
-                    replay = found
+                position = self.history.parse_id(last_event_id)
+                found = None if position is None else self.history.after(position)
+                first = [self._reset_event(last_event_id)] if found is None else found
             subscriber = Subscriber(sock, chunked, self.max_queue, peer)
             self._subscribers += (subscriber,)
-            return subscriber, replay, reset
+            return subscriber, first
 
     def _reset_event(self, last_event_id: str) -> StoredEvent:
         """The spec cannot tell a client it missed events; this event does.  Its id is the
@@ -474,18 +746,24 @@ class Hub:
             self._emptied.notify_all()
 
     def publish(self, data: str, event: str | None = None) -> int:
-        """Number, keep and send one event to every subscriber; return its id.  ValueError for
-        an event name that cannot be sent (see `format_event`)."""
-        with self._lock:
+        """Number, store, keep and send one event to every subscriber; return its id.
+
+        StoreError when the store cannot keep it: then it is not sent, not kept, and its id
+        goes to the next event.  ValueError for an event name that cannot be sent (see
+        `format_event`)."""
+        with self._publishing:
             id = self.history.next_id
             payload = format_event(data, event=event, id=str(id)).encode()
             stored = StoredEvent.from_payload(id, payload)
-            self.history.append(stored)
-            for subscriber in self._subscribers:
-                subscriber.deliver(stored)
-            if self.trace:
-                log.info("event %d to %d subscribers: %r", id, len(self._subscribers), payload)
-            return id
+            self.history.store(stored)
+            with self._lock:
+                self.history.append(stored)
+                for subscriber in self._subscribers:
+                    subscriber.deliver(stored)
+                count = len(self._subscribers)
+        if self.trace:
+            log.info("event %d to %d subscribers: %r", id, count, payload)
+        return id
 
     def send_comment(self, text: str) -> None:
         """A comment to every subscriber: not numbered, not kept (a heartbeat)."""
@@ -504,9 +782,7 @@ class Hub:
             subscriber.close("server shutting down")
         if not self.wait_empty(timeout):
             for subscriber in self._subscribers:  # stuck writing to a client that does not read
-                subscriber.close("server shutting down")
-                with subscriber.lock:
-                    subscriber._drop("server shutting down")
+                subscriber.drop("server shutting down")
             self.wait_empty(1.0)
 
     def wait_empty(self, timeout: float) -> bool:
@@ -514,95 +790,140 @@ class Hub:
             return self._emptied.wait_for(lambda: not self._subscribers, timeout)
 
 
-def write_all(sock: socket.socket, data: bytes, timeout: float) -> None:
-    """Write every byte within `timeout` seconds, or raise TimeoutError (or OSError)."""
-    view = memoryview(data)
+# ---------------------------------------------------------------------------------------------
+# 7. The HTTP handler: one thread per connection
+# ---------------------------------------------------------------------------------------------
+
+
+def read_request_head(sock: socket.socket, unread: bytes, max_bytes: int,
+                      timeout: float) -> tuple[bytes, bytes] | None:
+    """Read one request head from a blocking socket: (head, the bytes after it), or None when
+    the client sent nothing (it closed, or an idle keep-alive connection timed out).
+
+    `timeout` bounds the whole head, not each read: a slowloris client that sends one byte a
+    second is dropped after `timeout` seconds all the same (408).  The threaded twin of
+    `ws_server.read_http_head`, with the same rules and the same `find_end_of_head`."""
     deadline = time.monotonic() + timeout
-    poller = select.poll()  # not select.select(): it cannot watch fds above 1023
-    poller.register(sock, select.POLLOUT)
-    while view:
+    buffer, start = unread, 0
+    while True:
+        found = ws_server.find_end_of_head(buffer, start)
+        if found is not None:
+            return buffer[:found[0]], buffer[found[1]:]
+        if len(buffer) > max_bytes:
+            raise HTTPError(431, f"request head over {max_bytes} bytes")
+        remaining = deadline - time.monotonic()
         try:
-            sent = sock.send(view, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        view = view[sent:]
-        if view:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not poller.poll(remaining * 1000):
-                raise TimeoutError(f"no progress writing for {timeout:g} s")
-
-
-# ---------------------------------------------------------------------------------------------
-# 6. The HTTP handler: one thread per request
-# ---------------------------------------------------------------------------------------------
-
-STREAM_PATHS = ("/sse", "/sse/")  # the tutorial's page asks for /sse/, its server serves /sse
-PUBLISH_PATH = "/publish"
-ALLOWED_METHODS = "GET, HEAD, POST, OPTIONS"
-#: Sent by a preflight: Last-Event-ID because fetch-based EventSource polyfills set it by hand
-#: (a browser's own EventSource needs no preflight), Content-Type for JSON publishers.
-ALLOWED_HEADERS = "Last-Event-ID, Content-Type, Cache-Control"
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            chunk = sock.recv(max_bytes + 4 - len(buffer))
+        except TimeoutError:
+            if buffer.strip(b"\r\n"):
+                raise HTTPError(408, "request head not received in time") from None
+            return None
+        if not chunk:
+            if buffer.strip(b"\r\n"):
+                raise HTTPError(400, "connection closed in the middle of the request head")
+            return None
+        start = max(0, len(buffer) - 3)
+        buffer += chunk
 
 
 class SSERequestHandler(BaseHTTPRequestHandler):
     """`GET /sse`: the stream.  `POST /publish`: an event for all.  `OPTIONS`: CORS preflight.
-    Other GET and HEAD: static files.  HTTP/1.1, so the publisher's connection is kept alive."""
+    Other GET and HEAD: static files.  HTTP/1.1, so the publisher's connection is kept alive.
+
+    http.server's own request parser is not used: it falls back to HTTP/0.9 (an answer with no
+    status line) for a version it does not know, takes `Host : x`, two Hosts or none, and
+    bounds each read of a head but not the whole of it.  Every head is read by
+    `read_request_head` and parsed by `ws_server.parse_request`, the strict parser both servers
+    share; every refusal, from there or from the pure checks of section 5, is an `HTTPError`
+    answered in one place, `refuse`.
+    """
 
     protocol_version = "HTTP/1.1"
     server_version = "sse_server"
+    default_request_version = "HTTP/1.1"  # so that even a refusal of a garbled head has a status line
+    rbufsize = 0  # requests are read from the socket by read_request_head, not through rfile
     server: SSEServer
 
     def setup(self) -> None:
-        # StreamRequestHandler applies `timeout` to the socket: a client that stops sending in
-        # the middle of a request (slowloris) is dropped after --request-timeout seconds.
-        self.timeout = self.server.config.request_timeout
         super().setup()
+        self.unread = b""  # what the client sent after the last request: the next one begins it
+        self.request_head: ws_server.Request | None = None
+        self.body_left = 0  # the request's body not read yet: 0, a length, or None (chunked)
 
-    # -- dispatch (BaseHTTPRequestHandler calls do_<METHOD>) ------------------------------------
+    def handle_one_request(self) -> None:
+        """Read one request within --request-timeout, parse it, dispatch to `do_<METHOD>`."""
+        config = self.server.config
+        self.close_connection = True
+        self.request_head, self.body_left, self.command = None, 0, ""
+        self.requestline, self.request_version = "", self.default_request_version
+        try:
+            received = read_request_head(self.connection, self.unread, config.max_header_bytes,
+                                         config.request_timeout)
+            if received is None:  # nothing was asked: nothing to answer
+                return
+            head, self.unread = received
+            self.requestline = head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
+            request = ws_server.parse_request(head, config.max_header_lines)
+            self.request_head, self.command, self.path = request, request.method, request.target
+            self.request_version = "HTTP/%d.%d" % request.version
+            self.body_left = ws_server.body_length(request)  # until it is known, the connection cannot go on
+            # RFC 9112 §9.3: HTTP/1.1 keeps the connection unless told otherwise; a body nobody
+            # reads ends it too (its bytes would be read as the next request).
+            self.close_connection = ("close" in request.tokens("connection") or request.version < (1, 1)
+                                     or (self.body_left != 0 and (request.method, request.path) != ("POST", PUBLISH_PATH)))
+            method = getattr(self, f"do_{request.method}", None)
+            if method is None:
+                raise HTTPError(501, f"method {request.method} is not implemented", [("Allow", ALLOWED_METHODS)])
+            method()
+        except HTTPError as error:
+            self.refuse(error)
+        except OSError:  # the client went away or stopped reading; nobody is left to answer
+            self.close_connection = True
+        finally:
+            self.wfile.flush()
+
+    # -- dispatch (handle_one_request calls do_<METHOD>) -----------------------------------------
 
     def do_GET(self) -> None:
-        if self._path() in STREAM_PATHS:
+        if self.request_head.path in STREAM_PATHS:
             self._stream()
         else:
-            self._static(head_only=False)
+            self._static()
 
     def do_HEAD(self) -> None:
-        if self._path() in STREAM_PATHS:
-            self._plain(405, "the stream is GET only", [("Allow", "GET, OPTIONS")], head_only=True)
-        else:
-            self._static(head_only=True)
+        if self.request_head.path in STREAM_PATHS:
+            raise HTTPError(405, "the stream is GET only", [("Allow", "GET, OPTIONS")])
+        self._static()
 
     def do_POST(self) -> None:
-        if self._path() != PUBLISH_PATH:
-            self._discard_body_or_close()
-            self._plain(405 if self._path() in STREAM_PATHS else 404,
-                        f"POST goes to {PUBLISH_PATH}", [("Allow", "GET, OPTIONS")])
-            return
-        self._publish()
+        path = self.request_head.path
+        if path == PUBLISH_PATH:
+            self._publish()
+        elif path in STREAM_PATHS:
+            raise HTTPError(405, f"POST goes to {PUBLISH_PATH}", [("Allow", "GET, OPTIONS")])
+        else:
+            raise HTTPError(404, f"POST goes to {PUBLISH_PATH}")
 
     def do_OPTIONS(self) -> None:
         """A CORS preflight (Fetch standard, "CORS protocol"): which methods and headers a page
         from another origin may use.  204 with the answer; browsers cache it for Max-Age s."""
-        self.send_response(204)
-        self._send_cors_headers()
-        self.send_header("Access-Control-Allow-Methods", ALLOWED_METHODS)
-        self.send_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
-        self.send_header("Access-Control-Max-Age", "86400")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+        self._send_head(204, [("Access-Control-Allow-Methods", ALLOWED_METHODS),
+                              ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
+                              ("Access-Control-Max-Age", "86400"), ("Content-Length", "0")])
 
     # -- the stream ----------------------------------------------------------------------------
 
     def _stream(self) -> None:
         """§9.2.3: 200 with the event-stream type, then events until one side goes away."""
-        if not self._origin_allowed():
-            self._plain(403, "origin not allowed")
-            return
-        config = self.server.config
-        chunked = self.request_version != "HTTP/1.0"
-        sock = self.connection
+        config, request = self.server.config, self.request_head
+        check_origin_allowed(request.header("origin"), request.header("host"), config.allowed_origins)
+        chunked = request.version >= (1, 1)
         try:
-            joined = self.server.hub.subscribe(sock, chunked=chunked, last_event_id=self._last_event_id(),
+            joined = self.server.hub.subscribe(self.connection, chunked=chunked,
+                                               last_event_id=last_event_id(request),
                                                peer=self.address_string())
         except ShuttingDown:
             # No answer at all: to an EventSource a dropped connection means "reconnect later",
@@ -610,19 +931,19 @@ class SSERequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if joined is None:
-            # An EventSource does not retry after a 503 (§9.2.3: any status but 200 fails
-            # the connection for good); Retry-After is for other clients.
-            self._plain(503, f"too many clients ({config.max_clients})", [("Retry-After", "5")])
-            return
-        subscriber, replay, reset = joined
+            # An EventSource does not retry after a 503 (§9.2.3: any status but 200 fails the
+            # connection for good); Retry-After is for other clients.
+            raise HTTPError(503, f"too many clients ({config.max_clients})", [("Retry-After", "5")])
+        subscriber, first = joined
         self.close_connection = True  # the stream is the last thing on this connection
-        self.rfile.close()  # nothing more is read: free its 8 KiB buffer for the stream's lifetime
         try:
-            sock.settimeout(None)  # from now on writes are bounded by write_all's deadline
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each event goes now
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each event goes now
             self._send_stream_head(chunked)
-            self._write_first_events(subscriber, replay, reset)
-            self._pump(subscriber)
+            retry = StoredEvent.from_payload(0, format_retry(config.retry).encode())  # §9.2.6: first
+            log.info("subscriber %s joined%s (%d open)", subscriber.peer, describe_first(first),
+                     self.server.hub.subscriber_count)
+            subscriber.stream(b"".join(e.chunk if chunked else e.payload for e in [retry, *first]),
+                              config.write_timeout)
         except (OSError, TimeoutError) as error:
             subscriber.close(f"write failed ({error})")
         finally:
@@ -631,184 +952,131 @@ class SSERequestHandler(BaseHTTPRequestHandler):
                      self.server.hub.subscriber_count)
 
     def _send_stream_head(self, chunked: bool) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", EVENT_STREAM_TYPE)
-        # The stream is live: a cache must not answer a later request with an old copy.
-        self.send_header("Cache-Control", "no-cache")
-        # nginx buffers responses by default, which would hold events back; this turns it off.
-        self.send_header("X-Accel-Buffering", "no")
+        headers = [("Content-Type", EVENT_STREAM_TYPE),
+                   # The stream is live: a cache must not answer a later request with an old copy.
+                   ("Cache-Control", "no-cache"),
+                   # nginx buffers responses by default, which would hold events back; this turns it off.
+                   ("X-Accel-Buffering", "no")]
         if chunked:
-            self.send_header("Transfer-Encoding", "chunked")
-        else:
-            self.send_header("Connection", "close")
-        self._send_cors_headers()
-        self.end_headers()
-
-    def _write_first_events(self, subscriber: Subscriber, replay: list[StoredEvent],
-                            reset: StoredEvent | None) -> None:
-        """`retry` first (§9.2.6), then a reset or the missed events, in one write."""
-        events = [StoredEvent.from_payload(0, format_retry(self.server.config.retry).encode())]
-        events += [reset] if reset else replay
-        data = b"".join(e.chunk if subscriber.chunked else e.payload for e in events)
-        write_all(subscriber.sock, data, self.server.config.write_timeout)
-        log.info("subscriber %s joined%s (%d open)", subscriber.peer,
-                 f", {len(replay)} events replayed" if replay else ", reset" if reset else "",
-                 self.server.hub.subscriber_count)
-
-    def _pump(self, subscriber: Subscriber) -> None:
-        """The subscriber's thread: sleep until woken, write what the publisher could not."""
-        timeout = self.server.config.write_timeout
-        while not subscriber.closed:
-            backlog = subscriber.take_backlog()
-            if backlog:
-                write_all(subscriber.sock, b"".join(backlog), timeout)
-            else:
-                subscriber.wait()
-        if subscriber.reason == "server shutting down" and subscriber.chunked:
-            write_all(subscriber.sock, LAST_CHUNK, 1.0)  # a clean end: the stream is complete
-
-    def _last_event_id(self) -> str | None:
-        """§9.2.4: the header carries the last event ID string, UTF-8 encoded."""
-        value = self.headers.get("Last-Event-ID")
-        if not value:
-            return None
-        return value.encode("latin-1", "replace").decode("utf-8", "replace").strip()
+            headers.append(("Transfer-Encoding", "chunked"))
+        self._send_head(200, headers)
+        self.wfile.flush()
 
     # -- publishing ----------------------------------------------------------------------------
 
     def _publish(self) -> None:
-        """The body (UTF-8 text) becomes one event for every subscriber; `?event=NAME` names it."""
-        config = self.server.config
-        if not self._origin_allowed():
-            self._discard_body_or_close()
-            self._plain(403, "origin not allowed")
-            return
-        length = self.headers.get("Content-Length")
-        if length is None or self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            self._plain(411, "send the body with a Content-Length")
-            return
-        if not length.isdigit():
-            self.close_connection = True
-            self._plain(400, "Content-Length is not a number")
-            return
-        if int(length) > config.max_body:
-            self.close_connection = True  # the body is not read: the connection cannot go on
-            self._plain(413, f"body over {config.max_body} bytes")
-            return
-        body = self.rfile.read(int(length))
-        if len(body) < int(length):
-            self.close_connection = True
-            return
+        """The body (UTF-8 text) becomes one event for every subscriber; `?event=NAME` names it.
+        204 once the event is stored (and sent); 503 if it could not be."""
+        config, request = self.server.config, self.request_head
+        check_origin_allowed(request.header("origin"), request.header("host"), config.allowed_origins)
+        event = publish_event_name(request.query)
+        text = publish_text(self.read_body(config.max_body))
         try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            self._plain(400, "the body is not UTF-8 text")
-            return
-        names = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query, keep_blank_values=True).get("event")
-        event = names[-1] if names else None
-        if event is not None and (not event or LINE_BREAK.search(event)):
-            self._plain(400, "the event name must be one non-empty line")
-            return
-        self.server.hub.publish(text, event)
-        self.send_response(204)
-        self._send_cors_headers()
-        self.end_headers()
+            self.server.hub.publish(text, event)
+        except StoreError as error:
+            log.warning("publish refused: %s", error)
+            raise HTTPError(503, str(error)) from None
+        self._send_head(204)
 
-    def _discard_body_or_close(self) -> None:
-        length = self.headers.get("Content-Length", "0")
-        if length.isdigit() and int(length) <= self.server.config.max_body:
-            self.rfile.read(int(length))
+    def read_body(self, max_body: int) -> bytes:
+        """The request's body, whole (RFC 9112 §6.3): Content-Length bytes, or the chunked coding
+        decoded (§7.1); 413 past `max_body`, 408 past --request-timeout.
+
+        RFC 9110 §10.1.1: a client that sent `Expect: 100-continue` waits for a `100 Continue`
+        before it sends the body.  A body that is too large is refused before that, so it is
+        never sent at all; an expectation other than 100-continue is 417."""
+        length = self.body_left
+        if length is not None and length > max_body:
+            raise HTTPError(413, f"body over {max_body} bytes")
+        expect = self.request_head.tokens("expect")
+        if expect and expect != ["100-continue"]:
+            raise HTTPError(417, "only Expect: 100-continue is understood")
+        if expect and self.request_head.version >= (1, 1):
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        deadline = time.monotonic() + self.server.config.request_timeout
+        received, self.unread = self.unread, b""
+        if length is None:
+            decoder = ChunkedDecoder(max_body)
+            chunks = decoder.feed(received)
+            while not decoder.done:
+                chunks += decoder.feed(self._receive_part_of_body(deadline))
+            self.unread = decoder.unused
         else:
-            self.close_connection = True
+            chunks = [received[:length]]
+            self.unread, got = received[length:], len(chunks[0])
+            while got < length:
+                data = self._receive_part_of_body(deadline)
+                chunks.append(data[:length - got])
+                self.unread, got = data[length - got:], got + len(chunks[-1])
+        self.body_left = 0
+        return b"".join(chunks)
 
-    # -- CORS ------------------------------------------------------------------------------------
-    #
-    # A page may read a response from another origin only if the response says so
-    # (Access-Control-Allow-Origin).  `*` allows any page, but never with credentials
-    # (cookies): browsers reject `*` together with Access-Control-Allow-Credentials: true, which
-    # is what the tutorial sends, so its EventSource({withCredentials: true}) cannot work.  With
-    # an allow-list the matching origin is echoed, credentials are allowed, and `Vary: Origin`
-    # tells caches the answer depends on the request's Origin.
-
-    def _cors_headers(self) -> list[tuple[str, str]]:
-        allowed = self.server.config.allowed_origins
-        if "*" in allowed:
-            return [("Access-Control-Allow-Origin", "*")]
-        headers = [("Vary", "Origin")]
-        origin = self.headers.get("Origin") if getattr(self, "headers", None) else None
-        if origin is not None and origin in allowed:
-            headers += [("Access-Control-Allow-Origin", origin),
-                        ("Access-Control-Allow-Credentials", "true")]
-        return headers
-
-    def _send_cors_headers(self) -> None:
-        for name, value in self._cors_headers():
-            self.send_header(name, value)
-
-    def _origin_allowed(self) -> bool:
-        """With an allow-list, a browser page from elsewhere may not subscribe or publish.
-        CORS alone would not stop it: the browser sends a form-like POST before asking, and
-        only hides the answer.  No Origin means no browser page (curl), and our own pages are
-        same-origin."""
-        allowed = self.server.config.allowed_origins
-        origin = self.headers.get("Origin")
-        if "*" in allowed or origin is None or origin in allowed:
-            return True
-        return urllib.parse.urlsplit(origin).netloc == self.headers.get("Host")
-
-    # -- static files and plain answers ------------------------------------------------------
-
-    def _static(self, head_only: bool) -> None:
-        """`/` is the SSE page; other files from --static, with ws_server's traversal checks."""
+    def _receive_part_of_body(self, deadline: float) -> bytes:
+        remaining = deadline - time.monotonic()
         try:
-            path = ws_server.resolve_static_path(self.server.config.static, self.path, "sse.html")
-            body = path.read_bytes()
-        except ws_server.HandshakeError as error:
-            self._plain(error.status, error.reason, head_only=head_only)
-            return
-        except OSError:
-            self._plain(404, "not found", head_only=head_only)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", ws_server.content_type(path))
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        if not head_only:
-            self.wfile.write(body)
+            if remaining <= 0:
+                raise TimeoutError
+            self.connection.settimeout(remaining)
+            data = self.connection.recv(64 * 1024)
+        except TimeoutError:
+            raise HTTPError(408, "request body not received in time") from None
+        if not data:
+            self.close_connection = True
+            raise HTTPError(400, "connection closed in the middle of the request body")
+        return data
 
-    def _plain(self, status: int, reason: str, headers: Iterable[tuple[str, str]] = (),
-               head_only: bool = False) -> None:
-        """An error or refusal: the status and a one-line plain-text reason."""
-        body = f"{status} {reason}\n".encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in [*headers, *self._cors_headers()]:
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if not head_only:
-            self.wfile.write(body)
+    # -- answers -------------------------------------------------------------------------------
+
+    def refuse(self, error: HTTPError) -> None:
+        """The one place a refusal becomes a response: the status, a one-line plain-text reason,
+        and the CORS headers (so that a page from another origin can read why)."""
+        if self.body_left != 0:  # a body left unread cannot be skipped: the connection ends
+            self.close_connection = True
+        log.info("refused %s: %s %s", self.address_string(), error.status, error.reason)
+        body = f"{error.status} {error.reason}\n".encode("utf-8")
+        self._send_head(error.status, [("Content-Type", "text/plain; charset=utf-8"),
+                                       ("Content-Length", str(len(body))), *error.headers])
+        if self.command != "HEAD":
+            self._write(body)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own refusals (bad request line, 414, 431, 501) as plain text too."""
+        """http.server's own refusals, should any come: through `refuse` too."""
         self.close_connection = True
-        self._plain(code, message or self.responses.get(code, ("error",))[0],
-                    head_only=getattr(self, "command", "") == "HEAD")
+        self.refuse(HTTPError(code, message or self.responses.get(code, ("error",))[0]))
 
-    def _path(self) -> str:
-        return urllib.parse.urlsplit(self.path).path
+    def _send_head(self, status: int, headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.connection.settimeout(self.server.config.write_timeout)
+        self.send_response(status)
+        origin = self.request_head.header("origin") if self.request_head else None
+        for name, value in [*headers, *cors_headers(origin, self.server.config.allowed_origins)]:
+            self.send_header(name, value)
+        if self.close_connection and self.request_version >= "HTTP/1.1":
+            self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _write(self, data: bytes) -> None:
+        """Write an answer (not a stream) with --write-timeout as the bound."""
+        self.connection.settimeout(self.server.config.write_timeout)
+        self.wfile.write(data)
+
+    def _static(self) -> None:
+        """`/` is the SSE page; other files from --static, with ws_server's traversal checks."""
+        self.close_connection = True  # static_response answers with Connection: close
+        self._write(ws_server.static_response(self.server.config.static, self.request_head, "sse.html"))
 
     def log_message(self, format: str, *args) -> None:
         if self.server.config.trace:
             log.info("%s %s", self.address_string(), format % args)
 
 
+def describe_first(first: list[StoredEvent]) -> str:
+    if len(first) == 1 and first[0].payload.startswith(b"event: reset\n"):
+        return ", reset"
+    return f", {len(first)} events replayed" if first else ""
+
+
 # ---------------------------------------------------------------------------------------------
-# 7. The server: the clock, heartbeats, shutdown
+# 8. The server: the clock, heartbeats, shutdown
 # ---------------------------------------------------------------------------------------------
 
 
@@ -829,6 +1097,8 @@ class ServerConfig:
     clock: float = DEFAULT_CLOCK
     trace: bool = False
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_header_lines: int = DEFAULT_MAX_HEADER_LINES
 
 
 def clock_message() -> str:
@@ -840,6 +1110,7 @@ class SSEServer(ThreadingHTTPServer):
     """`ThreadingHTTPServer` with the hub, the clock and the heartbeat.
 
     `start()` runs it in background threads (tests); `main()` serves in the main thread.
+    StoreError when the store cannot be opened.
     """
 
     daemon_threads = True  # request threads never keep the process alive; close() ends streams
@@ -895,7 +1166,10 @@ class SSEServer(ThreadingHTTPServer):
             deadline = max(deadline, time.monotonic())  # after a stall, do not burst
 
     def _tick(self) -> None:
-        self.hub.publish(clock_message())
+        try:
+            self.hub.publish(clock_message())
+        except StoreError as error:
+            log.warning("clock tick not sent: %s", error)
 
     def _heartbeat(self) -> None:
         self.hub.send_comment("heartbeat")
@@ -913,38 +1187,51 @@ class SSEServer(ThreadingHTTPServer):
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. The client: python sse_server.py --connect URL
+# 9. The client: python sse_server.py --connect URL
 # ---------------------------------------------------------------------------------------------
 
 
-class StreamFailed(Exception):
+class StreamFailed(SSEError):
     """§9.2.3 "fail the connection": a browser does not reconnect after this."""
+
+
+#: Fetch's "HTTP-redirect fetch": the statuses that redirect, and at most 20 redirects.
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 20
 
 
 def open_stream(url: str, last_event_id: str = "", timeout: float | None = None
                 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """GET the stream the way EventSource does (§9.2.2, §9.2.4); StreamFailed unless 200 with
-    the event-stream type.  The caller closes the connection."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise StreamFailed(f"not an http(s) URL: {url}")
-    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
-    headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-    if last_event_id:
-        headers["Last-Event-ID"] = last_event_id
-    try:
-        connection.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-                           headers=headers)
-        response = connection.getresponse()
-    except BaseException:
-        connection.close()
-        raise
-    essence = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
-    if response.status != 200 or essence != "text/event-stream":
-        connection.close()
-        raise StreamFailed(f"{response.status} {response.reason}, Content-Type {essence or 'none'}")
-    return connection, response
+    """GET the stream the way EventSource does (§9.2.2, §9.2.4): redirects followed (EventSource
+    fetches with redirect mode "follow"), Last-Event-ID sent UTF-8 encoded; StreamFailed unless
+    200 with the event-stream type.  The caller closes the connection."""
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise StreamFailed(f"not an http(s) URL: {url}")
+        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        connection = connection_class(parts.hostname, parts.port, timeout=timeout)
+        headers: dict[str, str | bytes] = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id.encode("utf-8")  # http.client would send latin-1
+        try:
+            connection.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                               headers=headers)
+            response = connection.getresponse()
+        except BaseException:
+            connection.close()
+            raise
+        location = response.getheader("Location")
+        if response.status in REDIRECT_STATUSES and location:
+            connection.close()
+            url = urllib.parse.urljoin(url, location)
+            continue
+        essence = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
+        if response.status != 200 or essence != "text/event-stream":
+            connection.close()
+            raise StreamFailed(f"{response.status} {response.reason}, Content-Type {essence or 'none'}")
+        return connection, response
+    raise StreamFailed(f"more than {MAX_REDIRECTS} redirects")
 
 
 def read_events(response: http.client.HTTPResponse, parser: EventStreamParser) -> Iterator[ServerSentEvent]:
@@ -984,7 +1271,7 @@ def run_client(url: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. The command line
+# 10. The command line
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1004,7 +1291,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"seconds between clock events, 0 to disable (default: {DEFAULT_CLOCK:g})")
     parser.add_argument("--history", type=int, default=DEFAULT_HISTORY, metavar="N",
                         help=f"events kept for Last-Event-ID replay (default: {DEFAULT_HISTORY})")
-    parser.add_argument("--store", metavar="FILE", help="keep the history in this SQLite file (default: memory)")
+    parser.add_argument("--store", metavar="FILE",
+                        help="keep the history in this SQLite file, owned by this process (default: memory)")
     parser.add_argument("--allow-origin", action="append", metavar="ORIGIN",
                         help="origin allowed by CORS (repeatable; default: *)")
     parser.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS, metavar="N",
@@ -1016,7 +1304,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-timeout", type=float, default=DEFAULT_WRITE_TIMEOUT, metavar="S",
                         help=f"seconds a write to a slow subscriber may take (default: {DEFAULT_WRITE_TIMEOUT:g})")
     parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT, metavar="S",
-                        help=f"seconds a client may stay silent in the middle of a request (default: {DEFAULT_REQUEST_TIMEOUT:g})")
+                        help="seconds to receive a whole request head, and again its body "
+                             f"(default: {DEFAULT_REQUEST_TIMEOUT:g})")
+    parser.add_argument("--max-header-bytes", type=int, default=DEFAULT_MAX_HEADER_BYTES, metavar="N",
+                        help=f"largest request head (default: {DEFAULT_MAX_HEADER_BYTES})")
+    parser.add_argument("--max-header-lines", type=int, default=DEFAULT_MAX_HEADER_LINES, metavar="N",
+                        help=f"most header lines in a request (default: {DEFAULT_MAX_HEADER_LINES})")
     parser.add_argument("--trace", action="store_true", help="log every request and every event")
     parser.add_argument("--connect", metavar="URL", help="print the events of URL instead (reconnects)")
     return parser
@@ -1030,12 +1323,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("max_clients", "max_body", "max_queue"):
+    for name in ("max_clients", "max_body", "max_queue", "max_header_bytes", "max_header_lines"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.history < 0 or args.retry < 0 or args.write_timeout <= 0 or args.request_timeout <= 0:
         parser.error("--history and --retry must be at least 0, --write-timeout and --request-timeout above 0")
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)  # Ctrl-C raises KeyboardInterrupt by itself
     try:
         if args.connect:
             run_client(args.connect)
@@ -1043,11 +1336,14 @@ def main(argv: list[str] | None = None) -> int:
         config = ServerConfig(args.host, args.port, args.static, args.retry, args.heartbeat, args.history,
                               args.store, tuple(args.allow_origin or ("*",)), args.max_clients,
                               args.max_body, args.max_queue, args.write_timeout, args.clock, args.trace,
-                              args.request_timeout)
+                              args.request_timeout, args.max_header_bytes, args.max_header_lines)
         server = SSEServer(config)
     except KeyboardInterrupt:
         return 0
-    except (OSError, sqlite3.Error, StreamFailed) as error:
+    except StoreError as error:  # a configuration the server cannot start with
+        log.error("%s", error)
+        return 2
+    except (OSError, StreamFailed) as error:
         log.error("%s", error)
         return 1
     host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host

@@ -7,19 +7,24 @@
 
 Every message a client sends is broadcast to every open client, the sender included: the
 chat of the tutorial this project rebuilds.  With one client connected it is an echo server.
-Standard library only.  The module reads top to bottom like the RFC:
+Standard library only; every platform Python runs on.  The module reads top to bottom like
+the RFCs:
 
 1. Constants from the spec: the GUID (§1.3), opcodes (§5.2), close codes (§7.4), limits.
 2. Errors: one family; each error carries its HTTP status or its close code.
-3. The opening handshake (§4): parse the request, check it, build the answer.  Pure.
-4. Static files on the same port (plain HTTP, RFC 9110), with traversal protection.
-5. Framing (§5): masking (§5.3), encoding (§5.2), and `Receiver`, a decoder you feed bytes
+3. HTTP/1.1 (RFC 9110, RFC 9112): the strict request parser both servers share.  Pure.
+4. The opening handshake (§4): the server's checks and answer, the client's request and its
+   checks of the answer.  Pure.
+5. Static files on the same port, with traversal protection.
+6. Framing (§5): masking (§5.3), encoding (§5.2), and `Receiver`, a decoder you feed bytes
    and that returns messages and control frames (§5.4, §5.5).  Pure: no sockets.
-6. Closing (§5.5.1, §7): the close payload's rules.
-7. `Connection`: moves bytes between an asyncio stream and the pure functions above; control
-   frames, the closing handshake, keepalive pings, a bounded outgoing queue.
-8. The application: `ChatRoom` and `WebSocketServer`; `connect()`, the client.
-9. The command line.
+7. Closing (§5.5.1, §7.4): the close payload's rules.
+8. `Protocol`: the connection's state machine (§4, §5.5, §7), sans I/O: bytes in, events and
+   bytes out, and the decisions "close TCP now" and "expect the peer to close" as values.
+9. `Connection`: the pump between an asyncio stream and a `Protocol`: reads, writes with a
+   budget in bytes, the timers (keepalive, closing).  I/O and time only.
+10. The application: `ChatRoom` and `WebSocketServer`; `connect()`, the client.
+11. The command line.
 """
 
 from __future__ import annotations
@@ -29,17 +34,18 @@ import asyncio
 import base64
 import binascii
 import codecs
-import collections
 import dataclasses
 import enum
 import hashlib
 import logging
 import mimetypes
 import os
+import re
 import secrets
 import signal
 import struct
 import sys
+import threading
 import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterable, Union
@@ -110,17 +116,22 @@ def is_sendable_close_code(code: int) -> bool:
 
 # Default limits.  Each one is also a command-line flag and a constructor argument.
 DEFAULT_MAX_SIZE = 1 << 20  # --max-size: bytes in one message
-DEFAULT_MAX_QUEUE = 64  # --max-queue: messages waiting for a client that does not read
+DEFAULT_MAX_BUFFER = 4 << 20  # --max-buffer: bytes waiting to be sent to one client
 DEFAULT_PING_INTERVAL = 20.0  # --ping-interval: seconds between keepalive pings
 DEFAULT_PING_TIMEOUT = 20.0  # --ping-timeout: seconds to wait for the pong
 DEFAULT_CLOSE_TIMEOUT = 5.0  # --close-timeout: seconds to wait for the peer's close frame
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds for the whole request head (slowloris)
-DEFAULT_MAX_HEADER_BYTES = 16 * 1024  # request line + headers
-DEFAULT_MAX_HEADER_LINES = 100
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # --handshake-timeout: seconds for the whole request head
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024  # --max-header-bytes: request line + headers
+DEFAULT_MAX_HEADER_LINES = 100  # --max-header-lines
 
 #: A continuation frame costs this many bytes of the --max-size budget on top of its payload:
 #: see `Receiver` for why.
 FRAGMENT_CHARGE = 64
+
+#: A frame waiting to be sent costs this many bytes of the --max-buffer budget on top of its
+#: own length: its slot in the queue, and for a frame of its own (a pong) its object header.
+#: So a flood of tiny frames is bounded as surely as a few large ones.
+QUEUED_FRAME_CHARGE = 64
 
 #: How much one read asks of the stream; also the StreamReader's limit.
 READ_SIZE = 256 * 1024
@@ -134,14 +145,31 @@ class WebSocketError(Exception):
     """Base of every error this module raises on purpose."""
 
 
-class HandshakeError(WebSocketError):
-    """The opening handshake is refused: answered with `status` and a one-line `reason`."""
+class HTTPError(WebSocketError):
+    """A request refused: answered with `status`, a one-line `reason` and maybe `headers`.
+
+    Raised by the pure functions of sections 3-5 and turned into a response in one place
+    (`WebSocketServer._answer_http`, and `sse_server.SSERequestHandler.refuse`)."""
 
     def __init__(self, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
         self.headers = list(headers)
+
+
+class HandshakeError(HTTPError):
+    """§4.2.1: the server refuses a client's opening handshake."""
+
+
+class HandshakeFailed(WebSocketError):
+    """§4.1: the client fails the connection, because the server's answer to its opening
+    handshake is not an acceptance; `status` is the status the server answered, if any."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
 
 
 class ProtocolError(WebSocketError):
@@ -163,29 +191,46 @@ class ConnectionClosed(WebSocketError):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. The opening handshake (§4)
+# 3. HTTP/1.1 (RFC 9110 semantics, RFC 9112 syntax): the request head both servers read
 # ---------------------------------------------------------------------------------------------
+#
+#   request-head = request-line *( field-line CRLF ) CRLF          ; RFC 9112 §2.1
+#   request-line = method SP request-target SP HTTP-version CRLF  ; §3
+#   field-line   = field-name ":" OWS field-value OWS             ; §5
+#
+# A WebSocket begins as an HTTP request, and this port also serves the pages: so the server
+# must read HTTP as carefully as frames.  Both servers (sse_server.py too) read every request
+# head with the functions below and nothing else.  Each refusal is an `HTTPError` with its
+# status; nothing here can raise anything else, whatever the bytes (the tests fuzz it).
 
-_STATUS_PHRASES = {
-    101: "Switching Protocols", 200: "OK", 204: "No Content", 304: "Not Modified",
+STATUS_PHRASES = {
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 204: "No Content",
+    301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
+    307: "Temporary Redirect", 308: "Permanent Redirect",
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    408: "Request Timeout", 413: "Content Too Large", 426: "Upgrade Required",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    503: "Service Unavailable",
+    408: "Request Timeout", 411: "Length Required", 413: "Content Too Large",
+    417: "Expectation Failed", 426: "Upgrade Required", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
 }
 
-#: RFC 9110 §5.6.2: a header name is a token.
+#: RFC 9110 §5.6.2: a method and a header name are tokens.
 _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+#: RFC 9110 §5.5: a field value is visible characters, obs-text, SP and HTAB; no other control.
+_FORBIDDEN_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: RFC 9112 §3.2: a request target is visible ASCII, nothing else (no space, no control).
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+#: RFC 3986 §3.2.2-§3.2.3: what a Host (uri-host [":" port]) may be made of.
+_HOST_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                        b"-._~!$&'()*+,;=:[]%")
+#: RFC 9112 §2.2: the head ends with an empty line; a recipient may take a bare LF for CRLF.
+_END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 
 
-@dataclasses.dataclass
-class Request:
-    """An HTTP/1.1 request head (RFC 9112 §3): request line and header fields."""
+class HeaderFields:
+    """The header fields of a request or a response: lower-cased name -> every value."""
 
-    method: str
-    target: str
-    version: tuple[int, int]
-    headers: dict[str, list[str]]  # lower-cased name -> every value, in order
+    headers: dict[str, list[str]]
 
     def header(self, name: str) -> str | None:
         """The field's value; a field sent several times is one comma-joined list (RFC 9110 §5.3)."""
@@ -198,42 +243,219 @@ class Request:
         return [item.strip().lower() for item in value.split(",") if item.strip()]
 
 
-def parse_request(head: bytes, max_header_lines: int = DEFAULT_MAX_HEADER_LINES) -> Request:
-    """Parse a request head (everything before the blank line) in one linear pass.
+@dataclasses.dataclass
+class Request(HeaderFields):
+    """An HTTP/1.1 request head (RFC 9112 §3): request line and header fields."""
 
-    RFC 9112 §2.2: lines end with CRLF (a bare LF is tolerated); §3: request-line =
-    method SP request-target SP HTTP-version; §5: field-line = field-name ":" OWS value OWS.
-    §5.2: obsolete line folding is refused with 400.
+    method: str
+    target: str  # as sent
+    version: tuple[int, int]
+    headers: dict[str, list[str]]
+    path: str = "/"  # the target's path, still percent-encoded ("*" for OPTIONS *)
+    query: str = ""
+
+
+@dataclasses.dataclass
+class Response(HeaderFields):
+    """An HTTP/1.1 response head (RFC 9112 §4): what a client reads back."""
+
+    status: int
+    reason: str
+    headers: dict[str, list[str]]
+
+
+def find_end_of_head(buffer: bytes, start: int = 0) -> tuple[int, int] | None:
+    """Where the head in `buffer` ends: (end of the head, start of what follows), or None.
+
+    Readers call it as bytes arrive, with `start` a few bytes before the new ones, so that
+    reading a head stays linear in its size."""
+    found = _END_OF_HEAD.search(buffer, start)
+    return None if found is None else (found.start(), found.end())
+
+
+def parse_decimal(text: str, max_digits: int = 18) -> int | None:
+    """A decimal number as RFC 9110 writes one (1*DIGIT), or None: ASCII digits only, and at
+    most `max_digits` of them.  `str.isdigit()` alone also takes "²" and "٣", and `int()` of
+    a few thousand digits is slow enough to be an attack (so Python refuses it)."""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def parse_request(head: bytes, max_header_lines: int = DEFAULT_MAX_HEADER_LINES) -> Request:
+    """Parse a request head (everything before the empty line) in one linear pass.
+
+    RFC 9112 §2.2: lines end with CRLF, a bare LF is tolerated, and an empty line before the
+    request line is ignored.  §3: request-line = method SP request-target SP HTTP-version.
+    §3.2: exactly one Host.  §5: field-name ":" OWS value OWS, and no obsolete line folding.
     """
-    lines = head.split(b"\n")
+    lines = head.lstrip(b"\r\n").split(b"\n")
     if len(lines) - 1 > max_header_lines:
-        raise HandshakeError(431, f"more than {max_header_lines} header lines")
-    try:
-        method, target, version = lines[0].rstrip(b"\r").decode("ascii").split(" ")
-    except (UnicodeDecodeError, ValueError):
-        raise HandshakeError(400, "malformed request line") from None
-    if not (version.startswith("HTTP/") and len(version) == 8 and version[5].isdigit()
-            and version[6] == "." and version[7].isdigit()):
-        raise HandshakeError(400, "malformed HTTP version")
-    if not method or not set(method.encode()) <= _TOKEN_CHARS or not target:
-        raise HandshakeError(400, "malformed request line")
-    return Request(method, target, (int(version[5]), int(version[7])), parse_header_lines(lines[1:]))
+        raise HTTPError(431, f"more than {max_header_lines} header lines")
+    parts = lines[0].rstrip(b"\r").split(b" ")
+    if len(parts) != 3:
+        raise HTTPError(400, "malformed request line")
+    method, target, version = parts
+    http_version = parse_http_version(version)
+    if not method or not set(method) <= _TOKEN_CHARS:
+        raise HTTPError(400, "malformed method")
+    path, query = parse_request_target(method, target)
+    headers = parse_header_lines(lines[1:])
+    check_host(headers, http_version)
+    return Request(method.decode("ascii"), target.decode("ascii"), http_version, headers, path, query)
+
+
+def parse_http_version(version: bytes) -> tuple[int, int]:
+    """RFC 9112 §2.3: HTTP-version = "HTTP/" DIGIT "." DIGIT.
+
+    Another major version is answered 505 (RFC 9110 §15.6.6); that is also what an HTTP/2
+    client's preface "PRI * HTTP/2.0" gets.  A higher minor version is read as 1.1, the
+    highest this server implements (RFC 9110 §2.5)."""
+    if not (len(version) == 8 and version.startswith(b"HTTP/") and version[5:6].isdigit()
+            and version[6:7] == b"." and version[7:8].isdigit()):
+        raise HTTPError(400, "malformed HTTP version")
+    major, minor = version[5] - 0x30, version[7] - 0x30
+    if major != 1:
+        raise HTTPError(505, f"HTTP/{major}.{minor} is not supported: this server speaks HTTP/1.1")
+    return 1, min(minor, 1)
+
+
+def parse_request_target(method: bytes, target: bytes) -> tuple[str, str]:
+    """RFC 9112 §3.2: (path, query) of the target, the path still percent-encoded.
+
+    Three forms are served: origin-form `/path?query` (what browsers send), absolute-form
+    `http://host/path?query` (which a server must accept, §3.2.2) and, for OPTIONS only,
+    asterisk-form `*` (§3.2.4).  The authority is not parsed: nothing here needs it, and an
+    address like `http://[::1` is exactly what general URL parsers stumble on."""
+    if not _TARGET.fullmatch(target):
+        raise HTTPError(400, "malformed request target")
+    text = target.decode("ascii")
+    if text.startswith("/"):
+        path, _, query = text.partition("?")
+        return path, query
+    if text == "*" and method == b"OPTIONS":
+        return "*", ""
+    scheme, separator, rest = text.partition("://")
+    if not separator or scheme.lower() not in ("http", "https", "ws", "wss"):
+        raise HTTPError(400, "malformed request target")
+    end_of_authority = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    path, _, query = rest[end_of_authority:].partition("?")
+    return path or "/", query
 
 
 def parse_header_lines(lines: list[bytes]) -> dict[str, list[str]]:
-    """RFC 9112 §5: field-line = field-name ":" OWS field-value OWS; names are tokens."""
+    """RFC 9112 §5: field-line = field-name ":" OWS field-value OWS; names are tokens.
+
+    §5.1: no whitespace between the name and the colon (`Host : x` is refused, not guessed
+    at: proxies have been fooled that way).  §5.2: obsolete line folding is refused.
+    RFC 9110 §5.5: a value holding a control character other than HTAB is refused."""
     headers: dict[str, list[str]] = {}
     for raw in lines:
-        line = raw.rstrip(b"\r")
+        line = raw[:-1] if raw.endswith(b"\r") else raw
         if not line:
             continue
         if line[0] in b" \t":
-            raise HandshakeError(400, "obsolete line folding in headers")
+            raise HTTPError(400, "obsolete line folding in headers")
         name, colon, value = line.partition(b":")
         if not colon or not name or not set(name) <= _TOKEN_CHARS:
-            raise HandshakeError(400, "malformed header line")
+            raise HTTPError(400, "malformed header line")
+        if _FORBIDDEN_IN_VALUE.search(value):
+            raise HTTPError(400, f"control character in the {name.decode('ascii')} header")
         headers.setdefault(name.decode("ascii").lower(), []).append(value.strip(b" \t").decode("latin-1"))
     return headers
+
+
+def check_host(headers: dict[str, list[str]], version: tuple[int, int]) -> None:
+    """RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any
+    HTTP/1.1 request message that lacks a Host header field and to any request message that
+    contains more than one Host header field line or a Host header field with an invalid
+    field value."  Two Hosts are how requests are smuggled past a proxy that reads the other."""
+    hosts = headers.get("host", [])
+    if len(hosts) > 1 or (not hosts and version >= (1, 1)):
+        raise HTTPError(400, "exactly one Host header is required")
+    if hosts and not set(hosts[0].encode("latin-1")) <= _HOST_CHARS:
+        raise HTTPError(400, "malformed Host header")
+
+
+def body_length(request: Request) -> int | None:
+    """RFC 9112 §6: how the request's body is delimited: its length in bytes (0 when there is
+    no body), or None for the chunked transfer coding (§7.1).
+
+    Every framing that two readers could read two ways is refused (§6.3, request smuggling):
+    both Transfer-Encoding and Content-Length, a Transfer-Encoding in HTTP/1.0, a coding list
+    that does not end with chunked, and Content-Length values that disagree (RFC 9110 §8.6
+    allows a list of identical ones).  A coding this server cannot decode is 501 (§6.1)."""
+    codings = request.headers.get("transfer-encoding")
+    lengths = request.headers.get("content-length")
+    if codings is not None:
+        if lengths is not None:
+            raise HTTPError(400, "both Transfer-Encoding and Content-Length")
+        if request.version < (1, 1):
+            raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        names = request.tokens("transfer-encoding")
+        if not names or names[-1] != "chunked":
+            raise HTTPError(400, "chunked must be the last transfer coding")
+        if len(names) > 1:
+            raise HTTPError(501, f"transfer coding {names[0]!r} is not implemented")
+        return None
+    if lengths is None:
+        return 0
+    values = {item.strip() for value in lengths for item in value.split(",")}
+    length = parse_decimal(values.pop()) if len(values) == 1 else None
+    if length is None:
+        raise HTTPError(400, "Content-Length is not one number")
+    return length
+
+
+def parse_response(head: bytes) -> Response:
+    """RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ]; what a
+    client reads.  Raises `HandshakeFailed`: for a client, an unreadable answer is a failure."""
+    lines = head.split(b"\n")
+    version, _, rest = lines[0].rstrip(b"\r").partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise HandshakeFailed(f"not an HTTP/1.1 response: {lines[0][:80]!r}")
+    try:
+        headers = parse_header_lines(lines[1:])
+    except HTTPError as error:
+        raise HandshakeFailed(f"malformed response: {error.reason}", int(code)) from None
+    return Response(int(code), reason.decode("latin-1"), headers)
+
+
+def build_response(status: int, headers: Iterable[tuple[str, str]] = (), body: bytes = b"",
+                   *, head_only: bool = False) -> bytes:
+    """An HTTP/1.1 response (RFC 9112 §4); the body is left out for HEAD."""
+    lines = [f"HTTP/1.1 {status} {STATUS_PHRASES.get(status, 'Unknown')}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + body
+
+
+def build_error_response(status: int, reason: str, headers: Iterable[tuple[str, str]] = (),
+                         *, head_only: bool = False) -> bytes:
+    """A refusal: the status, a one-line plain-text reason, and the connection closed
+    (`headers` may say otherwise about Connection, as the 426 answer does)."""
+    body = f"{status} {reason}\n".encode("utf-8")
+    headers = list(headers)
+    if not any(name.lower() == "connection" for name, _ in headers):
+        headers.append(("Connection", "close"))
+    return build_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                                    ("Content-Length", str(len(body))), *headers],
+                          body, head_only=head_only)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The opening handshake (§4)
+# ---------------------------------------------------------------------------------------------
+#
+# The client:                                   The server:
+#   GET /chat HTTP/1.1                            HTTP/1.1 101 Switching Protocols
+#   Host: server.example.com                      Upgrade: websocket
+#   Upgrade: websocket                            Connection: Upgrade
+#   Connection: Upgrade                           Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
+#   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==   Sec-WebSocket-Protocol: chat
+#   Sec-WebSocket-Version: 13
+#   Sec-WebSocket-Protocol: chat, superchat                                (§1.2, §1.3)
 
 
 def accept_key(key: str) -> str:
@@ -263,17 +485,20 @@ class Handshake:
 
 def check_request(request: Request, *, allowed_origins: Iterable[str] | None = None,
                   subprotocols: Iterable[str] = ()) -> Handshake:
-    """§4.2.1: check the client's opening handshake; raise `HandshakeError` to refuse it."""
+    """§4.2.1: check the client's opening handshake; raise `HandshakeError` to refuse it.
+
+    Item 2, exactly one Host, is checked for every request by `parse_request` (RFC 9112 §3.2).
+    """
     if request.method != "GET":  # §4.2.1 item 1
         raise HandshakeError(400, "the WebSocket handshake must use GET")
     if request.version < (1, 1):  # §4.2.1 item 1: "HTTP/1.1 or higher"
         raise HandshakeError(400, "the WebSocket handshake needs HTTP/1.1 or later")
-    if len(request.headers.get("host", ())) != 1:  # §4.2.1 item 2; RFC 9112 §3.2
-        raise HandshakeError(400, "exactly one Host header is required")
     if "websocket" not in request.tokens("upgrade"):  # item 3, case-insensitive
         raise HandshakeError(400, "Upgrade: websocket is required")
     if "upgrade" not in request.tokens("connection"):  # item 4: a token in a list
         raise HandshakeError(400, "Connection: Upgrade is required")
+    if body_length(request) != 0:  # a GET has no body; bytes after the head are frames
+        raise HandshakeError(400, "the WebSocket handshake has no body")
     keys = request.headers.get("sec-websocket-key", [])
     if len(keys) != 1:  # item 5
         raise HandshakeError(400, "exactly one Sec-WebSocket-Key is required")
@@ -286,9 +511,12 @@ def check_request(request: Request, *, allowed_origins: Iterable[str] | None = N
     version = request.header("sec-websocket-version")  # item 6
     if version is None:
         raise HandshakeError(400, "Sec-WebSocket-Version is required")
-    if version.strip() != WEBSOCKET_VERSION:  # §4.4: answer with the version we speak
-        raise HandshakeError(426, f"unsupported WebSocket version {version!r}",
-                             [("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
+    if version.strip() != WEBSOCKET_VERSION:
+        # §4.4: say which version we speak.  RFC 9110 §15.5.22: a 426 names the protocol to
+        # upgrade to, and whoever sends Upgrade also sends Connection: upgrade (§7.8).
+        raise HandshakeError(426, f"unsupported WebSocket version {version[:20]!r}",
+                             [("Upgrade", "websocket"), ("Connection", "Upgrade, close"),
+                              ("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
     check_origin(request, allowed_origins)
     return Handshake(accept_key(keys[0]), choose_subprotocol(request, subprotocols))
 
@@ -306,7 +534,7 @@ def check_origin(request: Request, allowed_origins: Iterable[str] | None) -> Non
         return
     origin = request.header("origin")
     if origin is not None and origin.lower() not in {o.lower() for o in allowed_origins}:
-        raise HandshakeError(403, f"origin {origin!r} is not allowed")
+        raise HandshakeError(403, f"origin {origin[:100]!r} is not allowed")
 
 
 def choose_subprotocol(request: Request, supported: Iterable[str]) -> str | None:
@@ -319,15 +547,6 @@ def choose_subprotocol(request: Request, supported: Iterable[str]) -> str | None
     return next((name.strip() for name in offered if name.strip() in supported), None)
 
 
-def build_response(status: int, headers: Iterable[tuple[str, str]] = (), body: bytes = b"",
-                   *, head_only: bool = False) -> bytes:
-    """An HTTP/1.1 response (RFC 9112 §4); the body is left out for HEAD."""
-    lines = [f"HTTP/1.1 {status} {_STATUS_PHRASES.get(status, 'Unknown')}"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + body
-
-
 def build_switching_protocols(handshake: Handshake) -> bytes:
     """§4.2.2 item 5: the server's answer that opens the WebSocket."""
     headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
@@ -337,49 +556,109 @@ def build_switching_protocols(handshake: Handshake) -> bytes:
     return build_response(101, headers)
 
 
-def build_error_response(status: int, reason: str, headers: Iterable[tuple[str, str]] = (),
-                         *, head_only: bool = False) -> bytes:
-    """A refusal: the status, a one-line plain-text reason, and the connection closed."""
-    body = (reason + "\n").encode("utf-8")
-    return build_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                                    ("Content-Length", str(len(body))), ("Connection", "close"),
-                                    *headers], body, head_only=head_only)
+# -- the client's side of the handshake (§4.1) -------------------------------------------------
+
+
+def new_key() -> str:
+    """§4.1 item 7: "a nonce consisting of a randomly selected 16-byte value", in base64."""
+    return base64.b64encode(secrets.token_bytes(16)).decode("ascii")
+
+
+def parse_ws_url(url: str) -> tuple[bool, str, int, str]:
+    """§3: ws-URI = "ws:" "//" host [ ":" port ] path [ "?" query ]; wss: for TLS.  Returns
+    (secure, host, port, resource name); ValueError for anything else (a fragment too)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"not a WebSocket URL: {url!r} ({error})") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.fragment:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    secure = parts.scheme == "wss"
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return secure, parts.hostname, port or (443 if secure else 80), resource
+
+
+def build_client_request(host: str, port: int, resource: str, key: str, *, secure: bool = False,
+                         origin: str | None = None, subprotocols: Iterable[str] = ()) -> bytes:
+    """§4.1: the client's opening handshake, the request of §1.2."""
+    authority = f"[{host}]" if ":" in host else host
+    if port != (443 if secure else 80):  # §4.1 item 4: the port only when not the default
+        authority += f":{port}"
+    lines = [f"GET {resource} HTTP/1.1", f"Host: {authority}", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+             f"Sec-WebSocket-Version: {WEBSOCKET_VERSION}"]
+    if origin:
+        lines.append(f"Origin: {origin}")
+    subprotocols = list(subprotocols)
+    if subprotocols:
+        lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+def check_response(response: Response, key: str, offered_subprotocols: Iterable[str] = (),
+                   offered_extensions: Iterable[str] = ()) -> str | None:
+    """§4.1, the client's checks of the server's answer; returns the subprotocol, if any.
+
+    Each broken rule is a `HandshakeFailed`: "the client MUST _Fail the WebSocket Connection_".
+    """
+    if response.status != 101:  # item 1: anything else is not an upgrade
+        raise HandshakeFailed(f"the server answered {response.status} {response.reason}", response.status)
+    if "websocket" not in response.tokens("upgrade"):  # item 2
+        raise HandshakeFailed("the 101 answer lacks Upgrade: websocket", 101)
+    if "upgrade" not in response.tokens("connection"):  # item 3
+        raise HandshakeFailed("the 101 answer lacks Connection: Upgrade", 101)
+    if response.header("sec-websocket-accept") != accept_key(key):  # item 4
+        raise HandshakeFailed("wrong Sec-WebSocket-Accept: the server did not read our key", 101)
+    offered = set(offered_extensions)
+    for extension in response.tokens("sec-websocket-extensions"):  # item 5
+        name = extension.split(";")[0].strip()
+        if name not in offered:
+            raise HandshakeFailed(f"the server chose the extension {name!r}, which was not offered", 101)
+    subprotocol = response.header("sec-websocket-protocol")  # item 6
+    if subprotocol is not None and subprotocol not in set(offered_subprotocols):
+        raise HandshakeFailed(f"the server chose the subprotocol {subprotocol!r}, which was not offered", 101)
+    return subprotocol
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Static files on the same port
+# 5. Static files on the same port
 # ---------------------------------------------------------------------------------------------
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-def resolve_static_path(root: str | os.PathLike, target: str, index: str) -> Path:
-    """Map a request target to a file under `root`, or raise `HandshakeError` (404/403).
+def resolve_static_path(root: str | os.PathLike, path: str, index: str) -> Path:
+    """Map a request's path (still percent-encoded) to a file under `root`.
 
-    The careful way, as `http.server`'s translate_path does it: drop the query, percent-decode
-    once (so `%2e%2e` is `..` here and refused like it), refuse backslashes and NUL (another
-    OS's separators), refuse any `..` or `.` segment, then resolve symlinks and check that the
-    result is still inside the root.  `/` serves `index`.
+    The careful way, as `http.server`'s translate_path does it: percent-decode once, as UTF-8
+    (so `%2e%2e` is `..` here and refused like it, and `%c0%ae`, an overlong ".", is no name
+    at all), refuse backslashes and NUL (another OS's separators), refuse any `..` or `.`
+    segment, then resolve symlinks and check that the result is still inside the root.  `/`
+    serves `index`.  Raises `FileNotFoundError`, or `PermissionError` for a symlink that leads
+    out, like opening a file would: each caller answers those in its own way.
     """
-    path = urllib.parse.urlsplit(target).path if target.startswith("/") else None
-    if path is None or target.startswith("//"):  # absolute-form, authority-form, "//host/..."
-        raise HandshakeError(404, "not found")
-    path = urllib.parse.unquote(path, errors="strict") if "%" in path else path
+    if not path.startswith("/") or path.startswith("//"):  # "*", or a "//host/..." path
+        raise FileNotFoundError(path)
+    try:
+        path = urllib.parse.unquote(path, errors="strict") if "%" in path else path
+    except UnicodeDecodeError:
+        raise FileNotFoundError(path) from None
     if "\\" in path or "\x00" in path:
-        raise HandshakeError(404, "not found")
+        raise FileNotFoundError(path)
     segments = [s for s in path.split("/") if s]
     if any(s in (".", "..") for s in segments):
-        raise HandshakeError(404, "not found")
+        raise FileNotFoundError(path)
     base = Path(root).resolve()
     candidate = base.joinpath(*segments) if segments else base / index
     try:
         real = candidate.resolve(strict=True)
-    except (OSError, RuntimeError):  # missing, or a symlink loop
-        raise HandshakeError(404, "not found") from None
+    except (OSError, RuntimeError, ValueError):  # missing, a symlink loop, a name the OS refuses
+        raise FileNotFoundError(path) from None
     if real != base and base not in real.parents:  # a symlink that leads out
-        raise HandshakeError(403, "forbidden")
+        raise PermissionError(path)
     if not real.is_file():
-        raise HandshakeError(404, "not found")
+        raise FileNotFoundError(path)
     return real
 
 
@@ -392,16 +671,17 @@ def content_type(path: Path) -> str:
 
 
 def static_response(root: str | os.PathLike, request: Request, index: str) -> bytes:
-    """Answer a plain GET or HEAD from `root` (RFC 9110 §9.3.1, §9.3.2); 405 otherwise."""
+    """Answer a plain GET or HEAD from `root` (RFC 9110 §9.3.1, §9.3.2); 405 otherwise.
+    The connection closes after it."""
     head_only = request.method == "HEAD"
     if request.method not in ("GET", "HEAD"):
         return build_error_response(405, f"method {request.method} is not allowed here",
                                     [("Allow", "GET, HEAD")], head_only=head_only)
     try:
-        path = resolve_static_path(root, request.target, index)
+        path = resolve_static_path(root, request.path, index)
         body = path.read_bytes()
-    except HandshakeError as error:
-        return build_error_response(error.status, error.reason, head_only=head_only)
+    except PermissionError:
+        return build_error_response(403, "forbidden", head_only=head_only)
     except OSError:
         return build_error_response(404, "not found", head_only=head_only)
     headers = [("Content-Type", content_type(path)), ("Content-Length", str(len(body))),
@@ -410,7 +690,7 @@ def static_response(root: str | os.PathLike, request: Request, index: str) -> by
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Framing (§5)
+# 6. Framing (§5)
 # ---------------------------------------------------------------------------------------------
 
 #: Integer masking works on blocks of this size: large enough that Python's per-call cost
@@ -434,15 +714,15 @@ def apply_mask(data: bytes | bytearray | memoryview, masking_key: bytes) -> byte
         transformed[i] = original[i] XOR masking_key[i MOD 4]
 
     A Python loop over bytes runs at a few MB/s.  Two ways do the work in C instead, and the
-    faster one is chosen by size: `_mask_int_blocks` for small payloads, `_mask_lanes` from
+    faster one is chosen by size: `mask_int_blocks` for small payloads, `mask_lanes` from
     `MASK_LANES_FROM` bytes up (which returns its working bytearray: one copy less).
     """
     if len(data) < MASK_LANES_FROM:
-        return _mask_int_blocks(data, masking_key)
-    return _mask_lanes(data, masking_key)
+        return mask_int_blocks(data, masking_key)
+    return mask_lanes(data, masking_key)
 
 
-def _mask_int_blocks(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytes:
+def mask_int_blocks(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytes:
     """The buffer as one integer, XORed with the key repeated to the same length: C does it
     one machine word at a time.  Large buffers go in `MASK_BLOCK` slices, which stay in cache."""
     n = len(data)
@@ -457,11 +737,11 @@ def _mask_int_blocks(data: bytes | bytearray | memoryview, masking_key: bytes) -
         block = int.from_bytes(view[start:start + MASK_BLOCK], "little") ^ key
         blocks.append(block.to_bytes(MASK_BLOCK, "little"))
     if whole < n:
-        blocks.append(_mask_int_blocks(view[whole:], masking_key))
+        blocks.append(mask_int_blocks(view[whole:], masking_key))
     return b"".join(blocks)
 
 
-def _mask_lanes(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytearray:
+def mask_lanes(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytearray:
     """Bytes 0, 4, 8, ... are all XORed with masking_key[0]; bytes 1, 5, 9, ... with
     masking_key[1]; and so on.  So the payload is four strided lanes, and XOR with one constant
     byte is a 256-entry lookup table: `bytes.translate` maps a whole lane in C."""
@@ -503,10 +783,15 @@ def frame_header(opcode: int, length: int, *, fin: bool = True, masked: bool = F
 
 
 def encode_server_frame(opcode: int, payload: bytes | bytearray) -> Frame:
-    """An unmasked frame for `Connection.send_frame_bytes`; large payloads are not copied."""
+    """An unmasked frame, ready to queue; a large payload is not copied into it."""
     if len(payload) < LARGE_PAYLOAD:
         return encode_frame(opcode, payload)
     return frame_header(opcode, len(payload)), payload
+
+
+def frame_size(frame: Frame) -> int:
+    """How many bytes a frame takes on the wire."""
+    return len(frame) if type(frame) is bytes else len(frame[0]) + len(frame[1])
 
 
 @dataclasses.dataclass(slots=True)
@@ -802,8 +1087,9 @@ class Receiver:
         return parse_close_payload(payload)
 
 
+
 # ---------------------------------------------------------------------------------------------
-# 6. Closing (§5.5.1, §7.4)
+# 7. Closing (§5.5.1, §7.4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -824,22 +1110,307 @@ def parse_close_payload(payload: bytes) -> Close:
 
 
 def build_close_payload(code: int | None, reason: str = "") -> bytes:
-    """The payload of a close frame; trimmed so that the frame stays within 125 bytes."""
+    """The payload of a close frame; the reason is trimmed (on a character boundary) so that
+    the frame stays within 125 bytes (§5.5).  ValueError for a code that may not be sent."""
     if code is None:
+        if reason:
+            raise ValueError("a close reason needs a close code (§5.5.1)")
         return b""
+    if not is_sendable_close_code(code):
+        raise ValueError(f"close code {code} may not be sent (§7.4.1, §7.4.2)")
     data = reason.encode("utf-8")[:MAX_CONTROL_PAYLOAD - 2]
     return code.to_bytes(2, "big") + data.decode("utf-8", "ignore").encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. The connection: bytes between the stream and the pure functions
+# 8. The protocol: one connection's state machine, sans I/O (§4, §5.5, §7)
 # ---------------------------------------------------------------------------------------------
 
 
 class State(enum.Enum):
-    OPEN = "open"  # §4.1: after the handshake
-    CLOSING = "closing"  # §7.1.3: we sent a close frame (or failed the connection)
-    CLOSED = "closed"  # §7.1.4: both close frames, or the TCP connection is gone
+    """§4.1, §7.1: the states of a connection, numbered as the browser's readyState is."""
+
+    CONNECTING = 0  # §4.1: the client waits for the answer to its opening handshake
+    OPEN = 1  # §4.1 "_The WebSocket Connection is Established_"
+    CLOSING = 2  # §7.1.3 "_The WebSocket Closing Handshake is Started_": we sent a Close
+    CLOSED = 3  # §7.1.4: both Close frames went by, or the TCP connection ended
+
+
+@dataclasses.dataclass(frozen=True)
+class OpeningHandshake:
+    """What a client offered in its opening handshake, to check the server's answer against."""
+
+    key: str
+    subprotocols: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
+
+
+class Protocol:
+    """One WebSocket connection as a state machine, sans I/O: bytes in, events and bytes out.
+
+    Feed it what the peer sent (`receive_data`, `receive_eof`), take the events it decoded one
+    at a time (`next_event`), tell it what to send (`send_text`, `send_close`, ...), then write
+    what `data_to_send()` returns and act on its three decisions:
+
+    - `close_transport`: close the TCP connection now (after writing what is queued);
+    - `half_close_transport`: send EOF now but go on reading (after failing the connection);
+    - `close_expected`: the peer should end the connection soon; give up after a timeout.
+
+    It never touches a socket or a clock: the walkthrough drives it with literal bytes, and
+    `Connection` drives it with an asyncio stream and timers.
+
+    The closing handshake (§7), from either side:
+
+                     send_close(), or failing the connection (§7.1.7)
+           OPEN ─────────────────────────────────────────────────────► CLOSING
+             │            our Close frame goes out                        │
+             │                                                            │ the peer's Close
+             │ the peer's Close arrives: answer it, echoing its code      ▼ arrives
+             └──────────────────────────────────────────────────────► CLOSED ◄── receive_eof(),
+                                                                                 from any state
+    Then §7.1.1: the server closes TCP first, the client waits for that.  A client starts in
+    CONNECTING: the first bytes it receives are the server's answer to its handshake (§4.1).
+
+    Events are handled in the order they arrived, when `next_event` hands them out: a Ping is
+    answered then (§5.5.2), a Close answered then (§5.5.1), a broken rule fails the connection
+    then (§7.1.7).  So a message that arrived before a Close is delivered, and may be answered,
+    before the Close is: nothing overtakes what came first.
+    """
+
+    __slots__ = ("client", "state", "receiver", "subprotocol", "close_received", "close_sent",
+                 "failure", "handshake_failure", "close_transport", "half_close_transport",
+                 "close_expected", "pending_bytes", "_events", "_next", "_outgoing", "_opening",
+                 "_head")
+
+    def __init__(self, *, client: bool = False, max_size: int = DEFAULT_MAX_SIZE,
+                 opening: OpeningHandshake | None = None,
+                 on_frame: Callable[[FrameHeader, bytes], None] | None = None) -> None:
+        self.client = client
+        self.state = State.CONNECTING if opening is not None else State.OPEN
+        # §5.1: a server expects every frame masked, a client expects none masked.
+        self.receiver = Receiver(mask_expected=not client, max_size=max_size, on_frame=on_frame)
+        self.subprotocol: str | None = None
+        self.close_received: Close | None = None  # the peer's Close frame, once it came
+        self.close_sent: Close | None = None  # ours
+        self.failure: ProtocolError | None = None  # why this side failed the connection
+        self.handshake_failure: HandshakeFailed | None = None  # a client's failed handshake
+        self.close_transport = False
+        self.half_close_transport = False
+        self.close_expected = False
+        self.pending_bytes = 0  # what the queued frames cost, QUEUED_FRAME_CHARGE each included
+        self._events: list[Event] = []  # received, not handed out yet; a list and an index: a
+        self._next = 0  # deque would cost 600 bytes for every idle connection
+        self._outgoing: list[Frame] = []
+        self._opening = opening
+        self._head = b""  # a client's part of the server's answer, until its end
+
+    # -- bytes in ----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Take the next bytes from the peer; their events wait for `next_event`."""
+        if self.state is State.CONNECTING:
+            self._receive_handshake_answer(data)
+        elif self.close_received is None:  # §1.4: what follows a Close is discarded
+            self._events.extend(self.receiver.feed(data))
+
+    def receive_eof(self) -> None:
+        """The peer ended the TCP connection (or it broke): §7.1.4, the connection is closed."""
+        if self.state is State.CONNECTING:
+            self.handshake_failure = HandshakeFailed("the connection closed before the server answered")
+        self.state = State.CLOSED
+        self.close_transport = True
+        self.close_expected = False
+
+    def _receive_handshake_answer(self, data: bytes) -> None:
+        """§4.1: a client reads the server's answer (bounded), checks it, and is then OPEN."""
+        start = max(0, len(self._head) - 3)
+        self._head += data
+        found = find_end_of_head(self._head, start)
+        if found is None:
+            if len(self._head) > DEFAULT_MAX_HEADER_BYTES:
+                self._fail_handshake(HandshakeFailed(f"response head over {DEFAULT_MAX_HEADER_BYTES} bytes"))
+            return
+        head, rest = self._head[:found[0]], self._head[found[1]:]
+        self._head = b""
+        try:
+            opening = self._opening
+            self.subprotocol = check_response(parse_response(head), opening.key,
+                                              opening.subprotocols, opening.extensions)
+        except HandshakeFailed as failure:
+            self._fail_handshake(failure)
+            return
+        self.state = State.OPEN
+        if rest:  # frames the server sent right after its answer
+            self.receive_data(rest)
+
+    def _fail_handshake(self, failure: HandshakeFailed) -> None:
+        self.handshake_failure = failure
+        self.state = State.CLOSED
+        self.close_transport = True
+
+    # -- events out --------------------------------------------------------------------------
+
+    def next_event(self) -> Event | None:
+        """The next event received, reacted to as the rules say; None when none is waiting.
+
+        `Message`, `Ping`, `Pong` or `Close` as they arrived, or the `ProtocolError` with which
+        this side has just failed the connection."""
+        events = self._events
+        if self._next >= len(events):
+            return None
+        event = events[self._next]
+        self._next += 1
+        if self._next == len(events):
+            events.clear()
+            self._next = 0
+        kind = type(event)
+        if kind is Message:
+            return event
+        if kind is Ping:
+            if self.close_received is None:  # §5.5.2: a Pong, unless a Close was received
+                self._queue(self._frame(Opcode.PONG, event.payload))  # the same Application data
+        elif kind is Close:
+            self._close_received(event)
+        elif kind is ProtocolError:
+            self.fail(event.code, event.reason)
+        return event  # a Pong needs nothing from the protocol (§5.5.3): keepalive looks at it
+
+    def _close_received(self, close: Close) -> None:
+        self.close_received = close
+        self._events.clear()  # §1.4: "a peer discards any further data received"
+        self._next = 0
+        if self.state is State.OPEN:  # §5.5.1: answer with a Close, echoing the status code
+            self._send_close_frame(close.code, "")
+        self.state = State.CLOSED
+        if self.client:
+            self.close_expected = True  # §7.1.1: the client waits for the server to end TCP
+        else:
+            self.close_transport = True  # §7.1.1: the server ends TCP first, at once
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send_text(self, text: str) -> None:
+        """Queue a text message (§5.6: its payload is UTF-8)."""
+        self.send_message(Opcode.TEXT, text.encode("utf-8"))
+
+    def send_binary(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue a binary message."""
+        self.send_message(Opcode.BINARY, bytes(data))
+
+    def send_message(self, opcode: int, payload: bytes) -> None:
+        """Queue one data message as one frame; ConnectionClosed unless OPEN (§5.5.1: no data
+        after this side's Close; §1.4: none after the peer's)."""
+        if self.state is not State.OPEN:
+            raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+        self._queue(self._frame(opcode, payload))
+
+    def send_frame(self, frame: Frame, size: int) -> bool:
+        """Queue a server frame encoded once for many connections (a broadcast); False, and
+        nothing queued, unless OPEN.  `size` is `frame_size(frame)`."""
+        if self.state is not State.OPEN:
+            return False
+        self._outgoing.append(frame)
+        self.pending_bytes += size + QUEUED_FRAME_CHARGE
+        return True
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """§5.5.2: a Ping; the peer answers with a Pong carrying the same payload."""
+        if self.state is State.CLOSED or self.close_received is not None:
+            raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+        self._queue(self._frame(Opcode.PING, payload[:MAX_CONTROL_PAYLOAD]))
+
+    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """§7.1.2 Start the WebSocket Closing Handshake: queue a Close, then wait for the peer's.
+
+        ValueError for a code that may not be sent (1005, 1006, 1015, or out of range)."""
+        payload = build_close_payload(code, reason)  # checks the code before anything changes
+        if self.state is not State.OPEN:
+            return
+        self._queue(self._frame(Opcode.CLOSE, payload))
+        self.close_sent = Close(code, reason)
+        self.state = State.CLOSING
+        self.close_expected = True
+
+    def fail(self, code: int, reason: str, *, discard_queued: bool = False) -> None:
+        """§7.1.7 Fail the WebSocket Connection: a Close with `code`, then end TCP.
+
+        Called for a broken rule (through `next_event`) and by the I/O layer for its own
+        reasons (a client too slow to read, a keepalive timeout).  Nothing more is decoded:
+        "the endpoint MUST NOT continue to attempt to process data (including a responding
+        Close frame)".  TCP is half-closed at once, and the connection is closed when the peer
+        ends it or the close timeout does; closing a socket with unread bytes would send a
+        reset, which can destroy the Close frame before the peer reads it.  `discard_queued`
+        drops the frames still waiting, so that the Close does not wait behind them.
+        """
+        if self.failure is not None or self.state is State.CLOSED:
+            return
+        self.failure = ProtocolError(code, reason)
+        self.receiver.failed = self.failure
+        self._events.clear()
+        self._next = 0
+        if discard_queued:
+            self._outgoing.clear()
+            self.pending_bytes = 0
+        if self.state is State.OPEN:
+            self._send_close_frame(code, reason)
+            self.state = State.CLOSING
+        self.half_close_transport = True
+        self.close_expected = True
+
+    def _send_close_frame(self, code: int | None, reason: str) -> None:
+        self._queue(self._frame(Opcode.CLOSE, build_close_payload(code, reason)))
+        self.close_sent = Close(code, reason)
+
+    def _frame(self, opcode: int, payload: bytes) -> Frame:
+        if self.client:  # §5.3: a fresh, unpredictable masking key for every frame
+            return encode_frame(opcode, payload, masking_key=os.urandom(4))
+        return encode_server_frame(opcode, payload)
+
+    def _queue(self, frame: Frame) -> None:
+        self._outgoing.append(frame)
+        self.pending_bytes += frame_size(frame) + QUEUED_FRAME_CHARGE
+
+    # -- bytes out ---------------------------------------------------------------------------
+
+    def data_to_send(self, limit: int | None = None) -> list[Frame]:
+        """The frames to write now, in order, taken off the queue.  With `limit`, only as many
+        as fit in that many bytes (always at least one); the others wait for the next call."""
+        outgoing = self._outgoing
+        if limit is None or self.pending_bytes <= limit:
+            self._outgoing = []
+            self.pending_bytes = 0
+            return outgoing
+        taken, size = 0, 0
+        while taken < len(outgoing):
+            cost = frame_size(outgoing[taken]) + QUEUED_FRAME_CHARGE
+            if taken and size + cost > limit:
+                break
+            size, taken = size + cost, taken + 1
+        self._outgoing = outgoing[taken:]
+        self.pending_bytes -= size
+        return outgoing[:taken]
+
+    # -- how it ended (§7.1.5, §7.1.6) -------------------------------------------------------
+
+    @property
+    def close_code(self) -> int | None:
+        """§7.1.5 "The WebSocket Connection Close Code": the code of the Close frame received,
+        1005 if it had none; 1006 once the connection is closed and none was received (also
+        after this side failed it: its own code is in `failure`).  None until then."""
+        if self.close_received is not None:
+            code = self.close_received.code
+            return CloseCode.NO_STATUS_RCVD if code is None else code
+        return CloseCode.ABNORMAL_CLOSURE if self.state is State.CLOSED else None
+
+    @property
+    def close_reason(self) -> str:
+        """§7.1.6 "The WebSocket Connection Close Reason": the reason in the Close received."""
+        return self.close_received.reason if self.close_received is not None else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. The connection: the pump between an asyncio stream and a Protocol
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -847,115 +1418,179 @@ class Limits:
     """The limits of one connection; each has a default, a flag and a test."""
 
     max_size: int = DEFAULT_MAX_SIZE
-    max_queue: int = DEFAULT_MAX_QUEUE
+    max_buffer: int = DEFAULT_MAX_BUFFER
     ping_interval: float = DEFAULT_PING_INTERVAL
     ping_timeout: float = DEFAULT_PING_TIMEOUT
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
 
 
+async def read_http_head(reader: asyncio.StreamReader, max_bytes: int,
+                         timeout: float | None = None) -> tuple[bytes, bytes] | None:
+    """Read up to the empty line that ends an HTTP head: (head, the bytes that came after it).
+
+    None when the peer sent nothing at all (it closed, or stayed silent for `timeout`): there
+    is no request to answer.  HTTPError 408 when a head began but did not end within `timeout`
+    (the whole head, not each read: a slowloris client sends a byte now and then), 431 past
+    `max_bytes`, 400 when the peer closed in the middle.  Linear: each new chunk is searched
+    only from just before its start.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    buffer = b""
+    while True:
+        read = reader.read(max_bytes + 4 - len(buffer))
+        try:
+            chunk = await (read if deadline is None else asyncio.wait_for(read, max(0.0, deadline - loop.time())))
+        except asyncio.TimeoutError:
+            if buffer.strip(b"\r\n"):
+                raise HTTPError(408, "request head not received in time") from None
+            return None
+        if not chunk:
+            if buffer.strip(b"\r\n"):
+                raise HTTPError(400, "connection closed in the middle of the request head")
+            return None
+        start = max(0, len(buffer) - 3)
+        buffer += chunk
+        found = find_end_of_head(buffer, start)
+        if found is not None:
+            return buffer[:found[0]], buffer[found[1]:]
+        if len(buffer) > max_bytes:
+            raise HTTPError(431, f"request head over {max_bytes} bytes")
+
+
 class Connection:
-    """One WebSocket connection over an asyncio stream, server or client side.
+    """One WebSocket connection over an asyncio stream: the pump around a `Protocol`.
+
+    It moves bytes and time, nothing else: what the stream delivers goes into the protocol,
+    what the protocol queues goes out, and the protocol's decisions are carried out (close
+    TCP, half-close it, expect the peer to close).  Two timers keep the connection honest:
+    keepalive pings with their pong deadline, and the close timeout.
 
     Reading is pulled: `recv()` reads from the socket only when no message is waiting, so a
     busy reader applies TCP backpressure to its peer.  Pings are answered from there.
 
-    Writing never waits: frames go to an outgoing queue flushed with one write per batch.
-    While the peer reads, the queue only batches what one turn of the event loop produced.
-    When the peer stops reading, the socket's buffer fills, a writer task waits for it to
-    drain, and the queue grows: past `max_queue` messages the client is dropped with 1008
-    (policy violation: the server's rule that clients keep up was broken; 1013, "try again
-    later", would tell a client that did nothing wrong to blame the server's load).
+    Writing never waits.  Frames leave in one write per batch: those queued by the task that
+    handles a received message when that task next waits for the peer, those queued from
+    elsewhere (a broadcast) at the end of the event loop's turn.  When a peer stops reading,
+    its socket buffer fills and frames wait in the protocol's queue, still shared with the
+    other clients.  What one client holds, queue plus socket buffer, is bounded by
+    `max_buffer` bytes (plus the one frame that crossed it): past that the client is dropped
+    with 1008, policy violation (1013, "try again later", would tell a client that did nothing
+    wrong to blame the server's load), and the others never notice.
     """
 
-    __slots__ = ("_close_timer", "_closed_waiter", "_drain_task", "_events", "_flush_handle",
-                 "_high_water", "_loop", "_next_event", "_outgoing", "_ping_payload",
-                 "_ping_timer", "_reading", "close_code", "close_reason", "is_client", "limits",
-                 "name", "reader", "receiver", "state", "subprotocol", "trace", "transport",
+    __slots__ = ("_close_timer", "_closed_waiter", "_drain_task", "_flush_handle", "_half_closed",
+                 "_high_water", "_loop", "_ping_payload", "_ping_timer", "_pong_timer", "_pumping",
+                 "_receiving", "limits", "name", "protocol", "reader", "trace", "transport",
                  "writer")  # no per-connection __dict__: idle clients stay small
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 client: bool = False, limits: Limits | None = None,
-                 subprotocol: str | None = None, trace: bool = False) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 protocol: Protocol | None = None, *, limits: Limits | None = None,
+                 trace: bool = False) -> None:
         self.reader, self.writer, self.transport = reader, writer, writer.transport
-        self.is_client = client
         self.limits = limits or Limits()
-        self.subprotocol = subprotocol
+        self.protocol = protocol or Protocol(max_size=self.limits.max_size)
         self.trace = trace
-        self.state = State.OPEN
-        self.close_code: int | None = None  # the peer's, when it sent one
-        self.close_reason = ""
+        if trace:
+            self.protocol.receiver.on_frame = self._trace_in
         peer = writer.get_extra_info("peername")
         self.name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.receiver = Receiver(mask_expected=not client, max_size=self.limits.max_size,
-                                 on_frame=self._trace_in if trace else None)
         self._loop = asyncio.get_running_loop()
-        self._events: list[Event] = []  # received, not yet handled; a list and an index: a
-        self._next_event = 0  # deque would cost 600 bytes for every idle connection
-        self._outgoing: list[bytes] = []
+        self._high_water = self.transport.get_write_buffer_limits()[1]
         self._flush_handle: asyncio.Handle | None = None
         self._drain_task: asyncio.Task | None = None
-        self._high_water = self.transport.get_write_buffer_limits()[1]
+        self._half_closed = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
-        self._ping_payload: bytes | None = None
-        self._reading = False  # is a task inside recv_message()?
+        self._pong_timer: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None  # the keepalive ping waiting for its pong
+        self._receiving = False  # is a task inside recv_message()?
+        self._pumping = False  # is that task handling what it read (until it next waits)?
         self._closed_waiter: asyncio.Future | None = None  # close() waiting for another reader
-        if not client and self.limits.ping_interval > 0:
+        if self.limits.ping_interval > 0:
             self._ping_timer = self._loop.call_later(self.limits.ping_interval, self._keepalive)
+
+    @property
+    def state(self) -> State:
+        return self.protocol.state
+
+    @property
+    def close_code(self) -> int | None:
+        return self.protocol.close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self.protocol.close_reason
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self.protocol.subprotocol
+
+    @property
+    def buffered_bytes(self) -> int:
+        """What this client holds, as `max_buffer` counts it: queued frames and socket buffer."""
+        return self.protocol.pending_bytes + self.transport.get_write_buffer_size()
 
     # -- receiving -----------------------------------------------------------------------------
 
     async def recv_message(self) -> Message:
         """The next data message; raises `ConnectionClosed` once the connection is closed.
 
-        Events are handled strictly in the order they arrived: a message that came before a
-        close frame or a protocol error is returned (and echoed) before that close is sent.
         One task receives at a time; another task may send, or `close()`, meanwhile.
         """
-        if self._reading:
+        if self._receiving:
             raise RuntimeError("recv() called while another task is already receiving")
-        self._reading = True
+        self._receiving = True
+        protocol = self.protocol
         try:
             while True:
-                message = self._next_message()
-                if message is not None:
-                    return message
-                if self.state is State.CLOSED:
-                    await self._wait_for_tcp_end()
-                    raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-                if self._flush_handle is not None:
-                    # About to wait for the peer, which may be waiting for our answer: send what
-                    # is queued now, not one loop turn later (frames of one read still batch).
-                    self._flush()
-                try:
-                    data = await self.reader.read(READ_SIZE)
-                except OSError:
-                    data = b""
-                if data:
-                    self.receive_data(data)
-                else:  # the peer's TCP is gone
-                    self._connection_lost()
-        finally:
-            self._reading = False
-
-    def _next_message(self) -> Message | None:
-        """Handle the received events in order, up to the next data message."""
-        events = self._events
-        while self._next_event < len(events):
-            event = events[self._next_event]
-            self._next_event += 1
-            if type(event) is Message:
-                if self.state is State.OPEN:  # after our close, data is discarded (§7.1.3)
+                event = protocol.next_event()
+                if event is None:
+                    if protocol.state is State.CLOSED:
+                        await self._wait_for_tcp_end()
+                        raise ConnectionClosed(protocol.close_code, protocol.close_reason)
+                    await self._read()
+                elif type(event) is Message:
                     return event
-            else:
-                self._handle_control(event)
-        events.clear()
-        self._next_event = 0
-        return None
+                else:
+                    self._handle_control(event)
+        finally:
+            self._receiving = False
 
-    def receive_data(self, data: bytes) -> None:
-        """Decode bytes from the peer; their events wait, in order, for `recv_message`."""
-        self._events.extend(self.receiver.feed(data))
+    async def _read(self) -> None:
+        """Wait for the peer's next bytes and feed them to the protocol."""
+        self._pumping = False
+        if self.protocol.pending_bytes:
+            # About to wait for the peer, which may be waiting for our answer: send what is
+            # queued now (frames queued while handling one read still leave in one write).
+            self._flush()
+        try:
+            data = await self.reader.read(READ_SIZE)
+        except OSError:
+            data = b""
+        self._pumping = True
+        if data:
+            self.protocol.receive_data(data)
+        else:  # the peer's TCP is gone
+            self.protocol.receive_eof()
+            self._after_protocol()
+
+    def _handle_control(self, event: Event) -> None:
+        """What the protocol handed back besides messages; it has already reacted to them."""
+        kind = type(event)
+        if kind is Pong:
+            if event.payload == self._ping_payload:  # §5.5.3: the answer to our keepalive ping
+                self._ping_payload = None
+                if self._pong_timer is not None:
+                    self._pong_timer.cancel()
+                    self._pong_timer = None
+        elif kind is Ping:
+            if self.buffered_bytes > self.limits.max_buffer:  # pongs count against the budget
+                self._drop_slow_client()
+                return
+        elif kind is ProtocolError:
+            log.info("%s failing the connection: %s %s", self.name, event.code, event.reason)
+        self._after_protocol()
 
     async def recv(self) -> str | bytes:
         """The next message: `str` for text, `bytes` for binary."""
@@ -970,218 +1605,190 @@ class Connection:
         except ConnectionClosed:
             raise StopAsyncIteration from None
 
-    def _handle_control(self, event: Event) -> None:
-        kind = type(event)
-        if kind is Ping:
-            if self.state is State.OPEN:  # §5.5.2, §5.5.3: a pong with the same "Application data"
-                self._send_frame(Opcode.PONG, event.payload)
-        elif kind is Pong:  # §5.5.3: an unsolicited pong is ignored
-            if event.payload == self._ping_payload:
-                self._ping_payload = None
-        elif kind is Close:
-            if self.state is not State.CLOSED:
-                self._close_received(event)
-        elif self.state is not State.CLOSED:
-            self._fail(event)
-
-    def _close_received(self, close: Close) -> None:
-        """§5.5.1: answer a close with a close (echoing its code), then end the TCP connection."""
-        self.close_code = close.code if close.code is not None else CloseCode.NO_STATUS_RCVD
-        self.close_reason = close.reason
-        if self.state is State.OPEN:
-            self._send_frame(Opcode.CLOSE, build_close_payload(close.code))
-        self._set_closed()
-        # §7.1.1: the server closes the TCP connection first; the client waits for it.
-        self._flush()
-        if self.is_client:
-            self._start_close_timer()
-        else:
-            self.transport.close()
-
-    def _connection_lost(self) -> None:
-        if self.state is not State.CLOSED:
-            self.close_code = self.close_code or CloseCode.ABNORMAL_CLOSURE  # §7.1.5
-        self._set_closed()
-        self.transport.close()
-
     # -- sending -------------------------------------------------------------------------------
 
     def send_nowait(self, data: str | bytes) -> None:
-        """Queue a text (`str`) or binary (`bytes`) message; never waits."""
-        if isinstance(data, str):
-            self._send_frame(Opcode.TEXT, data.encode("utf-8"))
-        else:
-            self._send_frame(Opcode.BINARY, bytes(data))
+        """Queue a text (`str`) or binary (`bytes`) message; never waits.  From the task that
+        receives, it leaves when that task next waits in `recv()`; from elsewhere, at the end
+        of the loop's turn.  ConnectionClosed once this side may no longer send."""
+        if self._queue_message(data):
+            self._schedule_flush()
 
     async def send(self, data: str | bytes) -> None:
-        """Send a message; waits while the peer is not reading."""
-        if self.state is not State.OPEN:
-            raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-        self.send_nowait(data)
+        """Send a message now; waits while the peer is not reading."""
+        if self._queue_message(data):
+            self._flush()
         if self._drain_task is not None:
             await asyncio.shield(self._drain_task)
 
-    def send_frame_bytes(self, frame: Frame) -> None:
-        """Queue an already encoded server frame: a broadcast encodes once for every client."""
-        if self.state is not State.OPEN:
-            return
-        if self._drain_task is not None and len(self._outgoing) >= self.limits.max_queue:
-            self._fail(ProtocolError(CloseCode.POLICY_VIOLATION, "client too slow: outgoing queue full"))
-            return
-        if self.trace:
-            self._trace_out(frame)
-        self._queue(frame)
-
-    def _send_frame(self, opcode: int, payload: bytes) -> None:
-        if self.is_client:
-            frame = encode_frame(opcode, payload, masking_key=os.urandom(4))  # §5.3: unpredictable
+    def _queue_message(self, data: str | bytes) -> bool:
+        if self.buffered_bytes > self.limits.max_buffer:
+            self._drop_slow_client()
+            return False
+        if isinstance(data, str):
+            self.protocol.send_text(data)
         else:
-            frame = encode_server_frame(opcode, payload)
-        if opcode >= 0x8:  # control frames bypass the queue's bound: they are small
-            if self.trace:
-                self._trace_out(frame)
-            self._queue(frame)
-        else:
-            self.send_frame_bytes(frame)
+            self.protocol.send_binary(data)
+        return True
 
-    def _queue(self, frame: Frame) -> None:
-        self._outgoing.append(frame)
-        if self._flush_handle is None and self._drain_task is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+    def send_frame_bytes(self, frame: Frame, size: int | None = None) -> None:
+        """Queue a server frame encoded once for many clients (`ChatRoom.broadcast`)."""
+        protocol = self.protocol
+        if protocol.pending_bytes + self.transport.get_write_buffer_size() > self.limits.max_buffer:
+            self._drop_slow_client()
+        elif protocol.send_frame(frame, frame_size(frame) if size is None else size):
+            self._schedule_flush()
+
+    def _drop_slow_client(self) -> None:
+        self.protocol.fail(CloseCode.POLICY_VIOLATION,
+                           f"client too slow: over {self.limits.max_buffer} bytes waiting",
+                           discard_queued=True)
+        log.info("%s failing the connection: 1008 client too slow", self.name)
+        self._after_protocol()
+
+    def _schedule_flush(self) -> None:
+        """Write at the end of this turn of the event loop, unless this connection's own task
+        is handling what it read: it flushes before it next waits (see `_read`), and a turn of
+        the loop saved is a good part of a small message's round trip.  (So a task that
+        receives and then awaits something other than `recv()` should `send()`, which writes
+        at once, rather than `send_nowait()`.)"""
+        if self._flush_handle is None and self._drain_task is None and not self._pumping:
+            self._flush_handle = self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_handle = None
+        self._flush()
 
     def _flush(self) -> None:
-        """Write what is queued in one write, unless the peer's socket buffer is full."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if not self._outgoing or self._drain_task is not None:
+        """Write what the protocol has queued, in batches that fit the socket buffer, then
+        carry out its decision about the transport."""
+        if self._drain_task is not None:  # the writer task flushes once the socket drains
             return
-        if self.transport.is_closing():
-            self._outgoing.clear()
+        protocol, transport = self.protocol, self.transport
+        if transport.is_closing():
+            protocol.data_to_send()  # nobody will read it
             return
-        if self.transport.get_write_buffer_size() > self._high_water:
-            self._drain_task = self._loop.create_task(self._write_when_drained())
-            return
-        outgoing = self._outgoing
-        if len(outgoing) == 1 and type(outgoing[0]) is bytes:
-            self.transport.write(outgoing[0])
-        elif all(type(frame) is bytes for frame in outgoing):
-            self.transport.write(b"".join(outgoing))
+        while protocol.pending_bytes:
+            if transport.get_write_buffer_size() > self._high_water:
+                self._drain_task = self._loop.create_task(self._write_when_drained())
+                return
+            self._write(protocol.data_to_send(self._high_water))
+        if protocol.close_transport:
+            transport.close()
+        elif protocol.half_close_transport and not self._half_closed:
+            self._half_closed = True
+            if transport.can_write_eof():
+                transport.write_eof()
+
+    def _write(self, frames: list[Frame]) -> None:
+        if self.trace:
+            for frame in frames:
+                self._trace_out(frame)
+        transport = self.transport
+        if len(frames) == 1 and type(frames[0]) is bytes:
+            transport.write(frames[0])
+        elif all(type(frame) is bytes for frame in frames):
+            transport.write(b"".join(frames))
         else:  # large payloads go to the socket as they are, after their header
-            for frame in outgoing:
+            for frame in frames:
                 for chunk in (frame if type(frame) is tuple else (frame,)):
-                    self.transport.write(chunk)
-        outgoing.clear()
+                    transport.write(chunk)
 
     async def _write_when_drained(self) -> None:
         """The writer of a client that does not keep up: wait for its socket, then flush."""
         try:
             await self.writer.drain()
         except (ConnectionError, RuntimeError):
-            self._outgoing.clear()
+            self.protocol.data_to_send()
         finally:
             self._drain_task = None
         self._flush()
 
+    def _after_protocol(self) -> None:
+        """After the protocol took a step: write what it queued, arm or stop the timers."""
+        protocol = self.protocol
+        if protocol.close_expected and self._close_timer is None:
+            self._close_timer = self._loop.call_later(self.limits.close_timeout, self.abort)
+        self._flush()
+        if protocol.state is State.CLOSED and self.transport.is_closing():
+            self._closed()
+
     # -- closing -------------------------------------------------------------------------------
+
+    def start_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake (§7.1.2) without waiting for its end.  ValueError for
+        a code that may not be sent."""
+        self.protocol.send_close(code, reason)
+        self._after_protocol()
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Start the closing handshake (§7.1.2) and wait, at most close_timeout, for its end."""
-        if self.state is State.OPEN:
-            self._start_closing(code, reason)
+        self.start_close(code, reason)
         deadline = self._loop.time() + self.limits.close_timeout + 1
-        if self._reading:  # another task's recv() will read the peer's close: wait for it
+        if self._receiving:  # another task's recv() will read the peer's close: wait for it
+            self._closed_waiter = self._loop.create_future()
             try:
-                self._closed_waiter = self._loop.create_future()
-                await asyncio.wait_for(self._closed_waiter, deadline - self._loop.time())
+                await asyncio.wait_for(asyncio.shield(self._closed_waiter), deadline - self._loop.time())
             except asyncio.TimeoutError:
-                self._abort()
+                self.abort()
             return
         # Read on until the peer's close frame and the end of TCP, as recv() would.
-        while self.state is not State.CLOSED and self._loop.time() < deadline:
+        while self.protocol.state is not State.CLOSED and self._loop.time() < deadline:
             try:
                 await asyncio.wait_for(self.recv_message(), deadline - self._loop.time())
             except (ConnectionClosed, asyncio.TimeoutError):
                 break
         await self._wait_for_tcp_end()
-        self._abort()
+        self.abort()
 
     async def _wait_for_tcp_end(self) -> None:
         """§7.1.1: the client waits, within close_timeout, for the server to close TCP first."""
-        if self.is_client and not self.transport.is_closing():
-            try:
-                await asyncio.wait_for(self.reader.read(), self.limits.close_timeout)
-            except (asyncio.TimeoutError, OSError):
-                pass
-            self._abort()
+        if not self.protocol.client or self.transport.is_closing():
+            return
+        deadline = self._loop.time() + self.limits.close_timeout
+        try:
+            while await asyncio.wait_for(self.reader.read(READ_SIZE), max(0.0, deadline - self._loop.time())):
+                pass  # whatever still comes is discarded
+        except (asyncio.TimeoutError, OSError):
+            pass
+        self.abort()
 
-    def _start_closing(self, code: int, reason: str) -> None:
-        self._send_frame(Opcode.CLOSE, build_close_payload(code, reason))
-        self.state = State.CLOSING
-        self._start_close_timer()
-
-    def _fail(self, error: ProtocolError) -> None:
-        """§7.1.7 Fail the WebSocket Connection: a close frame with the code, then end TCP.
-
-        The server also half-closes its side (§7.1.1: the server ends TCP first) and reads on,
-        discarding, until the peer closes: closing a socket that still has unread bytes would
-        send a TCP reset, which can destroy the close frame before the peer reads it.
-        """
-        log.info("%s failing the connection: %s %s", self.name, error.code, error.reason)
-        if self.close_code is None:
-            self.close_code, self.close_reason = error.code, error.reason
-        if self.state is State.OPEN:
-            self._send_frame(Opcode.CLOSE, build_close_payload(error.code, error.reason))
-        self.state = State.CLOSING
-        self.receiver.failed = self.receiver.failed or error
-        self._flush()
-        if self._drain_task is None and self.transport.can_write_eof() and not self.transport.is_closing():
-            self.transport.write_eof()
-        self._start_close_timer()
-
-    def _start_close_timer(self) -> None:
-        if self._close_timer is None:
-            self._close_timer = self._loop.call_later(self.limits.close_timeout, self._abort)
-
-    def _abort(self) -> None:
-        """The end of patience: drop the TCP connection (§7.1.1 for the unresponsive peer)."""
-        self._set_closed()
-        if self.close_code is None:
-            self.close_code = CloseCode.ABNORMAL_CLOSURE
-        if self._outgoing or self._drain_task:  # a peer that does not read: do not wait for it
-            self.transport.abort()
+    def abort(self) -> None:
+        """Drop the TCP connection now: the end of patience with an unresponsive peer (§7.1.1),
+        or of a connection nobody reads any more."""
+        self.protocol.receive_eof()
+        if self.protocol.pending_bytes or self._drain_task is not None:
+            self.transport.abort()  # a peer that does not read: do not wait for it
         else:
             self.transport.close()
+        self._closed()
 
-    def _set_closed(self) -> None:
-        self.state = State.CLOSED
+    def _closed(self) -> None:
         if self._closed_waiter is not None and not self._closed_waiter.done():
             self._closed_waiter.set_result(None)
-        for timer in (self._ping_timer, self._close_timer):
+        for timer in (self._ping_timer, self._pong_timer, self._close_timer):
             if timer is not None:
                 timer.cancel()
-        self._ping_timer = self._close_timer = None
+        self._ping_timer = self._pong_timer = self._close_timer = None
 
     # -- keepalive -----------------------------------------------------------------------------
 
     def _keepalive(self) -> None:
-        """Send a ping every ping_interval; a peer that sends no pong in ping_timeout is dropped."""
-        if self.state is not State.OPEN:
-            return
+        """Every ping_interval, a ping; a peer that sends no pong within ping_timeout is gone."""
+        self._ping_timer = self._loop.call_later(self.limits.ping_interval, self._keepalive)
+        if self.protocol.state is not State.OPEN or self._ping_payload is not None:
+            return  # closing, or the last ping's deadline is still running
         self._ping_payload = os.urandom(4)
-        self._send_frame(Opcode.PING, self._ping_payload)
-        self._ping_timer = self._loop.call_later(self.limits.ping_timeout, self._check_pong,
-                                                 self._ping_payload)
+        self.protocol.send_ping(self._ping_payload)
+        self._pong_timer = self._loop.call_later(self.limits.ping_timeout, self._pong_missing)
+        self._flush()
 
-    def _check_pong(self, payload: bytes) -> None:
-        if self.state is not State.OPEN:
-            return
-        if self._ping_payload == payload:
-            # No code fits a silent peer exactly; like `websockets`, 1011: the server cannot go on.
-            self._fail(ProtocolError(CloseCode.INTERNAL_ERROR, "keepalive ping timeout"))
-            return
-        remaining = max(0.0, self.limits.ping_interval - self.limits.ping_timeout)
-        self._ping_timer = self._loop.call_later(remaining, self._keepalive)
+    def _pong_missing(self) -> None:
+        self._pong_timer = None
+        # No code fits a silent peer exactly; like `websockets`, 1011: the server cannot go on.
+        self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+        log.info("%s failing the connection: 1011 keepalive ping timeout", self.name)
+        self._after_protocol()
 
     # -- tracing -------------------------------------------------------------------------------
 
@@ -1199,7 +1806,7 @@ class Connection:
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. The application: the chat room, the server, the client
+# 10. The application: the chat room, the server, the client
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1217,8 +1824,9 @@ class ChatRoom:
 
     def broadcast(self, message: Message) -> None:
         frame = encode_server_frame(message.opcode, message.payload)
+        size = frame_size(frame)
         for client in tuple(self.clients):
-            client.send_frame_bytes(frame)
+            client.send_frame_bytes(frame, size)
 
 
 @dataclasses.dataclass
@@ -1234,26 +1842,6 @@ class ServerConfig:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_header_lines: int = DEFAULT_MAX_HEADER_LINES
     trace: bool = False
-
-
-async def read_request_head(reader: asyncio.StreamReader, max_bytes: int) -> tuple[bytes, bytes]:
-    """Read up to the blank line that ends a request head: (head, bytes that came after it).
-
-    Linear: each new chunk is searched only from just before its start.  The bytes after
-    the head (a client may send its first frames at once) go to the frame decoder.
-    """
-    buffer = b""
-    while True:
-        chunk = await reader.read(max_bytes + 4 - len(buffer))
-        if not chunk:
-            raise HandshakeError(400, "connection closed before the end of the request head")
-        start = max(0, len(buffer) - 3)
-        buffer += chunk
-        end = buffer.find(b"\r\n\r\n", start)
-        if end >= 0:
-            return buffer[:end], buffer[end + 4:]
-        if len(buffer) > max_bytes:
-            raise HandshakeError(431, f"request head over {max_bytes} bytes")
 
 
 class WebSocketServer:
@@ -1282,7 +1870,7 @@ class WebSocketServer:
             task.cancel()
         for client in tuple(self.room.clients):
             if client.state is State.OPEN:
-                client._start_closing(code, "server shutting down")
+                client.start_close(code, "server shutting down")
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=self.config.limits.close_timeout + 1)
         for task in tuple(self._handlers):
@@ -1318,26 +1906,23 @@ class WebSocketServer:
         and the bytes that came after the head)."""
         config = self.config
         try:
-            head, rest = await asyncio.wait_for(read_request_head(reader, config.max_header_bytes),
-                                                config.handshake_timeout)
-            request = parse_request(head, config.max_header_lines)
+            received = await read_http_head(reader, config.max_header_bytes, config.handshake_timeout)
+            if received is None:  # nothing was asked (an idle preconnect): nothing to answer
+                writer.close()
+                return None
+            head, rest = received
             if config.trace:
                 log.info("handshake request:\n%s", head.decode("latin-1"))
+            request = parse_request(head, config.max_header_lines)
             if not is_websocket_request(request):
-                writer.write(static_response(config.static_dir, request, config.index))
-                await self._close_http(writer)
-                return
+                await self._answer_http(writer, static_response(config.static_dir, request, config.index))
+                return None
             handshake = check_request(request, allowed_origins=config.allowed_origins,
                                       subprotocols=config.subprotocols)
-        except asyncio.TimeoutError:  # RFC 9110 §15.5.9
-            writer.write(build_error_response(408, "request head not received in time"))
-            await self._close_http(writer)
-            return
-        except HandshakeError as error:
+        except HTTPError as error:  # the one place a refusal becomes a response
             log.info("refused %s: %s %s", writer.get_extra_info("peername"), error.status, error.reason)
-            writer.write(build_error_response(error.status, error.reason, error.headers))
-            await self._close_http(writer)
-            return
+            await self._answer_http(writer, build_error_response(error.status, error.reason, error.headers))
+            return None
         self._handshaking.discard(asyncio.current_task())
         response = build_switching_protocols(handshake)
         if config.trace:
@@ -1348,13 +1933,14 @@ class WebSocketServer:
     async def _chat(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     handshake: Handshake, rest: bytes) -> None:
         config = self.config
-        connection = Connection(reader, writer, limits=config.limits,
-                                subprotocol=handshake.subprotocol, trace=config.trace)
+        protocol = Protocol(max_size=config.limits.max_size)
+        protocol.subprotocol = handshake.subprotocol
+        connection = Connection(reader, writer, protocol, limits=config.limits, trace=config.trace)
         self.room.clients.add(connection)
         log.info("%s connected (%d open)", connection.name, len(self.room.clients))
         try:
             if rest:
-                connection.receive_data(rest)
+                protocol.receive_data(rest)
             while True:
                 self.room.broadcast(await connection.recv_message())
         except ConnectionClosed:
@@ -1362,13 +1948,15 @@ class WebSocketServer:
         finally:
             self.room.clients.discard(connection)
             if connection.state is not State.CLOSED:
-                connection._connection_lost()
-            log.info("%s disconnected: %s %s (%d open)", connection.name, connection.close_code,
-                     connection.close_reason, len(self.room.clients))
+                connection.abort()
+            failed = f", after failing it with {protocol.failure}" if protocol.failure else ""
+            log.info("%s disconnected: close code %s %s%s (%d open)", connection.name, connection.close_code,
+                     connection.close_reason, failed, len(self.room.clients))
 
     @staticmethod
-    async def _close_http(writer: asyncio.StreamWriter) -> None:
-        """Send the answer, then close; a short linger lets a client finish sending its request."""
+    async def _answer_http(writer: asyncio.StreamWriter, response: bytes) -> None:
+        """Send a plain HTTP answer, then close; a short linger lets the client finish sending."""
+        writer.write(response)
         try:
             await asyncio.wait_for(writer.drain(), 5)
             if writer.can_write_eof():
@@ -1383,49 +1971,60 @@ async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable
                   trace: bool = False) -> Connection:
     """Open a client connection to a ws:// URL: the server's mirror (§4.1).
 
-    The client masks every frame (§5.3) and checks `Sec-WebSocket-Accept` against the key
-    it sent, which proves the answer comes from a WebSocket server that read this request.
+    The client masks every frame (§5.3) and fails the connection unless the server's answer
+    passes `check_response`: 101, the upgrade headers, `Sec-WebSocket-Accept` computed from
+    the key it sent (proof that a WebSocket server read this very request), and nothing it did
+    not offer.  Raises `HandshakeFailed`, `OSError` or `asyncio.TimeoutError`.
     """
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "ws" or not parts.hostname:
-        raise ValueError(f"not a ws:// URL: {url!r} (wss:// is not supported)")
-    port = parts.port or 80
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port, limit=READ_SIZE),
-                                            timeout)
+    secure, host, port, resource = parse_ws_url(url)
+    if secure:
+        raise ValueError(f"wss:// is not supported: {url!r}")
+    limits = limits or Limits(ping_interval=0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=READ_SIZE), timeout)
+    key = new_key()
+    subprotocols = tuple(subprotocols)
+    protocol = Protocol(client=True, max_size=limits.max_size,
+                        opening=OpeningHandshake(key, subprotocols))
     try:
-        key = base64.b64encode(secrets.token_bytes(16)).decode("ascii")  # §4.1: a random nonce
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        lines = [f"GET {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
-                 f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
-                 f"Sec-WebSocket-Key: {key}", f"Sec-WebSocket-Version: {WEBSOCKET_VERSION}"]
-        if origin:
-            lines.append(f"Origin: {origin}")
-        if subprotocols:
-            lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
-        head, rest = await asyncio.wait_for(read_request_head(reader, DEFAULT_MAX_HEADER_BYTES), timeout)
-        status_line, _, _ = head.partition(b"\r\n")
-        if status_line.split(b" ")[1:2] != [b"101"]:
-            raise HandshakeError(int(status_line.split(b" ")[1]) if status_line[9:12].isdigit() else 0,
-                                 f"server refused the upgrade: {status_line.decode('latin-1')}")
-        response = Request("", "", (1, 1), parse_header_lines(head.split(b"\n")[1:]))
-        if response.header("sec-websocket-accept") != accept_key(key):  # §4.1 item 4
-            raise HandshakeError(0, "wrong Sec-WebSocket-Accept from the server")
-        if "websocket" not in response.tokens("upgrade") or "upgrade" not in response.tokens("connection"):
-            raise HandshakeError(0, "server answered 101 without Upgrade: websocket")
+        writer.write(build_client_request(host, port, resource, key, origin=origin, subprotocols=subprotocols))
+        while protocol.state is State.CONNECTING:
+            data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, deadline - loop.time()))
+            if data:
+                protocol.receive_data(data)
+            else:
+                protocol.receive_eof()
+        if protocol.handshake_failure is not None:
+            raise protocol.handshake_failure
     except BaseException:
         writer.transport.abort()
         raise
-    connection = Connection(reader, writer, client=True, limits=limits or Limits(ping_interval=0),
-                            subprotocol=response.header("sec-websocket-protocol"), trace=trace)
-    if rest:
-        connection.receive_data(rest)
-    return connection
+    return Connection(reader, writer, protocol, limits=limits, trace=trace)
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. The command line
+# 11. The command line
 # ---------------------------------------------------------------------------------------------
+
+
+def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[[], None]:
+    """Make Ctrl-C (SIGINT), SIGTERM and, on Windows, Ctrl-Break set `stop`; return a function
+    that puts the previous handlers back.
+
+    `loop.add_signal_handler` would be the asyncio way, but Windows has none (it raises
+    NotImplementedError).  A plain `signal.signal` handler works on every platform: Python
+    runs it in the main thread, and `call_soon_threadsafe` both hands the news to the loop and
+    wakes the loop if it is asleep in select()."""
+    def handler(signum, frame) -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    previous = {}
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            previous[signum] = signal.signal(signum, handler)
+    return lambda: [signal.signal(signum, old) for signum, old in previous.items()]
 
 
 async def run_server(config: ServerConfig) -> None:
@@ -1436,34 +2035,63 @@ async def run_server(config: ServerConfig) -> None:
     log.info("Serving the chat on http://%s:%d/ (WebSocket on ws://%s:%d/) ...",
              host, server.port, host, server.port)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    restore = stop_on_signals(asyncio.get_running_loop(), stop)
+    try:
+        await stop.wait()
+    finally:
+        restore()  # a second Ctrl-C during the shutdown below interrupts it
     log.info("Shutting down: closing %d client(s) with 1001", len(server.room.clients))
     await server.shutdown()
 
 
+def describe_message(message: str | bytes) -> str:
+    """A message for a terminal: text as it is, binary as its size and first bytes in hex."""
+    if isinstance(message, str):
+        return message
+    more = " …" if len(message) > 16 else ""
+    return f"[binary, {len(message)} bytes: {message[:16].hex(' ')}{more}]"
+
+
 async def run_client(url: str, trace: bool) -> None:
-    """`--connect`: typed lines are sent as text; received messages are printed."""
+    """`--connect`: typed lines are sent as text; received messages are printed.  The client
+    ends when stdin ends (Ctrl-D) or when the server closes the connection."""
     connection = await connect(url, trace=trace)
     sys.stdout.write(f"connected to {url}; type a line to send it, Ctrl-D to quit\n")
     sys.stdout.flush()
     loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read_stdin() -> None:
+        # A daemon thread: a blocking readline() cannot be cancelled, and it must not keep the
+        # process alive once the server has closed the connection.
+        try:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(lines.put_nowait, line)
+            loop.call_soon_threadsafe(lines.put_nowait, None)
+        except RuntimeError:  # the loop is closed: the client has ended
+            pass
+
+    threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
 
     async def printer() -> None:
         async for message in connection:
-            sys.stdout.write(f"< {message if isinstance(message, str) else message!r}\n")
+            sys.stdout.write(f"< {describe_message(message)}\n")
             sys.stdout.flush()
         sys.stdout.write(f"connection closed: {connection.close_code} {connection.close_reason}\n")
+        sys.stdout.flush()
 
     printing = loop.create_task(printer())
     try:
         while not printing.done():
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line or printing.done():
+            getting = loop.create_task(lines.get())
+            await asyncio.wait({getting, printing}, return_when=asyncio.FIRST_COMPLETED)
+            if not getting.done():
+                getting.cancel()
                 break
-            await connection.send(line.rstrip("\n"))
+            line = getting.result()
+            if line is None:
+                break
+            await connection.send(line.rstrip("\r\n"))
     finally:
         if connection.state is State.OPEN:
             await connection.close()
@@ -1480,9 +2108,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of the pages served over plain HTTP (default: static/)")
     parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, metavar="N",
                         help=f"largest message in bytes; larger ones close with 1009 (default: {DEFAULT_MAX_SIZE})")
-    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
-                        help="messages queued for a client that does not read before it is "
-                             f"dropped with 1008 (default: {DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--max-buffer", type=int, default=DEFAULT_MAX_BUFFER, metavar="N",
+                        help="bytes waiting to be sent to one client (queued frames and socket buffer) "
+                             f"before it is dropped with 1008 (default: {DEFAULT_MAX_BUFFER})")
     parser.add_argument("--ping-interval", type=float, default=DEFAULT_PING_INTERVAL, metavar="S",
                         help=f"seconds between keepalive pings, 0 to disable (default: {DEFAULT_PING_INTERVAL:g})")
     parser.add_argument("--ping-timeout", type=float, default=DEFAULT_PING_TIMEOUT, metavar="S",
@@ -1490,7 +2118,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--close-timeout", type=float, default=DEFAULT_CLOSE_TIMEOUT, metavar="S",
                         help=f"seconds to wait for the peer's close frame (default: {DEFAULT_CLOSE_TIMEOUT:g})")
     parser.add_argument("--handshake-timeout", type=float, default=DEFAULT_HANDSHAKE_TIMEOUT, metavar="S",
-                        help=f"seconds to receive the request head (default: {DEFAULT_HANDSHAKE_TIMEOUT:g})")
+                        help=f"seconds to receive the whole request head (default: {DEFAULT_HANDSHAKE_TIMEOUT:g})")
     parser.add_argument("--max-header-bytes", type=int, default=DEFAULT_MAX_HEADER_BYTES, metavar="N",
                         help=f"largest request head (default: {DEFAULT_MAX_HEADER_BYTES})")
     parser.add_argument("--max-header-lines", type=int, default=DEFAULT_MAX_HEADER_LINES, metavar="N",
@@ -1505,16 +2133,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("max_size", "max_queue", "max_header_bytes", "max_header_lines"):
+    for name in ("max_size", "max_buffer", "max_header_bytes", "max_header_lines"):
         if getattr(args, name) < 1:
-            build_parser().error(f"--{name.replace('_', '-')} must be at least 1")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("ping_timeout", "close_timeout", "handshake_timeout"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be above 0")
+    if args.ping_interval < 0:
+        parser.error("--ping-interval must be 0 (off) or more")
     try:
         if args.connect:
             asyncio.run(run_client(args.connect, args.trace))
             return 0
-        limits = Limits(args.max_size, args.max_queue, args.ping_interval, args.ping_timeout,
+        limits = Limits(args.max_size, args.max_buffer, args.ping_interval, args.ping_timeout,
                         args.close_timeout)
         config = ServerConfig(args.host, args.port, args.static, limits=limits,
                               allowed_origins=args.allow_origin, subprotocols=args.subprotocol,
@@ -1522,10 +2156,10 @@ def main(argv: list[str] | None = None) -> int:
                               max_header_bytes=args.max_header_bytes,
                               max_header_lines=args.max_header_lines, trace=args.trace)
         asyncio.run(run_server(config))
-    except KeyboardInterrupt:  # Ctrl-C in the client, or before the handlers are installed
+    except KeyboardInterrupt:  # Ctrl-C in the client, or a second one during the shutdown
         pass
-    except (OSError, WebSocketError, ValueError) as error:
-        log.error("%s", error)
+    except (OSError, WebSocketError, ValueError, asyncio.TimeoutError) as error:
+        log.error("%s", error or type(error).__name__)
         return 1
     return 0
 

@@ -31,8 +31,8 @@ def int_xor(data: bytes, key: bytes) -> bytes:
 CANDIDATES = {
     "per byte (definition)": per_byte,
     "int XOR, one integer": int_xor,
-    "int XOR, 64 KiB blocks": ws_server._mask_int_blocks,
-    "bytes.translate, 4 lanes": ws_server._mask_lanes,
+    "int XOR, 64 KiB blocks": ws_server.mask_int_blocks,
+    "bytes.translate, 4 lanes": ws_server.mask_lanes,
     "apply_mask (chosen by size)": ws_server.apply_mask,
 }
 

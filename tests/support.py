@@ -148,7 +148,7 @@ class ServerTestCase:
             if isinstance(client, RawClient):
                 client.close()
             elif client.state is not ws_server.State.CLOSED:
-                client._abort()
+                client.abort()
         await asyncio.wait_for(self.server.shutdown(), TIMEOUT + 2)
 
     async def client(self, **options) -> ws_server.Connection:

@@ -85,7 +85,7 @@ class Test02Masking(unittest.TestCase):
         for size in sizes:
             data, key = rng.randbytes(size), rng.randbytes(4)
             expected = self.by_the_definition(data, key)
-            for mask in (apply_mask, ws_server._mask_int_blocks, ws_server._mask_lanes):
+            for mask in (apply_mask, ws_server.mask_int_blocks, ws_server.mask_lanes):
                 with self.subTest(size=size, mask=mask.__name__):
                     self.assertEqual(mask(data, key), expected)
 

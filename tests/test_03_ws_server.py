@@ -35,7 +35,7 @@ class Test01HandshakeOverTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCas
         status, headers, body = await http_exchange(self.port, handshake_request(Sec_WebSocket_Key="c2hvcnQ="))
         self.assertEqual(status, 400)
         self.assertEqual(headers["content-type"], "text/plain; charset=utf-8")
-        self.assertEqual(body, b"Sec-WebSocket-Key must be 16 bytes in base64\n")  # then EOF
+        self.assertEqual(body, b"400 Sec-WebSocket-Key must be 16 bytes in base64\n")  # then EOF
 
     async def test_03_a_wrong_version_gets_426_naming_version_13(self):
         status, headers, _ = await http_exchange(self.port, handshake_request(Sec_WebSocket_Version="8"))
@@ -180,7 +180,7 @@ class Test04BadInputAndOthersKeepGoing(ServerTestCase, unittest.IsolatedAsyncioT
 class Test05Backpressure(ServerTestCase, unittest.IsolatedAsyncioTestCase):
     """A client that stops reading is dropped with 1008; a reading client never notices."""
 
-    limits = Limits(max_queue=8, ping_interval=0, close_timeout=1)
+    limits = Limits(max_buffer=256 * 1024, ping_interval=0, close_timeout=1)
 
     async def test_01_a_client_that_stops_reading_is_dropped_while_the_reader_keeps_up(self):
         reader = await self.client()
@@ -199,7 +199,7 @@ class Test05Backpressure(ServerTestCase, unittest.IsolatedAsyncioTestCase):
             received += 1
             if sleeper_connection.state is not ws_server.State.OPEN:
                 break
-        self.assertEqual(sleeper_connection.close_code, CloseCode.POLICY_VIOLATION)
+        self.assertEqual(sleeper_connection.protocol.failure.code, CloseCode.POLICY_VIOLATION)
         self.assertLess(received, 400)
         await self.wait_for_clients(2)  # dropped within close_timeout
         sender.send(Opcode.TEXT, b"after the drop")

@@ -208,6 +208,7 @@ class Test05HistoryForLastEventID(unittest.TestCase):
             first = SQLiteHistory(path, maxlen=3)
             start = first.next_id
             for id in range(start, start + 5):
+                first.store(stored(id))
                 first.append(stored(id))
             first.close()
             second = SQLiteHistory(path, maxlen=3)
