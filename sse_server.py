@@ -683,6 +683,107 @@ def write_all(sock: socket.socket, data: bytes, timeout: float) -> None:
             selector.close()
 
 
+class DepartureWatcher:
+    """Notices at once that a subscriber left: one thread and one selector for every stream.
+
+    A subscriber's thread sleeps on its signal, not on its socket, so on its own a threaded
+    server learns that a client left only when a write to it fails: at the next event, or on a
+    quiet stream at the next heartbeat (15 s).  Until then the departed client keeps its
+    thread and its socket: the "zombie streams" users of SSE servers complain about most.
+
+    An event stream carries nothing from the client after its request.  So a subscriber's
+    socket that becomes readable means the client has left (EOF, or a reset), or broke that
+    rule by sending more: either way its stream is over, and the watcher drops it, which wakes
+    its thread.  One selector (`selectors`: epoll, kqueue or select(), whatever the platform
+    has) watches them all: no timer, no poll and no thread per subscriber, and nothing at all
+    while nobody leaves.  Heartbeats stay: only they find a client whose network vanished
+    without a FIN, and they keep proxies from closing quiet streams (§9.2.7).
+
+    Where select() is all there is (Windows), one selector watches at most `SELECT_CAPACITY`
+    sockets; streams beyond that are found out by their next write, as before.
+    """
+
+    SELECT_CAPACITY = 500  # Windows' select() takes at most 512 sockets
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self.capacity = self.SELECT_CAPACITY if selectors.DefaultSelector is selectors.SelectSelector else None
+        self._selector = selectors.DefaultSelector()
+        self._wakeup = socket.socketpair()  # a byte written here makes select() return
+        self._wakeup[0].setblocking(False)
+        self._selector.register(self._wakeup[0], selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, name="sse-departures", daemon=True)
+        self._thread.start()
+
+    def watch(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self.capacity is not None and len(self._selector.get_map()) > self.capacity:
+                return
+            try:
+                self._selector.register(subscriber.sock, selectors.EVENT_READ, subscriber)
+            except (KeyError, ValueError, OSError):  # already watched, or already closed
+                return
+            self._wakeup[1].send(b"\0")  # select() again, with this socket in the set
+
+    def forget(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            if not self._closed:
+                try:
+                    self._selector.unregister(subscriber.sock)
+                except (KeyError, ValueError):
+                    pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wakeup[1].send(b"\0")
+        self._thread.join(timeout=5)
+        self._selector.close()
+        for sock in self._wakeup:
+            sock.close()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                ready = self._selector.select()
+            except (OSError, ValueError):  # a socket closed while select() watched it
+                self._forget_closed()
+                continue
+            for key, _ in ready:
+                if key.data is None:  # the wakeup: new sockets to watch, or the end
+                    try:
+                        self._wakeup[0].recv(4096)
+                    except BlockingIOError:
+                        pass
+                    if self._closed:
+                        return
+                    continue
+                self.forget(key.data)
+                key.data.drop(departure_reason(key.fileobj))
+
+    def _forget_closed(self) -> None:
+        with self._lock:
+            for key in list(self._selector.get_map().values()):
+                if key.fileobj.fileno() < 0:
+                    self._selector.unregister(key.fileobj)
+
+
+def departure_reason(sock: socket.socket) -> str:
+    """Why a subscriber's socket became readable: a look at its next byte, left in place."""
+    try:
+        data = sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return "left"
+    except OSError as error:
+        return f"gone ({error.strerror or error})"
+    return "left (its end of the connection closed)" if not data else "sent bytes after its request"
+
+
 class Hub:
     """Numbers, keeps and fans out events.
 
@@ -705,6 +806,7 @@ class Hub:
         self._subscribers: tuple[Subscriber, ...] = ()  # replaced, never mutated: cheap to iterate
         self._emptied = threading.Condition(threading.Lock())
         self._closed = False
+        self.departures = DepartureWatcher()
 
     @property
     def subscriber_count(self) -> int:
@@ -727,7 +829,8 @@ class Hub:
                 first = [self._reset_event(last_event_id)] if found is None else found
             subscriber = Subscriber(sock, chunked, self.max_queue, peer)
             self._subscribers += (subscriber,)
-            return subscriber, first
+        self.departures.watch(subscriber)
+        return subscriber, first
 
     def _reset_event(self, last_event_id: str) -> StoredEvent:
         """The spec cannot tell a client it missed events; this event does.  Its id is the
@@ -740,6 +843,7 @@ class Hub:
         return StoredEvent.from_payload(newest, text.encode())
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.departures.forget(subscriber)
         with self._lock:
             self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
         with self._emptied:
@@ -784,6 +888,7 @@ class Hub:
             for subscriber in self._subscribers:  # stuck writing to a client that does not read
                 subscriber.drop("server shutting down")
             self.wait_empty(1.0)
+        self.departures.close()
 
     def wait_empty(self, timeout: float) -> bool:
         with self._emptied:
@@ -1116,10 +1221,11 @@ class SSEServer(ThreadingHTTPServer):
     daemon_threads = True  # request threads never keep the process alive; close() ends streams
     request_queue_size = 1024  # listen backlog: a thousand subscribers may connect at once
 
-    def __init__(self, config: ServerConfig | None = None) -> None:
+    def __init__(self, config: ServerConfig | None = None, history: History | None = None) -> None:
         self.config = config or ServerConfig()
-        history = (SQLiteHistory(self.config.store, self.config.history) if self.config.store
-                   else History(self.config.history))
+        if history is None:  # another History may be given (the tests give one whose store fails)
+            history = (SQLiteHistory(self.config.store, self.config.history) if self.config.store
+                       else History(self.config.history))
         self.hub = Hub(history, max_clients=self.config.max_clients, max_queue=self.config.max_queue,
                        trace=self.config.trace)
         self._stopping = threading.Event()

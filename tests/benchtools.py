@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import resource
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from tests.support import stop_process
+from tests.support import split_head, start_process, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -27,17 +25,7 @@ class Server:
     """One of our servers as a subprocess on 127.0.0.1 and a free port; its log is drained."""
 
     def __init__(self, script: str, *args: str, timeout: float = 10.0) -> None:
-        self.process = subprocess.Popen([sys.executable, str(ROOT / script), "--port", "0", *args],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + timeout
-        self.port = 0
-        while not self.port:
-            line = self.process.stderr.readline()
-            if not line or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{script} did not start")
-            found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-            self.port = int(found.group(1)) if found else 0
+        self.process, self.port = start_process(script, *args, timeout=timeout)
         # Keep reading its log (a line per connection) so that the server never blocks on it.
         threading.Thread(target=self._drain, daemon=True).start()
 
@@ -89,13 +77,13 @@ class RawHTTPClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.open.done():
             self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
+            head = split_head(self.head)
+            if head is None:
                 return
             if not self.head.startswith(self.status):
                 self.open.set_exception(RuntimeError(self.head[:80]))
                 return
-            data, self.head = self.head[end + 4:], b""
+            data, self.head = head[2], b""
             self.open.set_result(True)
             if not data:
                 return

@@ -1,5 +1,9 @@
-"""Helpers shared by the tests: raw sockets that speak just enough to break the rules,
-for WebSocket (asyncio) and for Server-Sent Events (blocking sockets)."""
+"""Helpers shared by every test and benchmark: raw clients that speak just enough to break the
+rules, server fixtures on 127.0.0.1 and port 0, bounded waits, and child processes.
+
+One of each: one HTTP head reader (`split_head`), one `wait_until` (and its async twin), one
+way to start (`start_process`) and stop (`stop_process`) a server in a child process.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,71 @@ import base64
 import contextlib
 import http.client
 import os
+import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 import unittest
+from pathlib import Path
 
 import sse_server
 import ws_server
 from ws_server import Opcode, encode_frame
 
+ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 5.0  # every wait in the integration tests is bounded by this
+
+
+# ---------------------------------------------------------------------------------------------
+# Waiting and child processes
+# ---------------------------------------------------------------------------------------------
+
+
+def wait_until(condition, timeout: float = TIMEOUT, message: str = "a condition") -> None:
+    """Poll `condition` until it is true; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.01)
+
+
+async def async_wait_until(condition, timeout: float = TIMEOUT, message: str = "a condition") -> None:
+    """`wait_until` for coroutines: the event loop runs while it waits."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        await asyncio.sleep(0.01)
+
+
+#: What our servers log when they are ready: "Serving ... on http://HOST:PORT/".
+SERVING = re.compile(r"Serving .* on https?://[^:/]+:(\d+)/")
+
+
+def start_process(script: str, *args: str, prelude: str = "", timeout: float = 10.0,
+                  stdin: int | None = None) -> tuple[subprocess.Popen, int]:
+    """Start `python script --port 0 ARGS` and wait for its "Serving ..." line: (process, port).
+
+    `prelude` is Python run first in the child (the Windows simulation uses it).  The child's
+    stderr stays open for the caller (`process.stderr`, text); stop it with `stop_process`."""
+    code = f"{prelude}\nimport runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"
+    process = subprocess.Popen([sys.executable, "-c", code, str(ROOT / script), "--port", "0", *args],
+                               stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        found = SERVING.search(line)
+        if found:
+            return process, int(found.group(1))
+    stop_process(process)
+    raise AssertionError(f"{script} did not start: {''.join(seen)[-2000:]}")
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -30,22 +88,53 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout)
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP: the one head reader
+# ---------------------------------------------------------------------------------------------
+
+
+def split_head(buffer: bytes) -> tuple[int, dict[str, str], bytes] | None:
+    """A response head at the start of `buffer`: (status, headers with lower-cased names, what
+    follows), or None until the head is complete.  The servers' own `find_end_of_head`
+    finds its end; a header sent twice keeps its last value."""
+    found = ws_server.find_end_of_head(buffer)
+    if found is None:
+        return None
+    response = ws_server.parse_response(buffer[:found[0]])
+    return response.status, {name: values[-1] for name, values in response.headers.items()}, buffer[found[1]:]
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """Read one HTTP response: status, headers (lower-cased names), and the body to EOF."""
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    body = b""
+    """Read one HTTP response: status, headers, and the body to EOF (none after a 101)."""
+    buffer = b""
+    while (head := split_head(buffer)) is None:
+        data = await asyncio.wait_for(reader.read(65536), TIMEOUT)
+        if not data:
+            raise AssertionError(f"connection closed before the end of the head: {buffer!r}")
+        buffer += data
+    status, headers, body = head
     if status != 101:
-        body = await asyncio.wait_for(reader.read(), TIMEOUT)
+        while data := await asyncio.wait_for(reader.read(65536), TIMEOUT):
+            body += data
     return status, headers, body
+
+
+def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw request bytes on a fresh connection; read the answer until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        buffer = b""
+        while data := sock.recv(65536):
+            buffer += data
+    head = split_head(buffer)
+    if head is None:
+        raise AssertionError(f"no complete response head: {buffer[:200]!r}")
+    return head
 
 
 def handshake_request(path: str = "/", **headers: str) -> bytes:
@@ -72,6 +161,19 @@ async def http_exchange(port: int, request: bytes) -> tuple[int, dict[str, str],
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+def open_fds() -> int | None:
+    """This process's open file descriptors, where the platform says (Linux), else None."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket: a raw client and a server fixture
+# ---------------------------------------------------------------------------------------------
 
 
 class RawClient:
@@ -162,47 +264,18 @@ class ServerTestCase:
         return client
 
     async def wait_for_clients(self, count: int) -> None:
-        for _ in range(int(TIMEOUT / 0.01)):
-            if len(self.server.room.clients) == count:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"{len(self.server.room.clients)} clients, expected {count}")
+        await async_wait_until(lambda: len(self.server.room.clients) == count,
+                               message=f"{count} clients (have {len(self.server.room.clients)})")
+
+    def connection_of(self, raw: RawClient) -> ws_server.Connection:
+        """The server's side of a raw client's connection."""
+        port = raw.writer.get_extra_info("sockname")[1]
+        return next(c for c in self.server.room.clients if c.name.endswith(f":{port}"))
 
 
 # ---------------------------------------------------------------------------------------------
 # Server-Sent Events: a raw HTTP client that keeps every byte, and a server fixture
 # ---------------------------------------------------------------------------------------------
-
-
-
-
-class Dechunker:
-    """RFC 9112 §7.1 in reverse: chunks in, payloads out (the test's mirror of encode_chunk)."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.chunks: list[bytes] = []
-        self.done = False  # the last chunk (size 0) was seen
-
-    def feed(self, data: bytes) -> bytes:
-        self.buffer += data
-        out = []
-        while not self.done:
-            line_end = self.buffer.find(b"\r\n")
-            if line_end < 0:
-                break
-            size = int(self.buffer[:line_end], 16)
-            end = line_end + 2 + size
-            if len(self.buffer) < end + 2:
-                break
-            assert self.buffer[end:end + 2] == b"\r\n", self.buffer[:end + 2]
-            self.buffer, chunk = self.buffer[end + 2:], self.buffer[line_end + 2:end]
-            if size == 0:
-                self.done = True
-            else:
-                self.chunks.append(chunk)
-                out.append(chunk)
-        return b"".join(out)
 
 
 class StreamClient:
@@ -213,29 +286,35 @@ class StreamClient:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         fields = {"Host": f"127.0.0.1:{port}", "Accept": "text/event-stream", **(headers or {})}
         request = f"GET {path} {version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
-        self.sock.sendall(request.encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
+        self.sock.sendall(request.encode("utf-8"))
+        buffer = b""
+        while (head := split_head(buffer)) is None:
             data = self.sock.recv(65536)
             if not data:
-                raise AssertionError(f"no response head: {head!r}")
-            head += data
-        head, _, rest = head.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split(" ")[1])
-        self.headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+                raise AssertionError(f"no response head: {buffer!r}")
+            buffer += data
+        self.status, self.headers, rest = head
         self.chunked = self.headers.get("transfer-encoding") == "chunked"
-        self.dechunker = Dechunker()
+        self.dechunker = sse_server.ChunkedDecoder(max_size=1 << 30)  # the server's own, backwards
+        self.chunks: list[bytes] = []  # one per event, when chunked
         self.parser = sse_server.EventStreamParser()
         self.body = b""
         self.events: list[sse_server.ServerSentEvent] = []
         self.eof = False
         self._consume(rest)
 
+    @property
+    def complete(self) -> bool:
+        """Did the stream end with the last chunk (a clean end, not a cut)?"""
+        return self.dechunker.done
+
     def _consume(self, data: bytes) -> None:
-        body = self.dechunker.feed(data) if self.chunked else data
-        self.body += body
-        self.events += self.parser.feed(body)
+        if self.chunked:
+            chunks = self.dechunker.feed(data)
+            self.chunks += chunks
+            data = b"".join(chunks)
+        self.body += data
+        self.events += self.parser.feed(data)
 
     def read_more(self, timeout: float = TIMEOUT) -> None:
         self.sock.settimeout(timeout)
@@ -281,12 +360,9 @@ def http_request(port: int, method: str, path: str, body: bytes | None = None,
         connection.close()
 
 
-def wait_for(condition, timeout: float = TIMEOUT, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(0.01)
+def request_threads() -> int:
+    """Threads that ThreadingHTTPServer started, one per connection, still running."""
+    return sum(1 for t in threading.enumerate() if t.name.endswith("(process_request_thread)"))
 
 
 class SSEServerTestCase(unittest.TestCase):
@@ -296,7 +372,6 @@ class SSEServerTestCase(unittest.TestCase):
     options: dict = {}
 
     def setUp(self) -> None:
-        self.threads_before = threading.active_count()
         self.server = self.start_server(**self.options)
         self.port = self.server.port
         self.streams: list[StreamClient] = []
@@ -327,3 +402,40 @@ class SSEServerTestCase(unittest.TestCase):
                                     body.encode() if isinstance(body, str) else body,
                                     {k.replace("_", "-"): v for k, v in headers.items()})
         return status
+
+    def subscriber_that_never_reads(self) -> socket.socket:
+        """A subscriber with a tiny receive buffer that never reads its stream."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(TIMEOUT)
+        sock.connect(("127.0.0.1", self.port))
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        return sock
+
+
+# ---------------------------------------------------------------------------------------------
+# Other platforms, simulated
+# ---------------------------------------------------------------------------------------------
+
+#: Run first in a child process: the names Windows lacks are removed, so a server that needs
+#: one of them fails there as it would on Windows.  (`selectors` is imported after the removal:
+#: it then falls back to select(), as it does on Windows.)
+WINDOWS_PRELUDE = """
+import os, select, sys
+assert "selectors" not in sys.modules and "asyncio" not in sys.modules
+for name in ("poll", "epoll", "kqueue", "devpoll"):
+    if hasattr(select, name):
+        delattr(select, name)
+import socket  # (it imports selectors, which now finds only select())
+del socket.MSG_DONTWAIT, os.fork
+sys.modules["fcntl"] = None  # import fcntl raises ImportError
+sys.modules["resource"] = None
+import asyncio, selectors
+assert selectors.DefaultSelector is selectors.SelectSelector
+def _no_signal_handlers(self, *args, **kwargs):
+    raise NotImplementedError("as on Windows: no loop.add_signal_handler")
+asyncio.AbstractEventLoop.add_signal_handler = _no_signal_handlers
+import asyncio.unix_events
+asyncio.unix_events._UnixSelectorEventLoop.add_signal_handler = _no_signal_handlers
+"""

@@ -1,4 +1,4 @@
-"""Chapter 6: the pages in a real browser: headless Chromium against our two servers.
+"""Chapter 9: the pages in a real browser: headless Chromium against our two servers.
 
 Skipped, with how to install it, when no Chromium is found; CI installs Debian's `chromium`.
 """
@@ -68,6 +68,7 @@ class Test01ChatPage(BrowserTestCase):
         return tab
 
     async def test_01_two_tabs_chat_both_ways_with_the_button_and_with_enter(self):
+        """§5.6 Two tabs chat both ways, with the button and with the Enter key."""
         first, second = await self.open_chat(), await self.open_chat()
         await first.evaluate("document.getElementById('messageInput').value = 'hello from the first tab';"
                              "document.getElementById('sendButton').click()")
@@ -81,6 +82,7 @@ class Test01ChatPage(BrowserTestCase):
         self.assertEqual(await second.evaluate("document.getElementById('messageInput').value"), "")
 
     async def test_02_a_message_that_looks_like_html_is_shown_as_text_and_creates_no_element(self):
+        """HTML §4.16 A message that looks like HTML is shown as text: no element, no script."""
         tab = await self.open_chat()
         client = await ws_server.connect(self.url.replace("http", "ws"))
         payload = "<img src=x onerror=alert(1)>"
@@ -92,6 +94,7 @@ class Test01ChatPage(BrowserTestCase):
         await client.close()
 
     async def test_03_a_binary_message_is_shown_readably(self):
+        """§5.6 A binary message is shown as its size and first bytes, not "[object Blob]"."""
         tab = await self.open_chat()
         client = await ws_server.connect(self.url.replace("http", "ws"))
         await client.send(b"\x00\x01\xfe\xff")
@@ -100,6 +103,7 @@ class Test01ChatPage(BrowserTestCase):
         await client.close()
 
     async def test_04_the_page_reconnects_after_the_server_restarts(self):
+        """§7.4.1 The page shows 1001 when the server stops, and reconnects by itself when it is back."""
         tab = await self.open_chat()
         port = self.server.port
         stopping = asyncio.create_task(self.server.shutdown())
@@ -141,6 +145,7 @@ class Test02SSEPage(BrowserTestCase):
         return f"[...document.querySelectorAll('#ul li')].filter(li => li.textContent.includes({json.dumps(contains)})).length"
 
     async def test_01_the_page_shows_the_clock_ticking_with_ids(self):
+        """§9.2.6 The SSE page shows the tutorial's clock ticking, with each event's id."""
         tab = await self.open_page()
         await tab.wait_for(f"{self.items('Current time: ')} >= 2", timeout=5)
         text = await tab.evaluate("document.querySelector('#ul li').textContent")
@@ -148,6 +153,7 @@ class Test02SSEPage(BrowserTestCase):
         self.assertEqual(await tab.evaluate("document.getElementById('state').dataset.state"), "open")
 
     async def test_02_after_the_server_is_killed_and_restarted_the_page_reconnects_by_itself(self):
+        """§9.2.3 EventSource reconnects by itself after a restart, and the page shows the reset."""
         tab = await self.open_page()
         await tab.wait_for(f"{self.items('Current time: ')} >= 1", timeout=5)
         await asyncio.to_thread(self.server.stop)
@@ -160,6 +166,7 @@ class Test02SSEPage(BrowserTestCase):
         await tab.wait_for(f"{self.items('after the restart')} === 1")
 
     async def test_03_a_message_published_with_post_appears_as_text(self):
+        """§9.2.6 A published event appears in the page as text, never as HTML."""
         tab = await self.open_page()
         status, _, _ = await asyncio.to_thread(http_request, self.port, "POST", "/publish",
                                                b"<b onmouseover=alert(1)>published</b>")
@@ -168,6 +175,7 @@ class Test02SSEPage(BrowserTestCase):
         self.assertEqual(await tab.evaluate("document.querySelectorAll('#ul b').length"), 0)
 
     async def test_04_the_page_form_publishes_a_named_event_that_the_page_listens_to(self):
+        """§9.2.6 The page's form publishes a named event, and the page listens for that name."""
         tab = await self.open_page()
         await tab.evaluate("document.getElementById('publishText').value = 'from the form';"
                            "document.getElementById('publishEvent').value = 'note';"
@@ -177,6 +185,7 @@ class Test02SSEPage(BrowserTestCase):
         self.assertRegex(text, r"^from the form \[note, id \d+\]$")
 
     async def test_05_another_origin_may_read_the_stream_but_not_with_credentials_and_star(self):
+        """Fetch "CORS protocol": another origin may read `*`, but not with credentials."""
         # The tutorial's page connects from another origin, and its server sends `*` with
         # credentials allowed.  `*` alone works; a credentialed request is refused by the browser.
         other = self.start_sse(0)

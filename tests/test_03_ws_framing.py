@@ -1,4 +1,7 @@
-"""Chapter 2: WebSocket frames (RFC 6455 §5): the bytes, masking, the decoder's rules."""
+"""Chapter 3: WebSocket frames (RFC 6455 §5): the bytes, masking, the decoder's rules.
+
+`Receiver` is fed literal bytes, the RFC's own examples first: no sockets.
+"""
 
 import os
 import random
@@ -37,35 +40,42 @@ class Test01RfcExamples(unittest.TestCase):
     """§5.7 "Examples", encoded by us and decoded by us."""
 
     def test_01_single_frame_unmasked_text(self):
+        """§5.7 A single-frame unmasked text message: 0x81 0x05 "Hello"."""
         self.assertEqual(encode_frame(Opcode.TEXT, b"Hello"), HELLO_UNMASKED)
         self.assertEqual(client_receiver().feed(HELLO_UNMASKED), [Message(Opcode.TEXT, b"Hello")])
 
     def test_02_single_frame_masked_text(self):
+        """§5.7 A single-frame masked text message, with the key 37 fa 21 3d."""
         self.assertEqual(masked(Opcode.TEXT, b"Hello"), HELLO_MASKED)
         self.assertEqual(server_receiver().feed(HELLO_MASKED), [Message(Opcode.TEXT, b"Hello")])
 
     def test_03_fragmented_unmasked_text(self):
+        """§5.7 A fragmented unmasked text message: "Hel", then "lo"."""
         frames = encode_frame(Opcode.TEXT, b"Hel", fin=False) + encode_frame(Opcode.CONTINUATION, b"lo")
         self.assertEqual(frames, HEL_LO_FRAGMENTS)
         self.assertEqual(client_receiver().feed(HEL_LO_FRAGMENTS), [Message(Opcode.TEXT, b"Hello")])
 
     def test_04_unmasked_ping_and_masked_pong(self):
+        """§5.7 An unmasked Ping and a masked Pong, both carrying "Hello"."""
         self.assertEqual(encode_frame(Opcode.PING, b"Hello"), PING_HELLO_UNMASKED)
         self.assertEqual(client_receiver().feed(PING_HELLO_UNMASKED), [Ping(b"Hello")])
         self.assertEqual(masked(Opcode.PONG, b"Hello"), PONG_HELLO_MASKED)
         self.assertEqual(server_receiver().feed(PONG_HELLO_MASKED), [Pong(b"Hello")])
 
     def test_05_256_bytes_use_the_16_bit_length(self):
+        """§5.7 256 bytes of binary data use the 16-bit extended length (126)."""
         payload = os.urandom(256)
         self.assertEqual(encode_frame(Opcode.BINARY, payload), BINARY_256_HEADER + payload)
         self.assertEqual(client_receiver().feed(BINARY_256_HEADER + payload), [Message(Opcode.BINARY, payload)])
 
     def test_06_64_kib_use_the_64_bit_length(self):
+        """§5.7 64 KiB of binary data use the 64-bit extended length (127)."""
         payload = os.urandom(65536)
         self.assertEqual(encode_frame(Opcode.BINARY, payload), BINARY_64K_HEADER + payload)
         self.assertEqual(client_receiver().feed(BINARY_64K_HEADER + payload), [Message(Opcode.BINARY, payload)])
 
     def test_07_the_length_encoding_is_always_minimal(self):
+        """§5.2 "the minimal number of bytes MUST be used to encode the length"."""
         for length, header_size in ((0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)):
             with self.subTest(length=length):
                 self.assertEqual(len(encode_frame(Opcode.BINARY, bytes(length))), header_size + length)
@@ -79,6 +89,7 @@ class Test02Masking(unittest.TestCase):
         return bytes(b ^ key[i % 4] for i, b in enumerate(data))
 
     def test_01_the_fast_masks_equal_the_definition(self):
+        """§5.3 Both fast masks give transformed[i] = original[i] XOR masking_key[i MOD 4]."""
         rng = random.Random(6455)
         block, lanes = ws_server.MASK_BLOCK, ws_server.MASK_LANES_FROM
         sizes = (0, 1, 3, 4, 5, 125, 1000, lanes - 1, lanes, lanes + 1, block - 1, block, block + 1, 3 * block + 7)
@@ -90,10 +101,12 @@ class Test02Masking(unittest.TestCase):
                     self.assertEqual(mask(data, key), expected)
 
     def test_02_masking_twice_gives_the_original(self):
+        """§5.3 Masking and unmasking are the same operation."""
         data = os.urandom(100_003)
         self.assertEqual(apply_mask(apply_mask(data, MASK), MASK), data)
 
     def test_03_a_frame_fed_one_byte_at_a_time_decodes_the_same(self):
+        """§5.3 A payload split anywhere is unmasked from the right position in the key."""
         payload = os.urandom(70_000)
         frame = masked(Opcode.BINARY, payload, key=b"\x01\x02\x03\x04")
         receiver, events = server_receiver(), []
@@ -106,22 +119,25 @@ class Test03Fragmentation(unittest.TestCase):
     """§5.4: a message in several frames; control frames may come in between."""
 
     def test_01_a_ping_between_fragments_is_delivered_before_the_message(self):
+        """§5.4 Control frames may be injected in the middle of a fragmented message."""
         frames = (masked(Opcode.TEXT, b"frag", fin=False) + masked(Opcode.PING, b"?")
                   + masked(Opcode.CONTINUATION, b"ment"))
         self.assertEqual(server_receiver().feed(frames), [Ping(b"?"), Message(Opcode.TEXT, b"fragment")])
 
     def test_02_empty_fragments_are_fine(self):
+        """§5.4 A fragment may be empty."""
         frames = (masked(Opcode.BINARY, b"", fin=False) + masked(Opcode.CONTINUATION, b"", fin=False)
                   + masked(Opcode.CONTINUATION, b""))
         self.assertEqual(server_receiver().feed(frames), [Message(Opcode.BINARY, b"")])
 
     def test_03_utf8_split_across_fragments_is_valid(self):
+        """§5.6 A character split across fragments is valid UTF-8 once joined."""
         euro = "€".encode()
         frames = masked(Opcode.TEXT, euro[:1], fin=False) + masked(Opcode.CONTINUATION, euro[1:])
         self.assertEqual(server_receiver().feed(frames), [Message(Opcode.TEXT, euro)])
 
     def test_04_close_in_the_middle_of_a_fragmented_message_is_a_close(self):
-        # Autobahn 7.1.5: answered like any other close.
+        """§5.4 A Close in the middle of a fragmented message is a Close (Autobahn 7.1.5)."""
         frames = masked(Opcode.TEXT, b"frag", fin=False) + masked(Opcode.CLOSE, b"\x03\xe8")
         self.assertEqual(server_receiver().feed(frames), [Close(1000, "")])
 
@@ -137,12 +153,15 @@ class Test04ProtocolErrors(unittest.TestCase):
         return events
 
     def test_01_an_unmasked_client_frame_is_1002(self):
+        """§5.1 A server MUST fail the connection on an unmasked frame (1002)."""
         self.assertFails(encode_frame(Opcode.TEXT, b"hi"), 1002, fragment="unmasked")
 
     def test_02_a_masked_server_frame_is_1002_for_the_client(self):
+        """§5.1 A client MUST fail the connection on a masked frame (1002)."""
         self.assertFails(HELLO_MASKED, 1002, client_receiver(), fragment="masked")
 
     def test_03_rsv_bits_without_an_extension_are_1002(self):
+        """§5.2 RSV1-3 MUST be 0 unless an extension defines them (1002)."""
         for rsv in (0x40, 0x20, 0x10):
             frame = bytearray(HELLO_MASKED)
             frame[0] |= rsv
@@ -150,45 +169,56 @@ class Test04ProtocolErrors(unittest.TestCase):
                 self.assertFails(bytes(frame), 1002, fragment="reserved bits")
 
     def test_04_reserved_opcodes_are_1002(self):
+        """§5.2 A reserved opcode fails the connection (1002)."""
         for opcode in (3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF):
             with self.subTest(opcode=opcode):
                 self.assertFails(masked(opcode, b"x"), 1002, fragment="reserved opcode")
 
     def test_05_a_fragmented_control_frame_is_1002(self):
+        """§5.5 "Control frames themselves MUST NOT be fragmented" (1002)."""
         self.assertFails(masked(Opcode.PING, b"x", fin=False), 1002, fragment="fragmented control")
 
     def test_06_a_control_frame_over_125_bytes_is_1002(self):
+        """§5.5 Control frames carry at most 125 bytes (1002 past that)."""
         self.assertEqual(server_receiver().feed(masked(Opcode.PING, bytes(125))), [Ping(bytes(125))])
         self.assertFails(masked(Opcode.PING, bytes(126)), 1002, fragment="125")
 
     def test_07_a_continuation_with_no_message_started_is_1002(self):
+        """§5.4 A continuation frame continues a message, or fails (1002)."""
         self.assertFails(masked(Opcode.CONTINUATION, b"x"), 1002, fragment="continuation")
 
     def test_08_a_new_data_frame_inside_a_fragmented_message_is_1002(self):
+        """§5.4 Fragments of two messages never interleave (1002)."""
         frames = masked(Opcode.TEXT, b"a", fin=False) + masked(Opcode.BINARY, b"b")
         self.assertFails(frames, 1002, fragment="inside a fragmented")
 
     def test_09_a_64_bit_length_with_the_top_bit_set_is_1002(self):
+        """§5.2 The most significant bit of a 64-bit length MUST be 0 (1002)."""
         frame = bytes([0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1]) + MASK
         self.assertFails(frame, 1002, fragment="top bit")
 
     def test_10_invalid_utf8_text_is_1007(self):
+        """§8.1 A text message that is not UTF-8 fails the connection (1007)."""
         self.assertFails(masked(Opcode.TEXT, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"), 1007)
 
     def test_11_invalid_utf8_fails_fast_in_the_middle_of_a_frame(self):
+        """§8.1 Invalid UTF-8 fails at once, before the frame has ended (1007)."""
         frame = masked(Opcode.TEXT, b"valid so far \xff and then more text")
         self.assertFails(frame[:6 + 14], 1007)  # header, key and 14 bytes: the frame is unfinished
 
     def test_12_truncated_utf8_at_the_end_of_a_message_is_1007(self):
+        """§8.1 A message ending in the middle of a character is not UTF-8 (1007)."""
         self.assertFails(masked(Opcode.TEXT, "€".encode()[:2]), 1007)
         frames = masked(Opcode.TEXT, b"ok", fin=False) + masked(Opcode.CONTINUATION, "€".encode()[:2])
         self.assertFails(frames, 1007)
 
     def test_13_events_before_the_error_are_kept(self):
+        """§7.1.7 A message that arrived complete before a bad frame is still delivered."""
         events = self.assertFails(HELLO_MASKED + masked(5, b""), 1002)
         self.assertEqual(events[0], Message(Opcode.TEXT, b"Hello"))
 
     def test_14_after_an_error_the_receiver_decodes_nothing(self):
+        """§7.1.7 After failing, the endpoint MUST NOT process more data."""
         receiver = server_receiver()
         self.assertFails(masked(5, b""), 1002, receiver)
         self.assertEqual(receiver.feed(HELLO_MASKED), [])
@@ -198,21 +228,25 @@ class Test05Limits(unittest.TestCase):
     """--max-size, checked from the header; a flood of fragments is charged."""
 
     def test_01_a_message_at_the_limit_passes_and_one_byte_more_is_1009(self):
+        """§7.4.1 A message over --max-size is refused with 1009, one at the limit passes."""
         self.assertEqual(server_receiver(max_size=1000).feed(masked(Opcode.BINARY, bytes(1000))),
                          [Message(Opcode.BINARY, bytes(1000))])
         events = server_receiver(max_size=1000).feed(masked(Opcode.BINARY, bytes(1001)))
         self.assertEqual(events[-1].code, CloseCode.MESSAGE_TOO_BIG)
 
     def test_02_the_limit_is_checked_from_the_header_before_the_payload(self):
+        """§10.4 The size is checked from the frame header, before any payload is buffered."""
         header = bytes([0x82, 0xFF]) + (1 << 40).to_bytes(8, "big") + MASK  # announces 1 TiB
         events = server_receiver().feed(header)
         self.assertEqual(events[-1].code, 1009)
 
     def test_03_fragments_add_up_to_the_limit(self):
+        """§10.4 The limit applies to the whole message, over its fragments."""
         frames = masked(Opcode.TEXT, b"a" * 600, fin=False) + masked(Opcode.CONTINUATION, b"a" * 600)
         self.assertEqual(server_receiver(max_size=1000).feed(frames)[-1].code, 1009)
 
     def test_04_a_flood_of_empty_continuations_is_stopped_by_the_fragment_charge(self):
+        """§10.4 A flood of empty continuation frames is charged 64 bytes each, so it ends."""
         limit = 1 << 20
         receiver = server_receiver(max_size=limit)
         empty = masked(Opcode.CONTINUATION, b"", fin=False)
@@ -222,6 +256,7 @@ class Test05Limits(unittest.TestCase):
         self.assertEqual(receiver.feed(empty)[-1].code, 1009)  # frame number max_size / 64 + 1
 
     def test_05_autobahn_9_3_1_four_mib_in_64_byte_fragments_passes_with_16_mib(self):
+        """§10.4 4 MiB in 65,536 fragments of 64 bytes passes with a 16 MiB budget (Autobahn 9.3.1)."""
         chunk = b"*" * 64
         fragments = [masked(Opcode.TEXT, chunk, fin=False)]
         fragments += [masked(Opcode.CONTINUATION, chunk, fin=False)] * (65536 - 2)
@@ -235,33 +270,40 @@ class Test06ClosePayloads(unittest.TestCase):
     """§5.5.1 and §7.4: what a close frame may carry."""
 
     def test_01_empty_means_no_status_code(self):
+        """§5.5.1 An empty Close body carries no status code."""
         self.assertEqual(ws_server.parse_close_payload(b""), Close(None, ""))
 
     def test_02_a_code_and_a_utf8_reason(self):
+        """§5.5.1 A Close body is a 2-byte status code, then a UTF-8 reason."""
         self.assertEqual(ws_server.parse_close_payload(b"\x03\xe8bye \xe2\x82\xac"), Close(1000, "bye €"))
 
     def test_03_one_byte_is_1002(self):
+        """§5.5.1 A Close body of 1 byte is a protocol error (1002)."""
         with self.assertRaises(ProtocolError) as caught:
             ws_server.parse_close_payload(b"\x03")
         self.assertEqual(caught.exception.code, 1002)
 
     def test_04_codes_not_allowed_on_the_wire_are_1002(self):
+        """§7.4.1, §7.4.2 Codes that may not be sent (1004-1006, 1015, unassigned ranges) are 1002."""
         for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535):
             with self.subTest(code=code), self.assertRaises(ProtocolError) as caught:
                 ws_server.parse_close_payload(code.to_bytes(2, "big"))
             self.assertEqual(caught.exception.code, 1002)
 
     def test_05_registered_and_application_codes_are_accepted(self):
+        """§7.4.2 Registered codes and 3000-4999 are accepted."""
         for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999):
             with self.subTest(code=code):
                 self.assertEqual(ws_server.parse_close_payload(code.to_bytes(2, "big")).code, code)
 
     def test_06_a_reason_that_is_not_utf8_is_1007(self):
+        """§5.5.1 A Close reason that is not UTF-8 is 1007."""
         with self.assertRaises(ProtocolError) as caught:
             ws_server.parse_close_payload(b"\x03\xe8\xff")
         self.assertEqual(caught.exception.code, 1007)
 
     def test_07_our_close_payload_fits_in_125_bytes_even_with_a_long_reason(self):
+        """§5.5 Our Close body is trimmed, on a character boundary, to fit 125 bytes."""
         payload = ws_server.build_close_payload(1000, "€" * 100)
         self.assertLessEqual(len(payload), 125)
         self.assertEqual(ws_server.parse_close_payload(payload).code, 1000)
@@ -271,6 +313,7 @@ class Test07Fuzz(unittest.TestCase):
     """Random and mutated frames, in random pieces: only the protocol's own errors come out."""
 
     def test_01_random_and_mutated_input_never_raises_anything_but_protocol_errors(self):
+        """§5.2 Random and mutated frames, in random pieces: only the protocol's own errors come out."""
         rng = random.Random(20261124)
         valid = [HELLO_MASKED, PONG_HELLO_MASKED, masked(Opcode.TEXT, b"ab", fin=False),
                  masked(Opcode.CONTINUATION, "é".encode()), masked(Opcode.BINARY, bytes(300)),

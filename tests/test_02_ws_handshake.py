@@ -1,0 +1,298 @@
+"""Chapter 2: the WebSocket opening handshake (RFC 6455 §4), from both sides, and the files
+served beside it.  Pure functions and the RFC's own example bytes: no sockets."""
+
+import base64
+import os
+import tempfile
+import unittest
+from pathlib import Path
+
+import ws_server
+from ws_server import HandshakeError, HandshakeFailed, check_request, check_response, parse_request, parse_response
+
+# §1.2: the client's handshake, as the RFC shows it.
+RFC_REQUEST = (b"GET /chat HTTP/1.1\r\n"
+               b"Host: server.example.com\r\n"
+               b"Upgrade: websocket\r\n"
+               b"Connection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Origin: http://example.com\r\n"
+               b"Sec-WebSocket-Protocol: chat, superchat\r\n"
+               b"Sec-WebSocket-Version: 13")
+RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+# §1.3: the server's answer.
+RFC_RESPONSE = (b"HTTP/1.1 101 Switching Protocols\r\n"
+                b"Upgrade: websocket\r\n"
+                b"Connection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+                b"Sec-WebSocket-Protocol: chat")
+
+
+def request_with(**changes: str | None) -> ws_server.Request:
+    """The RFC's request with some headers replaced (None removes one)."""
+    lines = RFC_REQUEST.split(b"\r\n")
+    for name, value in changes.items():
+        name = name.replace("_", "-").encode()
+        lines = [line for line in lines if not line.lower().startswith(name.lower() + b":")]
+        if value is not None:
+            lines.append(name + b": " + value.encode())
+    return parse_request(b"\r\n".join(lines))
+
+
+def response_with(**changes: str | None) -> ws_server.Response:
+    """The RFC's answer with some headers replaced (None removes one)."""
+    lines = RFC_RESPONSE.split(b"\r\n")
+    for name, value in changes.items():
+        name = name.replace("_", "-").encode()
+        lines = [line for line in lines if not line.lower().startswith(name.lower() + b":")]
+        if value is not None:
+            lines.append(name + b": " + value.encode())
+    return parse_response(b"\r\n".join(lines))
+
+
+class Test01TheClientsRequest(unittest.TestCase):
+    """§4.1: what a client sends."""
+
+    def test_01_the_client_sends_the_request_of_section_1_2(self):
+        """§4.1: GET, Host, Upgrade, Connection, the key, Origin, the subprotocols, version 13."""
+        request = ws_server.build_client_request("server.example.com", 80, "/chat", RFC_KEY,
+                                                 origin="http://example.com", subprotocols=["chat", "superchat"])
+        self.assertEqual(request, RFC_REQUEST + b"\r\n\r\n")
+
+    def test_02_the_port_is_in_host_only_when_it_is_not_the_default(self):
+        """§4.1 item 4: Host carries the port unless it is 80 for ws: (443 for wss:)."""
+        self.assertIn(b"\r\nHost: example.com:8080\r\n", ws_server.build_client_request("example.com", 8080, "/", RFC_KEY))
+        self.assertIn(b"\r\nHost: [::1]:8080\r\n", ws_server.build_client_request("::1", 8080, "/", RFC_KEY))
+        self.assertIn(b"\r\nHost: example.com\r\n",
+                      ws_server.build_client_request("example.com", 443, "/", RFC_KEY, secure=True))
+
+    def test_03_a_websocket_url_gives_host_port_and_resource_name(self):
+        """§3: ws-URI = "ws:" "//" host [ ":" port ] path [ "?" query ]; no fragment."""
+        self.assertEqual(ws_server.parse_ws_url("ws://example.com/chat?room=1"), (False, "example.com", 80, "/chat?room=1"))
+        self.assertEqual(ws_server.parse_ws_url("wss://[::1]:9000"), (True, "::1", 9000, "/"))
+        for url in ("http://example.com/", "ws://example.com/#frag", "ws:///nohost", "ws://example.com:99999/"):
+            with self.subTest(url=url), self.assertRaises(ValueError):
+                ws_server.parse_ws_url(url)
+
+    def test_04_the_key_is_a_fresh_16_byte_nonce_in_base64(self):
+        """§4.1 item 7: "a nonce consisting of a randomly selected 16-byte value"."""
+        keys = {ws_server.new_key() for _ in range(10)}
+        self.assertEqual(len(keys), 10)
+        self.assertTrue(all(len(base64.b64decode(key)) == 16 for key in keys))
+
+
+class Test02TheServersChecks(unittest.TestCase):
+    """§4.2.1: the server reads the client's handshake; a refusal is a status and a reason."""
+
+    def assertRefused(self, request, status, *, fragment="", **options):
+        with self.assertRaises(HandshakeError) as caught:
+            check_request(request, **options)
+        self.assertEqual(caught.exception.status, status)
+        self.assertIn(fragment, caught.exception.reason)
+        return caught.exception
+
+    def test_01_the_rfc_request_is_accepted(self):
+        """§4.2.1: the request of §1.2 passes every check."""
+        self.assertEqual(check_request(parse_request(RFC_REQUEST)).accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+
+    def test_02_the_method_must_be_get(self):
+        """§4.2.1 item 1: "An HTTP/1.1 or higher GET request"."""
+        self.assertRefused(parse_request(RFC_REQUEST.replace(b"GET", b"POST", 1)), 400, fragment="GET")
+
+    def test_03_the_http_version_must_be_1_1(self):
+        """§4.2.1 item 1: HTTP/1.0 is refused (and HTTP/2.0 is not HTTP/1.x at all: 505)."""
+        self.assertRefused(parse_request(RFC_REQUEST.replace(b"HTTP/1.1", b"HTTP/1.0", 1)), 400)
+
+    def test_04_upgrade_must_name_websocket_in_any_case(self):
+        """§4.2.1 item 3: an Upgrade header field containing "websocket", case-insensitively."""
+        self.assertRefused(request_with(Upgrade=None), 400, fragment="Upgrade")
+        self.assertRefused(request_with(Upgrade="h2c"), 400, fragment="Upgrade")
+        check_request(request_with(Upgrade="WebSocket"))
+
+    def test_05_connection_must_contain_the_upgrade_token(self):
+        """§4.2.1 item 4: a Connection header field that includes the token "Upgrade"."""
+        self.assertRefused(request_with(Connection="keep-alive"), 400, fragment="Connection")
+        check_request(request_with(Connection="keep-alive, Upgrade"))
+
+    def test_06_the_key_must_be_16_bytes_of_base64(self):
+        """§4.2.1 item 5: a Sec-WebSocket-Key that decodes to 16 bytes, sent once."""
+        self.assertRefused(request_with(Sec_WebSocket_Key=None), 400, fragment="Key")
+        self.assertRefused(request_with(Sec_WebSocket_Key="c2hvcnQ="), 400, fragment="16 bytes")
+        self.assertRefused(request_with(Sec_WebSocket_Key="not base64!!!!!!!!!!!!=="), 400)
+        self.assertRefused(parse_request(RFC_REQUEST + b"\r\nSec-WebSocket-Key: " + RFC_KEY.encode()), 400)
+
+    def test_07_the_version_is_required(self):
+        """§4.2.1 item 6: a Sec-WebSocket-Version header field."""
+        self.assertRefused(request_with(Sec_WebSocket_Version=None), 400, fragment="Version")
+
+    def test_08_a_handshake_has_no_body(self):
+        """§4.1: the client waits for the answer before it sends anything else; a body is refused."""
+        self.assertRefused(request_with(Content_Length="5"), 400, fragment="body")
+        self.assertRefused(request_with(Transfer_Encoding="chunked"), 400, fragment="body")
+
+    def test_09_a_websocket_request_is_told_from_a_plain_one_by_its_upgrade(self):
+        """RFC 9110 §7.8: an Upgrade naming another protocol may be ignored; the page is served."""
+        self.assertTrue(ws_server.is_websocket_request(parse_request(RFC_REQUEST)))
+        self.assertFalse(ws_server.is_websocket_request(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c")))
+
+
+class Test03TheServersAnswer(unittest.TestCase):
+    """§4.2.2: 101 Switching Protocols, and the proof that the server read the request."""
+
+    def test_01_the_accept_key_of_the_rfc_example(self):
+        """§1.3: base64(SHA-1("dGhlIHNhbXBsZSBub25jZQ==" + GUID)) is "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="."""
+        self.assertEqual(ws_server.accept_key(RFC_KEY), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+
+    def test_02_the_rfc_request_is_answered_with_the_rfc_answer(self):
+        """§4.2.2 item 5: the status line, Upgrade, Connection, Sec-WebSocket-Accept and the subprotocol."""
+        handshake = check_request(parse_request(RFC_REQUEST), subprotocols=["chat"])
+        self.assertEqual(ws_server.build_switching_protocols(handshake), RFC_RESPONSE + b"\r\n\r\n")
+
+    def test_03_the_first_offered_subprotocol_the_server_speaks_is_chosen(self):
+        """§4.2.2 /subprotocol/: the client's order decides; names compare exactly."""
+        self.assertEqual(check_request(parse_request(RFC_REQUEST), subprotocols=["superchat", "chat"]).subprotocol, "chat")
+        self.assertIsNone(check_request(parse_request(RFC_REQUEST), subprotocols=["CHAT"]).subprotocol)
+
+    def test_04_no_subprotocol_header_when_nothing_matches(self):
+        """§4.2.2 /subprotocol/: "null" means the header is left out."""
+        handshake = check_request(parse_request(RFC_REQUEST), subprotocols=["mqtt"])
+        self.assertNotIn(b"Sec-WebSocket-Protocol", ws_server.build_switching_protocols(handshake))
+
+
+class Test04Versions(unittest.TestCase):
+
+    def test_01_another_version_gets_426_naming_version_13_and_websocket(self):
+        """§4.4 and RFC 9110 §15.5.22: 426 with Sec-WebSocket-Version: 13 and Upgrade: websocket."""
+        with self.assertRaises(HandshakeError) as caught:
+            check_request(request_with(Sec_WebSocket_Version="8"))
+        error = caught.exception
+        self.assertEqual(error.status, 426)
+        response = ws_server.build_error_response(error.status, error.reason, error.headers)
+        self.assertTrue(response.startswith(b"HTTP/1.1 426 Upgrade Required\r\n"))
+        for field in (b"Sec-WebSocket-Version: 13", b"Upgrade: websocket", b"Connection: Upgrade, close"):
+            self.assertIn(b"\r\n" + field + b"\r\n", response)
+
+
+class Test05TheOrigin(unittest.TestCase):
+    """§10.2: cross-site WebSocket hijacking, and the Origin allow-list that stops it."""
+
+    def test_01_an_origin_outside_the_allow_list_gets_403(self):
+        """§10.2: a server that only accepts some origins refuses the others (403)."""
+        with self.assertRaises(HandshakeError) as caught:
+            check_request(parse_request(RFC_REQUEST), allowed_origins=["http://chat.example"])
+        self.assertEqual(caught.exception.status, 403)
+
+    def test_02_origins_compare_case_insensitively(self):
+        """RFC 6454 §6.2: the ASCII serialization of an origin is lower case."""
+        check_request(parse_request(RFC_REQUEST), allowed_origins=["HTTP://EXAMPLE.COM"])
+
+    def test_03_no_origin_is_a_program_not_a_page_and_is_accepted(self):
+        """§10.2: browsers always send Origin; a request without one hijacks nobody."""
+        check_request(request_with(Origin=None), allowed_origins=["http://chat.example"])
+
+
+class Test06TheClientChecksTheAnswer(unittest.TestCase):
+    """§4.1: the client fails the connection unless the answer is a valid acceptance."""
+
+    def assertFails(self, response, fragment, **offered):
+        options = {"offered_subprotocols": ["chat", "superchat"], **offered}
+        with self.assertRaises(HandshakeFailed) as caught:
+            check_response(response, RFC_KEY, **options)
+        self.assertIn(fragment, caught.exception.reason)
+        return caught.exception
+
+    def test_01_the_rfc_answer_is_accepted_with_its_subprotocol(self):
+        """§4.1: the answer of §1.3, to the request of §1.2."""
+        self.assertEqual(check_response(parse_response(RFC_RESPONSE), RFC_KEY, ["chat", "superchat"]), "chat")
+
+    def test_02_any_status_but_101_fails(self):
+        """§4.1 item 1: "If the status code received from the server is not 101 ..." (and says which)."""
+        failure = self.assertFails(parse_response(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0"), "403")
+        self.assertEqual(failure.status, 403)
+
+    def test_03_upgrade_and_connection_must_be_in_the_answer(self):
+        """§4.1 items 2 and 3: Upgrade: websocket and Connection: Upgrade, case-insensitively."""
+        self.assertFails(response_with(Upgrade=None), "Upgrade")
+        self.assertFails(response_with(Connection="close"), "Connection")
+        check_response(response_with(Upgrade="WebSocket", Connection="upgrade"), RFC_KEY, ["chat"])
+
+    def test_04_the_accept_value_must_match_our_key(self):
+        """§4.1 item 4: Sec-WebSocket-Accept is base64(SHA-1(key + GUID)) of the key we sent."""
+        self.assertFails(response_with(Sec_WebSocket_Accept=ws_server.accept_key(ws_server.new_key())), "Accept")
+        self.assertFails(response_with(Sec_WebSocket_Accept=None), "Accept")
+
+    def test_05_an_extension_that_was_not_offered_fails(self):
+        """§4.1 item 5: an extension "not present in the client's handshake" fails the connection."""
+        self.assertFails(response_with(Sec_WebSocket_Extensions="permessage-deflate"), "permessage-deflate")
+
+    def test_06_a_subprotocol_that_was_not_offered_fails(self):
+        """§4.1 item 6: a subprotocol "that was not present in the client's handshake"."""
+        self.assertFails(response_with(Sec_WebSocket_Protocol="mqtt"), "mqtt")
+        self.assertFails(parse_response(RFC_RESPONSE), "chat", offered_subprotocols=[])
+
+
+class Test07StaticFiles(unittest.TestCase):
+    """Plain GET and HEAD on the same port serve static/; nothing outside it, ever."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        base = Path(self.tmp.name)
+        self.root = base / "static"
+        self.root.mkdir()
+        (self.root / "chat.html").write_text("<p>chat</p>")
+        (self.root / "sub").mkdir()
+        (self.root / "sub" / "a.css").write_text("p{}")
+        (base / "secret.txt").write_text("secret")
+        os.symlink(base / "secret.txt", self.root / "leak.txt")
+        os.symlink(self.root / "chat.html", self.root / "alias.html")
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def status_of(self, target: str) -> int:
+        head = f"GET {target} HTTP/1.1\r\nHost: x".encode("latin-1")
+        response = ws_server.static_response(self.root, parse_request(head), "chat.html")
+        return int(response[9:12])
+
+    def test_01_the_root_serves_the_index_and_paths_map_to_files(self):
+        """RFC 9110 §9.3.1: GET / is the page; a query does not change the file."""
+        resolve = ws_server.resolve_static_path
+        self.assertEqual(resolve(self.root, "/", "chat.html").name, "chat.html")
+        self.assertEqual(resolve(self.root, "/sub/a.css", "chat.html").name, "a.css")
+        self.assertEqual(resolve(self.root, "/alias.html", "chat.html").name, "chat.html")  # a link inside is fine
+        self.assertEqual(self.status_of("/sub/a.css?v=1"), 200)
+
+    def test_02_traversal_attempts_get_404_and_a_link_out_403(self):
+        """RFC 3986 §3.3: dot-segments, percent-encoded or not, never leave the root."""
+        attempts = {"/../secret.txt": 404, "/sub/../../secret.txt": 404, "/%2e%2e/secret.txt": 404,
+                    "/%2E%2E%2fsecret.txt": 404, "/..%5csecret.txt": 404, "/sub\\..\\..\\secret.txt": 404,
+                    "//etc/passwd": 404, "http://x/../secret.txt": 404, "/%00": 404,
+                    "/leak.txt": 403, "/missing.html": 404, "/sub": 404}
+        for target, status in attempts.items():
+            with self.subTest(target=target):
+                self.assertEqual(self.status_of(target), status)
+
+    def test_03_a_path_that_is_not_utf8_once_decoded_names_no_file(self):
+        """RFC 3986 §2.5: `%ff` and the overlong `%c0%ae` (a ".") are no UTF-8 names: 404."""
+        for target in ("/%ff", "/%c0%ae%c0%ae/secret.txt", "//[", "/%"):
+            with self.subTest(target=target):
+                self.assertEqual(self.status_of(target), 404)
+
+    def test_04_content_type_and_length_head_and_405(self):
+        """RFC 9110 §8.3, §8.6, §9.3.2, §15.5.6: the type, the length, HEAD, and 405 with Allow."""
+        get = ws_server.static_response(self.root, parse_request(b"GET / HTTP/1.1\r\nHost: x"), "chat.html")
+        self.assertTrue(get.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertIn(b"Content-Type: text/html; charset=utf-8\r\n", get)
+        self.assertIn(b"Content-Length: 11\r\n", get)
+        self.assertTrue(get.endswith(b"\r\n\r\n<p>chat</p>"))
+        head = ws_server.static_response(self.root, parse_request(b"HEAD / HTTP/1.1\r\nHost: x"), "chat.html")
+        self.assertIn(b"Content-Length: 11\r\n", head)
+        self.assertTrue(head.endswith(b"\r\n\r\n"))
+        post = ws_server.static_response(self.root, parse_request(b"POST / HTTP/1.1\r\nHost: x"), "chat.html")
+        self.assertTrue(post.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n"))
+        self.assertIn(b"Allow: GET, HEAD\r\n", post)
+
+
+if __name__ == "__main__":
+    unittest.main()

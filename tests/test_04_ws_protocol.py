@@ -1,0 +1,377 @@
+"""Chapter 4: one connection's state machine (RFC 6455 §4.1, §5.5, §7), with literal bytes.
+
+`Protocol` is fed what the peer sent and asked what to send back; no socket and no clock.
+The closing handshake from each side, ping and pong in every state, failing the connection,
+and the close code the connection ends with.
+"""
+
+import unittest
+
+import ws_server
+from ws_server import (Close, CloseCode, ConnectionClosed, Message, Opcode, Ping, Pong, Protocol, ProtocolError,
+                       Receiver, State, encode_frame)
+
+KEY = bytes([0x37, 0xFA, 0x21, 0x3D])  # §5.7's masking key
+
+# From a client (masked, §5.3), as a server receives them.
+MASKED_PING_HELLO = encode_frame(Opcode.PING, b"Hello", masking_key=KEY)
+MASKED_TEXT_HI = encode_frame(Opcode.TEXT, b"hi", masking_key=KEY)
+MASKED_CLOSE_1000_BYE = encode_frame(Opcode.CLOSE, b"\x03\xe8bye", masking_key=KEY)
+MASKED_CLOSE_EMPTY = encode_frame(Opcode.CLOSE, b"", masking_key=KEY)
+
+# What a server sends (unmasked, §5.1), byte for byte.
+PONG_HELLO = bytes([0x8A, 0x05]) + b"Hello"
+CLOSE_1000 = bytes([0x88, 0x02, 0x03, 0xE8])
+CLOSE_EMPTY = bytes([0x88, 0x00])
+TEXT_HI = bytes([0x81, 0x02]) + b"hi"
+
+# §1.3: the server's answer to §1.2's request, whose key is "dGhlIHNhbXBsZSBub25jZQ==".
+RFC_RESPONSE = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\r\n")
+RFC_OPENING = ws_server.OpeningHandshake("dGhlIHNhbXBsZSBub25jZQ==", ("chat", "superchat"))
+
+
+def sent(protocol: Protocol) -> bytes:
+    """Everything the protocol has queued, as the bytes that would go on the wire."""
+    return b"".join(frame if isinstance(frame, bytes) else b"".join(frame) for frame in protocol.data_to_send())
+
+
+def decoded(data: bytes, *, masked: bool) -> list:
+    """The frames in `data`, decoded as their receiver would decode them."""
+    return Receiver(mask_expected=masked).feed(data)
+
+
+def events(protocol: Protocol) -> list:
+    """Every event waiting, handed out (and reacted to) in order."""
+    taken = []
+    while (event := protocol.next_event()) is not None:
+        taken.append(event)
+    return taken
+
+
+class Test01TheClientsOpeningHandshake(unittest.TestCase):
+    """§4.1: a client is CONNECTING until the server's answer passes its checks."""
+
+    def test_01_a_client_is_connecting_until_the_answer_then_open(self):
+        """§4.1 "_The WebSocket Connection is Established_" once the answer of §1.3 is read."""
+        client = Protocol(client=True, opening=RFC_OPENING)
+        self.assertIs(client.state, State.CONNECTING)
+        for i in range(0, len(RFC_RESPONSE), 7):  # in pieces, as TCP may deliver it
+            client.receive_data(RFC_RESPONSE[i:i + 7])
+        self.assertIs(client.state, State.OPEN)
+        self.assertEqual(client.subprotocol, "chat")
+
+    def test_02_frames_right_after_the_answer_are_decoded(self):
+        """§4.1: once OPEN, the bytes that followed the answer are frames."""
+        client = Protocol(client=True, opening=RFC_OPENING)
+        client.receive_data(RFC_RESPONSE + TEXT_HI)
+        self.assertEqual(events(client), [Message(Opcode.TEXT, b"hi")])
+
+    def test_03_a_refusal_fails_the_connection_with_the_servers_status(self):
+        """§4.1: "If the status code received from the server is not 101, ... _Fail the WebSocket Connection_"."""
+        client = Protocol(client=True, opening=RFC_OPENING)
+        client.receive_data(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        self.assertIs(client.state, State.CLOSED)
+        self.assertEqual(client.handshake_failure.status, 403)
+        self.assertTrue(client.close_transport)
+
+    def test_04_the_end_of_tcp_before_the_answer_fails_the_connection(self):
+        """§4.1: no answer is no acceptance."""
+        client = Protocol(client=True, opening=RFC_OPENING)
+        client.receive_data(b"HTTP/1.1 101 Switching")
+        client.receive_eof()
+        self.assertIs(client.state, State.CLOSED)
+        self.assertIsNotNone(client.handshake_failure)
+
+    def test_05_an_answer_head_without_end_fails_past_the_limit(self):
+        """§4.1, §10.4: a client bounds what it reads of an answer, as a server bounds requests."""
+        client = Protocol(client=True, opening=RFC_OPENING)
+        client.receive_data(b"HTTP/1.1 101 x\r\n" + b"X: y\r\n" * 5000)
+        self.assertIn("over", client.handshake_failure.reason)
+
+
+class Test02PingAndPong(unittest.TestCase):
+    """§5.5.2, §5.5.3: a Ping is answered with a Pong carrying the same Application data."""
+
+    def test_01_a_ping_is_answered_with_a_pong_carrying_the_same_data(self):
+        """§5.5.2 Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in response."""
+        server = Protocol()
+        server.receive_data(MASKED_PING_HELLO)
+        self.assertEqual(events(server), [Ping(b"Hello")])
+        self.assertEqual(sent(server), PONG_HELLO)  # §5.7: 0x8a 0x05 "Hello"
+
+    def test_02_a_ping_between_fragments_is_answered_before_the_message_is_complete(self):
+        """§5.4 A Ping injected in a fragmented message is answered at once; the message follows."""
+        server = Protocol()
+        server.receive_data(encode_frame(Opcode.TEXT, b"Hel", fin=False, masking_key=KEY) + MASKED_PING_HELLO)
+        self.assertEqual(events(server), [Ping(b"Hello")])
+        self.assertEqual(sent(server), PONG_HELLO)
+        server.receive_data(encode_frame(Opcode.CONTINUATION, b"lo", masking_key=KEY))
+        self.assertEqual(events(server), [Message(Opcode.TEXT, b"Hello")])
+
+    def test_03_a_ping_after_this_side_sent_its_close_is_still_answered(self):
+        """§5.5.2 "unless it already received a Close frame": having sent one changes nothing."""
+        server = Protocol()
+        server.send_close(CloseCode.GOING_AWAY)
+        sent(server)
+        server.receive_data(MASKED_PING_HELLO)
+        self.assertIs(server.state, State.CLOSING)
+        self.assertEqual(events(server), [Ping(b"Hello")])
+        self.assertEqual(sent(server), PONG_HELLO)
+
+    def test_04_a_ping_after_a_close_was_received_is_not_answered(self):
+        """§5.5.2 "... unless it already received a Close frame" (and §1.4: what follows is discarded)."""
+        server = Protocol()
+        server.receive_data(MASKED_CLOSE_1000_BYE + MASKED_PING_HELLO)
+        self.assertEqual(events(server), [Close(1000, "bye")])
+        self.assertEqual(sent(server), CLOSE_1000)  # the echo, and no Pong
+        server.receive_data(MASKED_PING_HELLO)
+        self.assertEqual((events(server), sent(server)), ([], b""))
+
+    def test_05_an_unsolicited_pong_is_ignored(self):
+        """§5.5.3 "A Pong frame MAY be sent unsolicited ... A response to an unsolicited Pong frame is not expected"."""
+        server = Protocol()
+        server.receive_data(encode_frame(Opcode.PONG, b"?", masking_key=KEY))
+        self.assertEqual(events(server), [Pong(b"?")])
+        self.assertEqual(sent(server), b"")
+
+    def test_06_a_clients_pong_is_masked(self):
+        """§5.3 A client masks every frame it sends, a Pong too."""
+        client = Protocol(client=True)
+        client.receive_data(bytes([0x89, 0x05]) + b"Hello")  # §5.7's unmasked Ping
+        events(client)
+        self.assertEqual(decoded(sent(client), masked=True), [Pong(b"Hello")])
+
+    def test_07_a_ping_is_sent_and_its_pong_recognised(self):
+        """§5.5.2 A Ping may be sent at any time after the connection is established."""
+        server = Protocol()
+        server.send_ping(b"1234")
+        self.assertEqual(sent(server), bytes([0x89, 0x04]) + b"1234")
+        server.receive_data(encode_frame(Opcode.PONG, b"1234", masking_key=KEY))
+        self.assertEqual(events(server), [Pong(b"1234")])
+
+
+class Test03TheClosingHandshakeStartedByThePeer(unittest.TestCase):
+    """§5.5.1, §7.1.1: a Close is answered with a Close; the server ends TCP first."""
+
+    def test_01_the_server_echoes_the_code_and_closes_tcp_at_once(self):
+        """§5.5.1 The endpoint sends a Close in response, echoing the status code; §7.1.1 the server closes TCP first."""
+        server = Protocol()
+        server.receive_data(MASKED_CLOSE_1000_BYE)
+        self.assertEqual(events(server), [Close(1000, "bye")])
+        self.assertEqual(sent(server), CLOSE_1000)
+        self.assertIs(server.state, State.CLOSED)
+        self.assertTrue(server.close_transport)
+        self.assertEqual((server.close_code, server.close_reason), (1000, "bye"))
+
+    def test_02_the_client_echoes_and_waits_for_the_server_to_end_tcp(self):
+        """§7.1.1 The client waits for the server to close the TCP connection (within a timeout)."""
+        client = Protocol(client=True)
+        client.receive_data(bytes([0x88, 0x02, 0x03, 0xE9]))  # Close 1001, unmasked
+        self.assertEqual(events(client), [Close(1001, "")])
+        self.assertEqual(decoded(sent(client), masked=True), [Close(1001, "")])
+        self.assertIs(client.state, State.CLOSED)
+        self.assertTrue(client.close_expected)
+        self.assertFalse(client.close_transport)
+        client.receive_eof()  # the server's FIN
+        self.assertTrue(client.close_transport)
+        self.assertEqual(client.close_code, 1001)
+
+    def test_03_a_close_without_a_code_is_answered_without_one_and_its_code_is_1005(self):
+        """§7.1.5 "If this Close control frame contains no status code, _The WebSocket Connection Close Code_ is considered to be 1005"."""
+        server = Protocol()
+        server.receive_data(MASKED_CLOSE_EMPTY)
+        events(server)
+        self.assertEqual(sent(server), CLOSE_EMPTY)
+        self.assertEqual(server.close_code, CloseCode.NO_STATUS_RCVD)
+
+    def test_04_a_message_before_the_close_is_delivered_and_answered_first(self):
+        """§7.1.3 Events are handled in the order they arrived: the echo of a message goes out before the Close."""
+        server = Protocol()
+        server.receive_data(MASKED_TEXT_HI + MASKED_CLOSE_1000_BYE)  # one read
+        self.assertEqual(server.next_event(), Message(Opcode.TEXT, b"hi"))
+        self.assertIs(server.state, State.OPEN)
+        server.send_text("hi")  # the chat's echo
+        self.assertEqual(server.next_event(), Close(1000, "bye"))
+        self.assertEqual(sent(server), TEXT_HI + CLOSE_1000)
+
+    def test_05_what_follows_a_close_is_discarded(self):
+        """§1.4 "after receiving a control frame indicating the connection should be closed, a peer discards any further data"."""
+        server = Protocol()
+        server.receive_data(MASKED_CLOSE_1000_BYE + MASKED_TEXT_HI)
+        self.assertEqual(events(server), [Close(1000, "bye")])
+        with self.assertRaises(ConnectionClosed):
+            server.send_text("too late")
+
+
+class Test04TheClosingHandshakeStartedHere(unittest.TestCase):
+    """§7.1.2 Start the WebSocket Closing Handshake: send a Close, wait for the peer's."""
+
+    def test_01_send_close_sends_a_close_and_waits_for_the_peers(self):
+        """§7.1.2 A Close with the code goes out; the state is CLOSING until the peer's Close."""
+        server = Protocol()
+        server.send_close(CloseCode.GOING_AWAY, "going away")
+        self.assertEqual(sent(server), bytes([0x88, 0x0C, 0x03, 0xE9]) + b"going away")
+        self.assertIs(server.state, State.CLOSING)
+        self.assertTrue(server.close_expected)
+        self.assertFalse(server.close_transport)
+        server.receive_data(encode_frame(Opcode.CLOSE, b"\x03\xe9", masking_key=KEY))
+        self.assertEqual(events(server), [Close(1001, "")])
+        self.assertEqual(sent(server), b"")  # it was already sent: no second Close
+        self.assertIs(server.state, State.CLOSED)
+        self.assertTrue(server.close_transport)
+        self.assertEqual(server.close_code, 1001)
+
+    def test_02_no_data_may_be_sent_after_this_sides_close(self):
+        """§5.5.1 "The application MUST NOT send any more data frames after sending a Close frame"."""
+        server = Protocol()
+        server.send_close()
+        with self.assertRaises(ConnectionClosed):
+            server.send_text("after")
+        self.assertFalse(server.send_frame(TEXT_HI, len(TEXT_HI) + ws_server.QUEUED_FRAME_CHARGE))
+
+    def test_03_messages_received_while_closing_are_still_delivered(self):
+        """§5.5.1 The peer may still be sending when our Close arrives: its messages are delivered."""
+        server = Protocol()
+        server.send_close()
+        server.receive_data(MASKED_TEXT_HI)
+        self.assertEqual(events(server), [Message(Opcode.TEXT, b"hi")])
+
+    def test_04_codes_that_may_not_be_sent_are_refused(self):
+        """§7.4.1 1005, 1006 and 1015 "MUST NOT be set as a status code in a Close control frame"; nor out-of-range codes."""
+        server = Protocol()
+        for code in (1004, 1005, 1006, 1015, 999, 2000, 5000):
+            with self.subTest(code=code), self.assertRaises(ValueError):
+                server.send_close(code)
+        self.assertIs(server.state, State.OPEN)
+        self.assertEqual(sent(server), b"")
+        server.send_close(4000)
+        self.assertEqual(sent(server), bytes([0x88, 0x02, 0x0F, 0xA0]))
+
+    def test_05_a_long_reason_is_trimmed_to_fit_125_bytes(self):
+        """§5.5 "All control frames MUST have a payload length of 125 bytes or less"."""
+        server = Protocol()
+        server.send_close(1000, "€" * 100)
+        frame = sent(server)
+        self.assertLessEqual(frame[1], 125)
+        self.assertEqual(decoded(frame, masked=False)[0].code, 1000)
+
+    def test_06_the_client_masks_its_close_and_ends_after_the_servers_close_and_fin(self):
+        """§7.1.1 The client sends a masked Close, reads the server's, then the server's FIN."""
+        client = Protocol(client=True)
+        client.send_close(1000)
+        self.assertEqual(decoded(sent(client), masked=True), [Close(1000, "")])
+        client.receive_data(CLOSE_1000)
+        events(client)
+        self.assertIs(client.state, State.CLOSED)
+        self.assertFalse(client.close_transport)  # waiting for the server's FIN
+        client.receive_eof()
+        self.assertTrue(client.close_transport)
+
+
+class Test05FailingTheConnection(unittest.TestCase):
+    """§7.1.7 Fail the WebSocket Connection: a Close with the code, then the end of TCP."""
+
+    def test_01_a_broken_rule_sends_its_code_then_half_closes(self):
+        """§7.1.7 A Close with the error's code is sent; TCP is half-closed; the peer has a timeout to end it."""
+        server = Protocol()
+        server.receive_data(encode_frame(Opcode.TEXT, b"unmasked"))  # §5.1: a client masks
+        [error] = events(server)
+        self.assertIsInstance(error, ProtocolError)
+        self.assertEqual(error.code, CloseCode.PROTOCOL_ERROR)
+        self.assertEqual(decoded(sent(server), masked=False)[0].code, 1002)
+        self.assertIs(server.state, State.CLOSING)
+        self.assertTrue(server.half_close_transport)
+        self.assertTrue(server.close_expected)
+
+    def test_02_after_failing_not_even_the_peers_close_is_read(self):
+        """§7.1.7 "MUST NOT continue to attempt to process data (including a responding Close frame)"."""
+        server = Protocol()
+        server.receive_data(encode_frame(5, b"", masking_key=KEY))  # a reserved opcode
+        events(server)
+        sent(server)
+        server.receive_data(encode_frame(Opcode.CLOSE, b"\x03\xea", masking_key=KEY))
+        self.assertEqual(events(server), [])
+        self.assertIsNone(server.close_code)
+
+    def test_03_the_close_code_is_1006_when_no_close_was_received(self):
+        """§7.1.5 "If _The WebSocket Connection is Closed_ and no Close control frame was received ... 1006"."""
+        failed = Protocol()
+        failed.receive_data(encode_frame(5, b"", masking_key=KEY))
+        events(failed)
+        failed.receive_eof()
+        self.assertEqual(failed.close_code, CloseCode.ABNORMAL_CLOSURE)
+        self.assertEqual(failed.failure.code, CloseCode.PROTOCOL_ERROR)  # our own code is kept apart
+        dropped = Protocol()
+        dropped.receive_eof()  # TCP ended in OPEN: no Close at all
+        self.assertEqual((dropped.state, dropped.close_code), (State.CLOSED, CloseCode.ABNORMAL_CLOSURE))
+
+    def test_04_each_kind_of_bad_data_has_its_code(self):
+        """§7.4.1 1002 protocol error, 1007 data inconsistent with the type, 1009 too big to process."""
+        for frame, code in ((encode_frame(Opcode.TEXT, b"\xff", masking_key=KEY), 1007),
+                            (encode_frame(Opcode.BINARY, bytes(11), masking_key=KEY), 1009),
+                            (encode_frame(Opcode.PING, bytes(126), masking_key=KEY), 1002)):
+            with self.subTest(code=code):
+                server = Protocol(max_size=10)
+                server.receive_data(frame)
+                self.assertEqual(events(server)[-1].code, code)
+                self.assertEqual(decoded(sent(server), masked=False)[0].code, code)
+
+    def test_05_the_io_layer_may_fail_a_connection_and_drop_what_is_queued(self):
+        """§7.1.7 For its own reasons too (a client too slow): the Close need not wait behind queued data."""
+        server = Protocol()
+        for _ in range(3):
+            server.send_text("queued")
+        server.fail(CloseCode.POLICY_VIOLATION, "too slow", discard_queued=True)
+        self.assertEqual(decoded(sent(server), masked=False), [Close(1008, "too slow")])
+
+    def test_06_a_message_complete_before_the_bad_frame_is_delivered(self):
+        """§7.1.7 What arrived whole before the broken rule is still handed over, in order."""
+        server = Protocol()
+        server.receive_data(MASKED_TEXT_HI + encode_frame(5, b"", masking_key=KEY))
+        kinds = [type(event) for event in events(server)]
+        self.assertEqual(kinds, [Message, ProtocolError])
+
+
+class Test06Sending(unittest.TestCase):
+    """§5.1-§5.3 what goes out, and the queue it waits in."""
+
+    def test_01_a_servers_frames_are_unmasked(self):
+        """§5.1 "A server MUST NOT mask any frames that it sends to the client"."""
+        server = Protocol()
+        server.send_text("hi")
+        server.send_binary(b"\x00\xff")
+        self.assertEqual(sent(server), TEXT_HI + bytes([0x82, 0x02, 0x00, 0xFF]))
+
+    def test_02_a_clients_frames_are_masked_with_a_fresh_key_each(self):
+        """§5.3 "The masking key ... MUST be unpredictable", one per frame."""
+        client = Protocol(client=True)
+        client.send_text("hi")
+        client.send_text("hi")
+        first, second = client.data_to_send()
+        self.assertNotEqual(first[2:6], second[2:6])
+        self.assertEqual(decoded(first + second, masked=True), [Message(Opcode.TEXT, b"hi")] * 2)
+
+    def test_03_data_to_send_with_a_limit_takes_whole_frames_and_at_least_one(self):
+        """§5.2 Frames leave whole and in order; a limit only says how many leave now."""
+        server = Protocol()
+        for text in ("a", "b", "c"):
+            server.send_text(text)
+        cost = 3 + ws_server.QUEUED_FRAME_CHARGE
+        self.assertEqual(server.pending_bytes, 3 * cost)
+        self.assertEqual(server.data_to_send(limit=1), [b"\x81\x01a"])  # at least one
+        self.assertEqual(server.data_to_send(limit=2 * cost), [b"\x81\x01b", b"\x81\x01c"])
+        self.assertEqual(server.pending_bytes, 0)
+
+    def test_04_a_frame_encoded_once_for_many_is_queued_only_while_open(self):
+        """§5.5.1 A broadcast frame is data: once this side has sent its Close, it is not queued."""
+        server = Protocol()
+        self.assertTrue(server.send_frame(TEXT_HI, len(TEXT_HI) + ws_server.QUEUED_FRAME_CHARGE))
+        server.receive_data(MASKED_CLOSE_1000_BYE)
+        events(server)
+        self.assertFalse(server.send_frame(TEXT_HI, len(TEXT_HI) + ws_server.QUEUED_FRAME_CHARGE))
+        self.assertEqual(sent(server), TEXT_HI + CLOSE_1000)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,485 @@
+"""Chapter 5: the WebSocket chat server over loopback: real sockets, bounded waits.
+
+The server's rules as a client sees them: the handshake on the wire, the pages, the chat, each
+bad frame and its close code, the byte budget of a client that does not read, keepalive,
+shutdown, the command line, and other platforms simulated.
+"""
+
+import asyncio
+import os
+import signal
+import subprocess
+import unittest
+
+import ws_server
+from ws_server import Close, CloseCode, Limits, Message, Opcode, Ping, Pong
+from tests.support import (ROOT, TIMEOUT, WINDOWS_PRELUDE, RawClient, ServerTestCase, async_wait_until,
+                           handshake_request, http_exchange, open_fds, read_response, start_process, stop_process)
+
+
+class Test01TheHandshakeOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+
+    server_options = {"allowed_origins": ["http://good.example"], "subprotocols": ["chat"],
+                      "handshake_timeout": 0.5, "max_header_bytes": 1024}
+
+    async def test_01_a_valid_handshake_gets_101_and_the_accept_key(self):
+        """§4.2.2 A valid request is answered 101 with Sec-WebSocket-Accept and the subprotocol."""
+        request = handshake_request(Sec_WebSocket_Key="dGhlIHNhbXBsZSBub25jZQ==",
+                                    Sec_WebSocket_Protocol="superchat, chat")
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(request)
+        status, headers, _ = await read_response(reader)
+        writer.close()
+        self.assertEqual(status, 101)
+        self.assertEqual(headers["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        self.assertEqual(headers["sec-websocket-protocol"], "chat")
+
+    async def test_02_a_bad_handshake_gets_400_with_a_one_line_reason_and_is_closed(self):
+        """§4.2.1 A refused handshake gets its status, a one-line reason, and the end of the connection."""
+        status, headers, body = await http_exchange(self.port, handshake_request(Sec_WebSocket_Key="c2hvcnQ="))
+        self.assertEqual(status, 400)
+        self.assertEqual(headers["content-type"], "text/plain; charset=utf-8")
+        self.assertEqual(body, b"400 Sec-WebSocket-Key must be 16 bytes in base64\n")  # then EOF
+
+    async def test_03_a_wrong_version_gets_426_naming_version_13_and_websocket(self):
+        """§4.4, RFC 9110 §15.5.22 Another version gets 426 with Sec-WebSocket-Version and Upgrade."""
+        status, headers, _ = await http_exchange(self.port, handshake_request(Sec_WebSocket_Version="8"))
+        self.assertEqual((status, headers["sec-websocket-version"], headers["upgrade"]), (426, "13", "websocket"))
+
+    async def test_04_a_foreign_origin_gets_403(self):
+        """§10.2 A page from an origin outside the allow-list is refused with 403."""
+        status, _, body = await http_exchange(self.port, handshake_request(Origin="http://evil.example"))
+        self.assertEqual(status, 403)
+        self.assertIn(b"evil.example", body)
+
+    async def test_05_an_oversized_head_gets_431(self):
+        """RFC 6585 §5 A head over --max-header-bytes gets 431."""
+        status, _, _ = await http_exchange(self.port, handshake_request(X_Filler="x" * 2000))
+        self.assertEqual(status, 431)
+
+    async def test_06_a_head_that_never_ends_gets_408_after_the_handshake_timeout(self):
+        """RFC 9110 §15.5.9 A head not complete within --handshake-timeout gets 408 (slowloris)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the empty line
+        status, _, _ = await read_response(reader)
+        writer.close()
+        self.assertEqual(status, 408)
+
+    async def test_07_a_byte_now_and_then_does_not_extend_the_timeout(self):
+        """RFC 9110 §15.5.9 The timeout bounds the whole head, not each read: a trickle is dropped too."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        answered = asyncio.ensure_future(read_response(reader))
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 100:
+            if answered.done():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.wait([answered], timeout=0.05)  # one byte every 50 ms, until answered
+        status, _, _ = await answered
+        writer.close()
+        self.assertEqual(status, 408)
+
+    async def test_08_a_connection_that_asks_nothing_is_closed_without_an_answer(self):
+        """RFC 9112 §9.5 An idle connection (a browser's preconnect) is closed quietly after the timeout."""
+        reader, _ = await asyncio.open_connection("127.0.0.1", self.port)
+        self.assertEqual(await asyncio.wait_for(reader.read(), TIMEOUT), b"")
+
+    async def test_09_a_head_with_bare_lf_line_ends_is_answered(self):
+        """RFC 9112 §2.2 A recipient MAY recognize a single LF as a line terminator: the handshake succeeds."""
+        request = handshake_request().replace(b"\r\n", b"\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(request)
+        status, _, _ = await read_response(reader)
+        writer.close()
+        self.assertEqual(status, 101)
+
+    async def test_10_hostile_heads_each_get_a_status_line(self):
+        """RFC 9112 §3 Every request that cannot be served gets a status line, never silence or a crash."""
+        heads = {b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n": 404,
+                 b"GET /%c0%ae%c0%ae/ HTTP/1.1\r\nHost: x\r\n\r\n": 404,
+                 b"GET //[ HTTP/1.1\r\nHost: x\r\n\r\n": 404,
+                 b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n": 400,
+                 b"GET / HTTP/1.1\r\n\r\n": 400,
+                 b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": 505,
+                 b"GET / HTTP/9.9\r\nHost: x\r\n\r\n": 505,
+                 b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n": 400}
+        for head, expected in heads.items():
+            with self.subTest(head=head):
+                self.assertEqual((await http_exchange(self.port, head))[0], expected)
+
+    async def test_11_the_seed_pages_url_with_no_path_is_upgraded(self):
+        """§3 The resource name of ws://host:port (no path) is "/"."""
+        client = await ws_server.connect(f"ws://127.0.0.1:{self.port}")  # as the seed's page
+        self.clients.append(client)
+        await client.send("hi")
+        self.assertEqual(await asyncio.wait_for(client.recv(), TIMEOUT), "hi")
+
+
+class Test02ThePagesOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+
+    async def test_01_get_slash_serves_the_chat_page(self):
+        """RFC 9110 §9.3.1 A plain GET / is the chat page, with its type and length."""
+        status, headers, body = await http_exchange(self.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["content-type"], "text/html; charset=utf-8")
+        self.assertEqual(int(headers["content-length"]), len(body))
+        self.assertEqual(body, (ROOT / "static" / "chat.html").read_bytes())
+
+    async def test_02_head_has_the_length_and_no_body(self):
+        """RFC 9110 §9.3.2 HEAD gets the headers of GET and no content."""
+        status, headers, body = await http_exchange(self.port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual((status, body), (200, b""))
+        self.assertEqual(int(headers["content-length"]), (ROOT / "static" / "chat.html").stat().st_size)
+
+    async def test_03_missing_files_traversal_and_other_methods(self):
+        """RFC 9110 §15.5.5, §15.5.6 404 for what is not a page (traversal included), 405 for other methods."""
+        for request, status in ((b"GET /nope.html HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+                                (b"GET /../ws_server.py HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+                                (b"GET /%2e%2e/ws_server.py HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+                                (b"GET /..%5cws_server.py HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+                                (b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", 405)):
+            with self.subTest(request=request):
+                self.assertEqual((await http_exchange(self.port, request))[0], status)
+
+
+class Test03TheChat(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+
+    async def test_01_two_clients_chat_and_the_sender_gets_its_own_message(self):
+        """§5.6 Every message goes to every client, the sender too; text stays text, binary stays binary."""
+        alice, bob = await self.client(), await self.client()
+        await self.wait_for_clients(2)
+        await alice.send("hello from alice")
+        self.assertEqual(await asyncio.wait_for(bob.recv(), TIMEOUT), "hello from alice")
+        self.assertEqual(await asyncio.wait_for(alice.recv(), TIMEOUT), "hello from alice")
+        await bob.send(b"\x00\xffbinary")
+        self.assertEqual(await asyncio.wait_for(alice.recv(), TIMEOUT), b"\x00\xffbinary")  # still bytes
+        self.assertEqual(await asyncio.wait_for(bob.recv(), TIMEOUT), b"\x00\xffbinary")
+
+    async def test_02_a_fragmented_message_with_a_ping_inside_is_pong_then_message(self):
+        """§5.4 A Ping in the middle of a fragmented message is answered first."""
+        raw = await self.raw_client()
+        raw.send(Opcode.TEXT, b"Hel", fin=False)
+        raw.send(Opcode.PING, b"inside")
+        raw.send(Opcode.CONTINUATION, b"lo")
+        self.assertEqual(await raw.next_event(), Pong(b"inside"))
+        self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, b"Hello"))
+
+    async def test_03_an_unsolicited_pong_is_ignored(self):
+        """§5.5.3 An unsolicited Pong expects no answer."""
+        raw = await self.raw_client()
+        raw.send(Opcode.PONG, b"nobody asked")
+        raw.send(Opcode.TEXT, b"after")
+        self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, b"after"))
+
+    async def test_04_a_client_closing_gets_its_code_echoed_and_the_server_ends_tcp_first(self):
+        """§5.5.1, §7.1.1 The server echoes the Close code, then closes TCP first."""
+        raw = await self.raw_client()
+        raw.send(Opcode.CLOSE, b"\x0f\xa0bye")  # 4000
+        self.assertEqual(await raw.next_event(), Close(4000, ""))
+        self.assertTrue(await raw.at_eof())
+
+    async def test_05_the_clients_close_completes_the_handshake(self):
+        """§7.1.2 close() sends a Close, reads the server's, and waits for the end of TCP."""
+        client = await self.client()
+        await client.close(CloseCode.GOING_AWAY, "done")
+        self.assertEqual(client.state, ws_server.State.CLOSED)
+        self.assertEqual(client.close_code, 1001)
+        await self.wait_for_clients(0)
+
+    async def test_06_close_refuses_a_code_that_may_not_be_sent(self):
+        """§7.4.1 A Close may not carry 1005, 1006 or 1015, nor a code out of range."""
+        client = await self.client()
+        for code in (1005, 1006, 1015, 5000):
+            with self.subTest(code=code), self.assertRaises(ValueError):
+                await client.close(code)
+        self.assertEqual(client.state, ws_server.State.OPEN)
+
+    async def test_07_a_client_fails_when_the_server_picks_a_subprotocol_it_did_not_offer(self):
+        """§4.1 item 6: a subprotocol the client did not offer fails the connection."""
+        async def liar(reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")
+            key = next(line.split(b": ")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"sec-websocket-key"))
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + ws_server.accept_key(key.decode()).encode() +
+                         b"\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(liar, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            with self.assertRaises(ws_server.HandshakeFailed) as caught:
+                await ws_server.connect(f"ws://127.0.0.1:{port}/", subprotocols=["chat"])
+            self.assertIn("mqtt", caught.exception.reason)
+
+
+class Test04BadInputAndOthersKeepGoing(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+    """Each bad frame gets its close code; meanwhile the other clients keep chatting."""
+
+    limits = Limits(max_size=1000, ping_interval=0, close_timeout=1)
+
+    async def check(self, send, code):
+        bystander = await self.client()
+        raw = await self.raw_client()
+        await self.wait_for_clients(2)
+        send(raw)
+        self.assertEqual(await raw.expect_close(), code)
+        self.assertTrue(await raw.at_eof())
+        await bystander.send("still here")
+        self.assertEqual(await asyncio.wait_for(bystander.recv(), TIMEOUT), "still here")
+
+    async def test_01_unmasked_frame_1002(self):
+        """§5.1 An unmasked client frame: 1002."""
+        await self.check(lambda raw: raw.send(Opcode.TEXT, b"x", mask=False), 1002)
+
+    async def test_02_rsv_bits_1002(self):
+        """§5.2 RSV bits with no extension negotiated: 1002."""
+        await self.check(lambda raw: raw.send(Opcode.TEXT, b"x", rsv=4), 1002)
+
+    async def test_03_reserved_opcode_1002(self):
+        """§5.2 A reserved opcode: 1002."""
+        await self.check(lambda raw: raw.send(0xB, b""), 1002)
+
+    async def test_04_long_ping_1002(self):
+        """§5.5 A Ping of 126 bytes: 1002."""
+        await self.check(lambda raw: raw.send(Opcode.PING, bytes(126)), 1002)
+
+    async def test_05_continuation_first_1002(self):
+        """§5.4 A continuation frame with no message started: 1002."""
+        await self.check(lambda raw: raw.send(Opcode.CONTINUATION, b"x"), 1002)
+
+    async def test_06_invalid_utf8_1007(self):
+        """§8.1 Text that is not UTF-8: 1007."""
+        await self.check(lambda raw: raw.send(Opcode.TEXT, b"\xff"), 1007)
+
+    async def test_07_message_over_max_size_1009(self):
+        """§7.4.1 A message over --max-size: 1009."""
+        await self.check(lambda raw: raw.send(Opcode.BINARY, bytes(1001)), 1009)
+
+    async def test_08_one_byte_close_payload_1002(self):
+        """§5.5.1 A Close body of one byte: 1002."""
+        await self.check(lambda raw: raw.send(Opcode.CLOSE, b"\x03"), 1002)
+
+    async def test_09_forbidden_close_code_1002(self):
+        """§7.4.1 A Close carrying 1005: 1002."""
+        await self.check(lambda raw: raw.send(Opcode.CLOSE, (1005).to_bytes(2, "big")), 1002)
+
+    async def test_10_close_reason_not_utf8_1007(self):
+        """§5.5.1 A Close reason that is not UTF-8: 1007."""
+        await self.check(lambda raw: raw.send(Opcode.CLOSE, b"\x03\xe8\xff"), 1007)
+
+    async def test_11_garbage_instead_of_frames_1002(self):
+        """§5.2 An HTTP request where frames belong is a broken frame: 1002."""
+        await self.check(lambda raw: raw.send_raw(b"GET / HTTP/1.1\r\n\r\n"), 1002)
+
+
+class Test05WhatAClientMayHold(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+    """--max-buffer: what waits for one client, queued frames and socket buffer, is bounded in
+    bytes; past it the client is dropped with 1008, and a reading client never notices."""
+
+    limits = Limits(max_buffer=256 * 1024, ping_interval=0, close_timeout=1)
+
+    async def test_01_a_client_that_stops_reading_is_dropped_while_the_reader_keeps_up(self):
+        """§7.4.1 1008: the server's policy that clients keep up; what it held stayed within the budget."""
+        reader = await self.client()
+        sleeper = await self.raw_client()
+        sleeper.writer.transport.pause_reading()  # connects, then never reads again
+        sender = await self.raw_client()
+        await self.wait_for_clients(3)
+        held = self.connection_of(sleeper)
+        payload = os.urandom(60_000)
+        most = 0
+        for sent in range(400):  # 24 MB: far more than socket buffers hold
+            sender.send(Opcode.BINARY, payload)
+            self.assertEqual(await asyncio.wait_for(reader.recv(), TIMEOUT), payload)
+            most = max(most, held.buffered_bytes)
+            if held.state is not ws_server.State.OPEN:
+                break
+        self.assertEqual(held.protocol.failure.code, CloseCode.POLICY_VIOLATION)
+        self.assertLess(sent, 399)
+        frame_cost = len(payload) + 4 + ws_server.QUEUED_FRAME_CHARGE
+        self.assertLessEqual(most, self.limits.max_buffer + frame_cost)  # the budget, plus the frame that crossed it
+        await self.wait_for_clients(2)  # dropped within close_timeout
+        sender.send(Opcode.TEXT, b"after the drop")
+        while (message := await asyncio.wait_for(reader.recv(), TIMEOUT)) != "after the drop":
+            self.assertEqual(message, payload)
+
+    async def test_02_pings_whose_pongs_are_never_read_count_against_the_budget(self):
+        """§5.5.2 Every Ping gets its Pong, and Pongs count: a client that never reads them is dropped."""
+        flooder = await self.raw_client()
+        flooder.writer.transport.pause_reading()
+        await self.wait_for_clients(1)
+        held = self.connection_of(flooder)
+        pings = ws_server.encode_frame(Opcode.PING, b"x" * 100, masking_key=b"abcd") * 1000
+        most = 0
+        for _ in range(500):  # at most 53 MB of pings; the socket buffers hold a few MB of pongs
+            if held.state is not ws_server.State.OPEN:
+                break
+            flooder.send_raw(pings)
+            await flooder.writer.drain()  # as fast as the server reads them
+            most = max(most, held.buffered_bytes)
+        self.assertEqual(held.protocol.failure.code, CloseCode.POLICY_VIOLATION)
+        self.assertLessEqual(most, self.limits.max_buffer + 102 + ws_server.QUEUED_FRAME_CHARGE)
+
+
+class Test06Keepalive(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+
+    limits = Limits(ping_interval=0.1, ping_timeout=0.3, close_timeout=0.5)
+
+    async def test_01_the_server_pings_and_a_client_that_answers_stays(self):
+        """§5.5.2 Keepalive: a Ping every --ping-interval; a client that answers stays connected."""
+        raw = await self.raw_client()
+        pings = 0
+        while pings < 3:
+            event = await raw.next_event()
+            self.assertIsInstance(event, Ping)
+            raw.send(Opcode.PONG, event.payload)
+            pings += 1
+        raw.send(Opcode.TEXT, b"still open")
+        self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, b"still open"))
+
+    async def test_02_a_client_that_sends_no_pong_is_dropped_with_1011(self):
+        """§5.5.3 No Pong within --ping-timeout: the server fails the connection (1011)."""
+        raw = await self.raw_client()
+        self.assertIsInstance(await raw.next_event(), Ping)
+        self.assertEqual(await raw.expect_close(), CloseCode.INTERNAL_ERROR)
+        self.assertTrue(await raw.at_eof(TIMEOUT))
+        await self.wait_for_clients(0)
+
+    async def test_03_our_client_answers_pings_while_it_waits_in_recv(self):
+        """§5.5.2 The client answers the server's pings from recv(), so an idle client stays."""
+        client = await self.client()
+        waiting = asyncio.ensure_future(client.recv())
+        raw = await self.raw_client()
+        for _ in range(3):  # three of the server's pings answered by the raw client: time enough
+            event = await raw.next_event()
+            raw.send(Opcode.PONG, event.payload)
+        raw.send(Opcode.TEXT, b"still open")
+        self.assertEqual(await asyncio.wait_for(waiting, TIMEOUT), "still open")
+        self.assertEqual(client.state, ws_server.State.OPEN)
+
+
+class Test07ShutdownAndTrace(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+
+    async def test_01_shutdown_closes_every_client_with_1001(self):
+        """§7.4.1 1001 going away: a server shutting down says so to every client."""
+        a, b = await self.client(), await self.client()
+        await self.wait_for_clients(2)
+        shutdown = asyncio.create_task(self.server.shutdown())
+        for client in (a, b):
+            with self.assertRaises(ws_server.ConnectionClosed) as caught:
+                await asyncio.wait_for(client.recv(), TIMEOUT)
+            self.assertEqual(caught.exception.code, 1001)
+        await asyncio.wait_for(shutdown, TIMEOUT)
+        self.assertEqual(self.server.room.clients, set())
+
+    async def test_02_trace_logs_every_frame_dissected(self):
+        """§5.2 --trace shows each frame's FIN, RSV, opcode, MASK, length, key and payload."""
+        self.server.config.trace = True
+        with self.assertLogs("ws_server", "INFO") as logs:
+            client = await self.client()
+            await client.send("traced")
+            await asyncio.wait_for(client.recv(), TIMEOUT)
+        lines = "\n".join(logs.output)
+        self.assertIn("handshake request", lines)
+        self.assertIn("<<< FIN=1 RSV=000 opcode=0x1 TEXT MASK=1 len=6 key=", lines)
+        self.assertIn(">>> FIN=1 RSV=000 opcode=0x1 TEXT MASK=0 len=6 key=- payload=b'traced'", lines)
+
+
+class Test08HostileBatch(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+
+    server_options = {"handshake_timeout": 0.3}
+
+    async def test_01_after_hostile_requests_a_client_chats_and_nothing_is_left_behind(self):
+        """§10 After bad heads, broken frames and abandoned sockets, service goes on; fds and tasks are back."""
+        await asyncio.sleep(0)
+        fds, tasks = open_fds(), len(asyncio.all_tasks())
+        for head in (b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\n", b"\x16\x03\x01\x02\x00",
+                     b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", handshake_request(Sec_WebSocket_Version="7")):
+            await http_exchange(self.port, head)
+        silent = []
+        for _ in range(3):  # half a head, then silence
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            writer.write(b"GET / HTTP/1.1\r\n")
+            silent.append((reader, writer))
+        raw = await self.raw_client()
+        raw.send(Opcode.TEXT, b"\xff")
+        self.assertEqual(await raw.expect_close(), 1007)
+        client = await self.client()
+        await client.send("still serving")
+        self.assertEqual(await asyncio.wait_for(client.recv(), TIMEOUT), "still serving")
+        await client.close()
+        raw.close()
+        self.clients.clear()
+        for reader, writer in silent:
+            self.assertEqual((await read_response(reader))[0], 408)
+            writer.close()
+        await async_wait_until(lambda: len(asyncio.all_tasks()) == tasks, message="tasks back to the baseline")
+        if fds is not None:
+            await async_wait_until(lambda: open_fds() == fds, message="file descriptors back to the baseline")
+
+
+class Test09TheCommandLine(unittest.TestCase):
+
+    def test_01_ctrl_c_closes_clients_with_1001_and_exits_0_without_a_traceback(self):
+        """§7.4.1 Ctrl-C: every client gets 1001, the process exits 0, nothing is printed but the log."""
+        process, port = start_process("ws_server.py")
+        try:
+            self.assertEqual(asyncio.run(self.going_away(process, port)), 1001)
+            self.assertEqual(process.wait(TIMEOUT), 0)
+            self.assertNotIn("Traceback", process.stderr.read())
+        finally:
+            stop_process(process)
+
+    @staticmethod
+    async def going_away(process: subprocess.Popen, port: int) -> int:
+        client = await ws_server.connect(f"ws://127.0.0.1:{port}/")
+        await client.send("before")
+        await asyncio.wait_for(client.recv(), TIMEOUT)
+        process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(client.recv(), TIMEOUT)
+        except ws_server.ConnectionClosed as closed:
+            return closed.code
+        finally:
+            await client.close()
+
+    def test_02_the_server_runs_without_what_windows_lacks(self):
+        """Every platform: with no poll, epoll, MSG_DONTWAIT, add_signal_handler, fcntl or fork, it serves and stops."""
+        process, port = start_process("ws_server.py", prelude=WINDOWS_PRELUDE)
+        try:
+            self.assertEqual(asyncio.run(self.going_away(process, port)), 1001)
+            self.assertEqual(process.wait(TIMEOUT), 0)
+            self.assertNotIn("Traceback", process.stderr.read())
+        finally:
+            stop_process(process)
+
+    def test_03_the_terminal_client_prints_messages_as_text_and_ends_when_the_server_closes(self):
+        """§5.6 Text is printed as it is, binary readably; the client ends when the server closes, stdin still open."""
+        server, port = start_process("ws_server.py")
+        client = subprocess.Popen([os.sys.executable, str(ROOT / "ws_server.py"), "--connect", f"ws://127.0.0.1:{port}/"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertTrue(client.stdout.readline().startswith("connected to"))
+            client.stdin.write("hello there\n")
+            client.stdin.flush()
+            self.assertEqual(client.stdout.readline(), "< hello there\n")
+            asyncio.run(self.send_binary(port))
+            self.assertEqual(client.stdout.readline(), "< [binary, 4 bytes: 00 01 fe ff]\n")
+            server.send_signal(signal.SIGINT)
+            self.assertTrue(client.stdout.readline().startswith("connection closed: 1001"))
+            self.assertEqual(client.wait(TIMEOUT), 0)  # without a line typed, stdin still open
+            self.assertNotIn("Traceback", client.stderr.read())
+        finally:
+            stop_process(client)
+            stop_process(server)
+
+    @staticmethod
+    async def send_binary(port: int) -> None:
+        other = await ws_server.connect(f"ws://127.0.0.1:{port}/")
+        await other.send(b"\x00\x01\xfe\xff")
+        await asyncio.wait_for(other.recv(), TIMEOUT)
+        await other.close()
+
+
+if __name__ == "__main__":
+    unittest.main()

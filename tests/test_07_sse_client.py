@@ -1,0 +1,233 @@
+"""Chapter 7: the event stream from the browser's side: the processing model of an EventSource
+(WHATWG HTML §9.2.2-§9.2.6), first as a parser fed literal bytes, then as a client that
+reconnects, follows redirects and sends Last-Event-ID the way a browser does.
+"""
+
+import http.server
+import json
+import os
+import tempfile
+import threading
+import unittest
+
+import sse_server
+from sse_server import EventStreamParser, ServerSentEvent
+from tests.support import TIMEOUT, SSEServerTestCase
+
+
+def parse(stream: bytes) -> list[ServerSentEvent]:
+    return EventStreamParser().feed(stream)
+
+
+class Test01ParsingTheSpecExamples(unittest.TestCase):
+    """The examples of §9.2.6, through the parser, with the results the spec gives."""
+
+    def test_01_three_data_lines_make_one_event_joined_with_lf(self):
+        """§9.2.6 Three data lines make one event, joined with LF (the spec's stock example)."""
+        stream = b"data: YHOO\ndata: +2\ndata: 10\n\n"
+        self.assertEqual(parse(stream), [ServerSentEvent("YHOO\n+2\n10")])
+
+    def test_02_comment_id_and_an_id_field_with_no_value(self):
+        """§9.2.6 A comment, an id, and an `id` with no value that resets the last event ID (the spec's example)."""
+        stream = b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n"
+        self.assertEqual(parse(stream), [
+            ServerSentEvent("first event", last_event_id="1"),
+            ServerSentEvent("second event", last_event_id=""),  # `id` alone resets it
+            ServerSentEvent(" third event", last_event_id=""),  # only one space is removed
+        ])
+
+    def test_03_empty_data_events_and_a_last_block_with_no_blank_line_is_discarded(self):
+        """§9.2.6 Empty data fires an event; a block with no blank line after it is discarded at the end."""
+        stream = b"data\n\ndata\ndata\n\ndata:"
+        self.assertEqual(parse(stream), [ServerSentEvent(""), ServerSentEvent("\n")])
+
+    def test_04_the_space_after_the_colon_is_optional(self):
+        """§9.2.6 `data:test` and `data: test` are the same field (the spec's example)."""
+        self.assertEqual(parse(b"data:test\n\ndata: test\n\n"), [ServerSentEvent("test")] * 2)
+
+
+class Test02ParsingRules(unittest.TestCase):
+    """§9.2.5 and §9.2.6, rule by rule."""
+
+    def test_01_one_leading_bom_is_ignored_a_second_one_is_not(self):
+        """§9.2.5 One leading U+FEFF BYTE ORDER MARK is ignored; a second one is part of a field name."""
+        self.assertEqual(parse(b"\xef\xbb\xbfdata: a\n\n"), [ServerSentEvent("a")])
+        # "\ufeffdata" is then a field name nobody knows: ignored.
+        self.assertEqual(parse(b"\xef\xbb\xbf\xef\xbb\xbfdata: a\n\n"), [])
+
+    def test_02_lines_end_with_cr_lf_or_crlf(self):
+        """§9.2.5 end-of-line = ( cr lf / cr / lf )."""
+        for eol in (b"\n", b"\r", b"\r\n"):
+            with self.subTest(eol=eol):
+                self.assertEqual(parse(b"data: a" + eol + b"data: b" + eol + eol), [ServerSentEvent("a\nb")])
+
+    def test_03_a_crlf_split_across_two_reads_is_one_line_break(self):
+        """§9.2.5 A CRLF split across two reads is one line break, not two."""
+        parser = EventStreamParser()
+        self.assertEqual(parser.feed(b"data: a\r"), [])
+        self.assertEqual(parser.feed(b"\ndata: b\r\n\r"), [ServerSentEvent("a\nb")])
+        self.assertEqual(parser.feed(b"\ndata: c\n\n"), [ServerSentEvent("c")])
+
+    def test_04_feeding_one_byte_at_a_time_gives_the_same_events(self):
+        """§9.2.6 The stream is parsed as it arrives: one byte at a time gives the same events."""
+        stream = "\ufeffid: 1\r\nevent: é\rdata: ü\r\n\r\n: c\ndata: x\n\nretry: 10\n".encode()
+        parser = EventStreamParser()
+        events = [e for i in range(len(stream)) for e in parser.feed(stream[i:i + 1])]
+        self.assertEqual(events, parse(stream))
+        self.assertEqual(events, [ServerSentEvent("ü", "é", "1"), ServerSentEvent("x", "message", "1")])
+
+    def test_05_event_names_the_type_which_defaults_to_message_for_the_next_event(self):
+        """§9.2.6 event sets the type of this event only; the next one is `message` again."""
+        self.assertEqual(parse(b"event: add\ndata: 1\n\ndata: 2\n\n"),
+                         [ServerSentEvent("1", "add"), ServerSentEvent("2", "message")])
+
+    def test_06_the_last_event_id_persists_until_the_stream_sets_another(self):
+        """§9.2.6 The last event ID persists from event to event, and is set at dispatch even with no data."""
+        parser = EventStreamParser()
+        events = parser.feed(b"id: 7\ndata: a\n\ndata: b\n\nid: 8\n\n")
+        self.assertEqual([e.last_event_id for e in events], ["7", "7"])
+        self.assertEqual(parser.last_event_id, "8")  # set at dispatch even with no data
+
+    def test_07_an_id_containing_nul_is_ignored(self):
+        """§9.2.6 "If the field value does not contain U+0000 NULL, then set the last event ID buffer"."""
+        self.assertEqual(parse(b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n")[1].last_event_id, "1")
+
+    def test_08_retry_takes_ascii_digits_only(self):
+        """§9.2.6 "If the field value consists of only ASCII digits", retry sets the reconnection time."""
+        parser = EventStreamParser()
+        parser.feed(b"retry: 1500\n")
+        self.assertEqual(parser.retry, 1500)
+        for bad in (b"retry: 15s\n", b"retry: -1\n", b"retry: \xd9\xa1\n", b"retry:\n", b"retry: 1 \n"):
+            parser.feed(bad)
+        self.assertEqual(parser.retry, 1500)
+
+    def test_09_unknown_fields_and_comments_are_ignored(self):
+        """§9.2.6 Other field names, and comments, are ignored; names are case-sensitive."""
+        self.assertEqual(parse(b": hi\nfoo: bar\nDATA: no\ndata: yes\n\n"), [ServerSentEvent("yes")])
+
+    def test_10_a_field_with_no_colon_has_an_empty_value(self):
+        """§9.2.6 A line with no colon is a field name with an empty value."""
+        self.assertEqual(parse(b"data\ndata\n\n"), [ServerSentEvent("\n")])
+
+    def test_11_only_the_first_colon_separates_name_and_value(self):
+        """§9.2.6 Only the first colon separates the name from the value."""
+        self.assertEqual(parse(b"data: a: b\n\n"), [ServerSentEvent("a: b")])
+
+    def test_12_invalid_utf8_becomes_the_replacement_character(self):
+        """§9.2.5 The stream is decoded with UTF-8 decode: invalid bytes become U+FFFD."""
+        self.assertEqual(parse(b"data: \xff\xfe ok\n\n"), [ServerSentEvent("\ufffd\ufffd ok")])
+
+    def test_13_a_utf8_character_split_across_two_reads_is_kept_whole(self):
+        """§9.2.5 A character split across two reads is decoded whole."""
+        parser = EventStreamParser()
+        data = "data: €\n\n".encode()
+        self.assertEqual(parser.feed(data[:7]) + parser.feed(data[7:]), [ServerSentEvent("€")])
+
+
+class Test03ParsingWhatRealServersSend(unittest.TestCase):
+    """§9.2.6 on streams as servers write them: ours, and the tutorial's."""
+
+    def test_01_our_stream_parses_to_retry_then_events_with_ids(self):
+        """§9.2.6 retry first, then each event's id and data, and a comment that dispatches nothing."""
+        parser = EventStreamParser()
+        stream = (sse_server.format_retry(3000) + sse_server.format_comment("heartbeat")
+                  + sse_server.format_event('{"message": "Current time: 12:00:00"}', id="1764576000000000")).encode()
+        self.assertEqual(parser.feed(stream), [ServerSentEvent('{"message": "Current time: 12:00:00"}',
+                                                               last_event_id="1764576000000000")])
+        self.assertEqual(parser.retry, 3000)
+
+    def test_02_the_tutorials_stream_parses_too(self):
+        """§9.2.6 The tutorial sends `data: {json}` with no id: the last event ID stays empty."""
+        events = parse(b'data: {"message":"Current time: 12:00:00"}\n\n')
+        self.assertEqual(json.loads(events[0].data)["message"], "Current time: 12:00:00")
+        self.assertEqual(events[0].last_event_id, "")
+
+
+class Redirector(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a redirect to `target` (set on the server)."""
+
+    def do_GET(self):
+        self.send_response(self.server.status)
+        self.send_header("Location", self.server.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class OneEventStream(http.server.BaseHTTPRequestHandler):
+    """A stream of one event whose id is not ASCII, then its end; it notes each Last-Event-ID."""
+
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self):
+        value = self.headers.get("Last-Event-ID")  # http.server reads header bytes as latin-1
+        self.server.last_event_ids.append(None if value is None else value.encode("latin-1"))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        data = "first" if value is None else "again"
+        self.wfile.write(f"retry: 10\nid: 日本\ndata: {data}\n\n".encode("utf-8"))
+
+    def log_message(self, *args):
+        pass
+
+
+class Test04TheClient(SSEServerTestCase):
+    """`--connect URL`: an EventSource in a terminal (§9.2.2-§9.2.4)."""
+
+    def follow(self, url):
+        events = sse_server.follow(url, timeout=TIMEOUT)
+        self.addCleanup(events.close)
+        return events
+
+    def test_01_it_reconnects_by_itself_with_last_event_id(self):
+        """§9.2.3 After the stream ends, wait the reconnection time and ask again with Last-Event-ID."""
+        with tempfile.TemporaryDirectory() as folder:
+            store = os.path.join(folder, "events.sqlite3")
+            first = self.start_server(store=store, retry=50)
+            events = self.follow(f"http://127.0.0.1:{first.port}/sse")
+            timer = threading.Timer(0.3, first.hub.publish, ["one"])
+            timer.start()
+            self.assertEqual(next(events).data, "one")
+            timer.join(TIMEOUT)
+            port = first.port
+            first.stop()
+            second = self.start_server(store=store, port=port)
+            second.hub.publish("two")  # published while the client is away, or just back
+            self.assertEqual(next(events).data, "two")
+
+    def test_02_it_sends_last_event_id_utf8_encoded(self):
+        """§9.2.4 "the last event ID string, encoded as UTF-8": an id of 日本 comes back intact."""
+        streamer = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OneEventStream)
+        streamer.last_event_ids = []
+        threading.Thread(target=streamer.serve_forever, daemon=True).start()
+        self.addCleanup(streamer.server_close)
+        self.addCleanup(streamer.shutdown)
+        events = self.follow(f"http://127.0.0.1:{streamer.server_address[1]}/sse")
+        self.assertEqual(next(events).last_event_id, "日本")
+        self.assertEqual(next(events).data, "again")  # the second connection
+        self.assertEqual(streamer.last_event_ids, [None, "日本".encode("utf-8")])
+
+    def test_03_it_follows_redirects(self):
+        """§9.2.2 EventSource fetches with redirect mode "follow": a 307 leads to the stream."""
+        redirector = http.server.HTTPServer(("127.0.0.1", 0), Redirector)
+        redirector.status, redirector.target = 307, f"http://127.0.0.1:{self.port}/sse"
+        threading.Thread(target=redirector.serve_forever, daemon=True).start()
+        self.addCleanup(redirector.server_close)
+        self.addCleanup(redirector.shutdown)
+        events = self.follow(f"http://127.0.0.1:{redirector.server_address[1]}/old")
+        threading.Timer(0.3, self.server.hub.publish, ["through the redirect"]).start()
+        self.assertEqual(next(events).data, "through the redirect")
+
+    def test_04_a_refusal_fails_the_connection_for_good(self):
+        """§9.2.3 A status other than 200, or another Content-Type, fails the connection: no retry."""
+        events = self.follow(f"http://127.0.0.1:{self.port}/not-a-stream")
+        with self.assertRaises(sse_server.StreamFailed) as caught:
+            next(events)
+        self.assertIn("404", str(caught.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,592 @@
+"""Chapter 8: the SSE server over loopback: real sockets, one thread per client, bounded waits.
+
+The stream, the clock, publishing (chunked bodies, Expect: 100-continue), Last-Event-ID replay
+(across a restart with --store), heartbeats, vanished and slow clients, the limits, CORS, the
+pages, hostile requests, shutdown, and other platforms simulated.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import unittest
+
+import sse_server
+from tests.support import (ROOT, TIMEOUT, WINDOWS_PRELUDE, SSEServerTestCase, StreamClient, exchange, http_request,
+                           open_fds, request_threads, start_process, stop_process, wait_until)
+
+
+class Test01TheStream(SSEServerTestCase):
+    """§9.2.3: a 200 with text/event-stream, then events as they happen."""
+
+    def test_01_headers_say_event_stream_no_cache_no_proxy_buffering_and_chunked(self):
+        """§9.2.3 text/event-stream; Cache-Control: no-cache; X-Accel-Buffering: no; chunked."""
+        stream = self.subscribed(self.stream())
+        self.assertEqual(stream.status, 200)
+        self.assertEqual(stream.headers["content-type"], "text/event-stream; charset=utf-8")
+        self.assertEqual(stream.headers["cache-control"], "no-cache")
+        self.assertEqual(stream.headers["x-accel-buffering"], "no")
+        self.assertEqual(stream.headers["transfer-encoding"], "chunked")
+        self.assertNotIn("content-encoding", stream.headers)  # never compressed
+
+    def test_02_every_stream_starts_with_retry(self):
+        """§9.2.6 retry first: the reconnection time the browser will use."""
+        stream = self.subscribed(self.stream())
+        self.assertTrue(stream.body.startswith(b"retry: 3000\n\n"), stream.body)
+
+    def test_03_the_tutorials_path_with_a_slash_works_too(self):
+        """The tutorial's page asks for /sse/, its server serves /sse: both are the stream."""
+        self.assertEqual(self.subscribed(self.stream("/sse/")).status, 200)
+
+    def test_04_each_event_is_one_chunk_with_an_increasing_id(self):
+        """RFC 9112 §7.1, §9.2.4 One chunk per event, and ids that increase by one."""
+        stream = self.subscribed(self.stream())
+        for text in ("one", "two"):
+            self.assertEqual(self.publish(text), 204)
+        events = stream.next_events(2)
+        self.assertEqual([e.data for e in events], ["one", "two"])
+        first, second = (int(e.last_event_id) for e in events)
+        self.assertEqual(second, first + 1)
+        self.assertEqual(stream.chunks[1:], [f"id: {first}\ndata: one\n\n".encode(),
+                                             f"id: {second}\ndata: two\n\n".encode()])
+
+    def test_05_an_http_1_0_client_gets_the_stream_without_chunks_ended_by_close(self):
+        """RFC 9112 §6.3 item 8 HTTP/1.0 has no chunked coding: the stream ends when the connection does."""
+        stream = StreamClient(self.port, version="HTTP/1.0")
+        self.streams.append(stream)
+        self.subscribed(stream)
+        self.assertNotIn("transfer-encoding", stream.headers)
+        self.publish("plain")
+        self.assertEqual(stream.next_events(1)[0].data, "plain")
+
+    def test_06_head_of_the_stream_is_405(self):
+        """RFC 9110 §15.5.6 The stream is GET only: HEAD gets 405 with Allow."""
+        status, headers, body = http_request(self.port, "HEAD", "/sse")
+        self.assertEqual((status, headers["allow"], body), (405, "GET, OPTIONS", b""))
+
+
+class Test02TheClock(SSEServerTestCase):
+    """The tutorial's clock: every second, JSON with a message its page shows."""
+
+    options = {"clock": 0.2}
+
+    def test_01_ticks_arrive_as_json_with_the_time(self):
+        """§9.2.6 Each tick is a `message` event whose data is the tutorial's JSON."""
+        stream = self.subscribed(self.stream())
+        event = stream.next_events(1)[0]
+        self.assertRegex(json.loads(event.data)["message"], r"^Current time: \d\d:\d\d:\d\d$")
+        self.assertEqual(event.type, "message")
+
+
+class Test03Publishing(SSEServerTestCase):
+    """POST /publish: the body becomes one event for every subscriber."""
+
+    options = {"max_body": 1024}
+
+    def test_01_a_publish_reaches_two_subscribers_and_gets_204(self):
+        """§9.2.5 One publish, one event to every open stream; 204 once it is stored and sent."""
+        streams = [self.subscribed(self.stream()) for _ in range(2)]
+        self.assertEqual(self.publish("hello\nworld"), 204)
+        for stream in streams:
+            self.assertEqual(stream.next_events(1)[0].data, "hello\nworld")
+
+    def test_02_event_names_the_type(self):
+        """§9.2.6 `?event=note` becomes the `event:` field."""
+        stream = self.subscribed(self.stream())
+        self.assertEqual(self.publish("x", "?event=note"), 204)
+        self.assertEqual(stream.next_events(1)[0].type, "note")
+
+    def test_03_a_body_over_max_body_is_413(self):
+        """RFC 9110 §15.5.14 A body over --max-body is 413; one at the limit is fine."""
+        self.assertEqual(self.publish(b"x" * 1025), 413)
+        self.assertEqual(self.publish(b"x" * 1024), 204)
+
+    def test_04_a_body_that_is_not_utf8_is_400(self):
+        """§9.2.5 An event stream is UTF-8: a body that is not is refused."""
+        self.assertEqual(self.publish(b"\xff\xfe"), 400)
+
+    def test_05_an_event_name_with_a_line_break_or_empty_is_400(self):
+        """§9.2.5 A name with a line break would inject fields: 400."""
+        for query in ("?event=a%0Adata:%20injected", "?event=a%0Db", "?event="):
+            with self.subTest(query=query):
+                self.assertEqual(self.publish("x", query), 400)
+
+    def test_06_a_chunked_body_is_decoded(self):
+        """RFC 9112 §7.1 "A recipient MUST be able to parse and decode the chunked transfer coding"."""
+        stream = self.subscribed(self.stream())
+        status, _, _ = exchange(self.port, b"POST /publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                                           b"Connection: close\r\n\r\n8\r\nchunked \r\n4;ext=1\r\nbody\r\n0\r\n\r\n")
+        self.assertEqual(status, 204)
+        self.assertEqual(stream.next_events(1)[0].data, "chunked body")
+
+    def test_07_a_chunked_body_over_max_body_is_413(self):
+        """RFC 9110 §15.5.14 The limit holds for a chunked body too, counted as it arrives."""
+        body = b"".join(sse_server.encode_chunk(b"x" * 500) for _ in range(3)) + sse_server.LAST_CHUNK
+        status, _, _ = exchange(self.port, b"POST /publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+        self.assertEqual(status, 413)
+
+    def test_08_expect_100_continue_gets_413_before_continue_when_too_large(self):
+        """RFC 9110 §10.1.1 A server may answer with the final status instead of 100 Continue."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+            self.assertTrue(sock.recv(1024).startswith(b"HTTP/1.1 413 "))
+
+    def test_09_expect_100_continue_gets_100_then_the_body_is_read(self):
+        """RFC 9110 §10.1.1 "100-continue": the client waits for 100 Continue before sending its body."""
+        stream = self.subscribed(self.stream())
+        with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            self.assertEqual(sock.recv(1024), b"HTTP/1.1 100 Continue\r\n\r\n")
+            sock.sendall(b"hello")
+            self.assertTrue(sock.recv(1024).startswith(b"HTTP/1.1 204 "))
+        self.assertEqual(stream.next_events(1)[0].data, "hello")
+
+    def test_10_post_elsewhere_is_404_or_405_and_other_methods_501(self):
+        """RFC 9110 §15.5.5, §15.5.6, §15.6.2 404, 405 with Allow, and 501 for methods no one implements."""
+        self.assertEqual(http_request(self.port, "POST", "/nowhere", b"x")[0], 404)
+        self.assertEqual(http_request(self.port, "POST", "/sse", b"x")[0], 405)
+        status, headers, _ = http_request(self.port, "DELETE", "/sse")
+        self.assertEqual(status, 501)
+        self.assertTrue(headers["content-type"].startswith("text/plain"))
+
+    def test_11_a_keep_alive_publisher_sends_many_events_on_one_connection(self):
+        """RFC 9112 §9.3 HTTP/1.1 connections persist: one connection, many publishes."""
+        stream = self.subscribed(self.stream())
+        with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
+            for text in (b"one", b"two", b"three"):
+                sock.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text))
+                self.assertTrue(sock.recv(1024).startswith(b"HTTP/1.1 204 "))
+        self.assertEqual([e.data for e in stream.next_events(3)], ["one", "two", "three"])
+
+
+class Test04Resumption(SSEServerTestCase):
+    """§9.2.4: a client reconnects with Last-Event-ID and gets what it missed, then live events."""
+
+    options = {"history": 5}
+
+    def test_01_replay_has_no_gap_and_no_duplicate_then_live_events_follow(self):
+        """§9.2.4 Every event after the Last-Event-ID, in order, then the live ones: no gap, no duplicate."""
+        stream = self.subscribed(self.stream())
+        for i in range(3):
+            self.publish(f"seen {i}")
+        seen = stream.next_events(3)
+        stream.close()
+        for i in range(4):
+            self.publish(f"missed {i}")
+        again = self.subscribed(self.stream(Last_Event_ID=seen[-1].last_event_id))
+        self.publish("live")
+        events = again.next_events(5)
+        self.assertEqual([e.data for e in events], ["missed 0", "missed 1", "missed 2", "missed 3", "live"])
+        ids = [int(e.last_event_id) for e in seen + events]
+        self.assertEqual(ids, list(range(ids[0], ids[0] + 8)))
+
+    def test_02_an_id_too_old_for_the_history_gets_a_reset_event(self):
+        """§9.2.4 A position the history no longer holds is not guessed at: `event: reset`, with a current id."""
+        stream = self.subscribed(self.stream())
+        self.publish("first")
+        first = stream.next_events(1)[0]
+        for i in range(6):  # the history keeps 5: "first" and the one after it are gone
+            self.publish(f"later {i}")
+        again = self.subscribed(self.stream(Last_Event_ID=first.last_event_id))
+        reset = again.next_events(1)[0]
+        self.assertEqual(reset.type, "reset")
+        self.assertEqual(json.loads(reset.data)["last_event_id"], first.last_event_id)
+        self.assertEqual(int(reset.last_event_id), int(first.last_event_id) + 6)  # current again
+        self.publish("live")
+        self.assertEqual(again.next_events(1)[0].data, "live")
+
+    def test_03_an_unknown_or_absurd_id_gets_a_reset_event(self):
+        """§9.2.4 Whatever id a client sends (not a number, too long, other scripts' digits): a reset, never a crash."""
+        for last_event_id in ("not-a-number", "99999999999999999999", "٣", "²", "1" * 5000):
+            with self.subTest(last_event_id=last_event_id[:20]):
+                stream = self.subscribed(self.stream(Last_Event_ID=last_event_id))
+                self.assertEqual(stream.next_events(1)[0].type, "reset")
+
+    def test_04_with_store_a_restarted_server_replays_what_the_client_missed(self):
+        """§9.2.4 --store: across a restart, the missed events, with the ids continued."""
+        with tempfile.TemporaryDirectory() as folder:
+            store = os.path.join(folder, "events.sqlite3")
+            first = self.start_server(store=store)
+            stream = self.subscribed(StreamClient(first.port))
+            self.streams.append(stream)
+            first.hub.publish("before the restart")
+            seen = stream.next_events(1)[0]
+            first.hub.publish("missed, before the restart")
+            first.stop()
+            second = self.start_server(store=store)
+            second.hub.publish("missed, after the restart")
+            again = self.subscribed(StreamClient(second.port, headers={"Last-Event-ID": seen.last_event_id}))
+            self.streams.append(again)
+            events = again.next_events(2)
+            self.assertEqual([e.data for e in events], ["missed, before the restart", "missed, after the restart"])
+            self.assertEqual([int(e.last_event_id) for e in events],
+                             [int(seen.last_event_id) + 1, int(seen.last_event_id) + 2])
+            second.stop()
+
+
+class Test05AStoreThatFails(SSEServerTestCase):
+    """A publish is acknowledged (204) if and only if its event is stored."""
+
+    def setUp(self):
+        from tests.test_06_sse_format import FailingStore  # a history whose store refuses everything
+        self.server = sse_server.SSEServer(sse_server.ServerConfig(port=0, clock=0, heartbeat=0),
+                                           history=FailingStore(10, first_id=1))
+        self.server.start()
+        self.addCleanup(self.server.stop)
+        self.port = self.server.port
+        self.streams = []
+
+    def test_01_a_refused_event_is_a_503_with_a_reason_and_is_never_replayed(self):
+        """RFC 9110 §15.6.4 503 with a one-line reason; nothing was sent, nothing will be replayed."""
+        stream = self.subscribed(self.stream())
+        status, _, body = http_request(self.port, "POST", "/publish", b"lost")
+        self.assertEqual(status, 503)
+        self.assertIn(b"test.sqlite3", body)
+        self.assertEqual(body.count(b"\n"), 1)
+        again = self.subscribed(self.stream(Last_Event_ID="0"))
+        self.assertEqual(again.events, [])
+        self.assertNotIn(b"lost", stream.body + again.body)
+
+
+class Test06HeartbeatsAndVanishedClients(SSEServerTestCase):
+    """§9.2.7: a comment now and then keeps proxies from closing an idle stream; a write that
+    fails is how a threaded server learns that a client is gone."""
+
+    options = {"heartbeat": 0.2}
+
+    def test_01_a_heartbeat_comment_arrives_on_an_idle_stream(self):
+        """§9.2.7 "a comment line ... every 15 seconds or so" on an idle stream (here every 0.2 s)."""
+        stream = self.subscribed(self.stream())
+        stream.wait_until(lambda: b": heartbeat\n" in stream.body, timeout=2)
+        self.assertEqual(stream.events, [])  # a comment is not an event
+
+    def test_02_vanished_clients_are_unsubscribed_and_their_threads_end(self):
+        """§9.2.7 A client gone without a word is found out, and its thread ends."""
+        wait_until(lambda: request_threads() == 0, message="earlier tests' threads to end")
+        baseline = threading.active_count()
+        streams = [self.subscribed(self.stream()) for _ in range(3)]
+        wait_until(lambda: self.server.hub.subscriber_count == 3, message="3 subscribers")
+        self.assertEqual(request_threads(), 3)  # one thread per client
+        for stream in streams:
+            stream.close()
+        wait_until(lambda: self.server.hub.subscriber_count == 0, message="no subscribers")
+        wait_until(lambda: request_threads() == 0, message="no request threads")
+        self.assertEqual(threading.active_count(), baseline)
+
+
+class Test07Departures(SSEServerTestCase):
+    """A subscriber that leaves is noticed at once, on a stream with no events and no heartbeat."""
+
+    options = {"heartbeat": 0}
+
+    def assertAllGone(self, leave, count: int = 20) -> None:
+        wait_until(lambda: request_threads() == 0, message="earlier tests' threads to end")
+        threads, fds = threading.active_count(), open_fds()
+        streams = [self.subscribed(self.stream()) for _ in range(count)]
+        wait_until(lambda: self.server.hub.subscriber_count == count, message=f"{count} subscribers")
+        for stream in streams:
+            leave(stream)
+        # Within the default wait (5 s): a third of the default heartbeat, and none runs here.
+        wait_until(lambda: self.server.hub.subscriber_count == 0, message="every subscriber gone")
+        wait_until(lambda: request_threads() == 0, message="their threads ended")
+        self.assertEqual(threading.active_count(), threads)
+        if fds is not None:
+            wait_until(lambda: open_fds() == fds, message="file descriptors back to the baseline")
+
+    def test_01_subscribers_that_close_cleanly_are_gone_at_once(self):
+        """§9.2.7 A FIN from a subscriber ends its stream now, not at the next heartbeat."""
+        self.assertAllGone(lambda stream: stream.close())
+
+    def test_02_subscribers_that_reset_are_gone_at_once(self):
+        """§9.2.7 A reset (RST) from a subscriber ends its stream now."""
+        def reset(stream):
+            stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            stream.close()
+        self.assertAllGone(reset)
+
+    def test_03_a_subscriber_that_sends_bytes_after_its_request_is_dropped(self):
+        """§9.2.3 An event stream carries nothing from the client after its request: more bytes end it."""
+        talker, listener = self.subscribed(self.stream()), self.subscribed(self.stream())
+        wait_until(lambda: self.server.hub.subscriber_count == 2, message="2 subscribers")
+        talker.sock.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(lambda: self.server.hub.subscriber_count == 1, message="the talker dropped")
+        talker.read_to_eof()
+        self.publish("still here")
+        self.assertEqual(listener.next_events(1)[0].data, "still here")  # the one that stays notices nothing
+
+    def test_04_subscribers_that_stay_are_not_disturbed(self):
+        """§9.2.3 Quiet subscribers stay subscribed, however long nothing happens."""
+        streams = [self.subscribed(self.stream()) for _ in range(5)]
+        streams[0].close()
+        wait_until(lambda: self.server.hub.subscriber_count == 4, message="one subscriber gone")
+        self.publish("to those who stayed")
+        for stream in streams[1:]:
+            self.assertEqual(stream.next_events(1)[0].data, "to those who stayed")
+
+
+class Test08SlowClients(SSEServerTestCase):
+    """A subscriber that does not read is dropped once its queue is full; the others and the
+    publisher never wait for it."""
+
+    options = {"max_queue": 32, "write_timeout": 30.0}
+
+    def test_01_a_slow_client_is_dropped_while_a_fast_one_gets_every_event(self):
+        """--max-queue: the slow client is dropped, the fast one gets all 300 events, the publisher never blocks."""
+        self.subscriber_that_never_reads()
+        fast = self.subscribed(self.stream())
+        wait_until(lambda: self.server.hub.subscriber_count == 2, message="2 subscribers")
+        count, payload = 300, "x" * 32768
+        received = []
+        reader = threading.Thread(target=lambda: received.extend(fast.next_events(count, timeout=20)))
+        reader.start()
+        for i in range(count):  # 10 MB in all: too much to buffer for the slow one
+            # Paced by the fast reader, never more than 16 events ahead of it (its queue holds 32);
+            # the slow one sets no pace: if publishing waited for it, this would never end.
+            wait_until(lambda: len(fast.events) >= i - 16, timeout=20, message="the fast reader")
+            self.server.hub.publish(payload)
+        reader.join(25)
+        self.assertEqual(len(received), count)
+        wait_until(lambda: self.server.hub.subscriber_count == 1, message="the slow client dropped")
+
+
+class Test09Limits(SSEServerTestCase):
+
+    options = {"max_clients": 2, "request_timeout": 0.5, "write_timeout": 0.5, "max_queue": 100_000}
+
+    def test_01_beyond_max_clients_the_answer_is_503(self):
+        """--max-clients: one more stream gets 503 with Retry-After."""
+        for _ in range(2):
+            self.subscribed(self.stream())
+        refused = self.stream()
+        self.assertEqual(refused.status, 503)
+        self.assertEqual(refused.headers["retry-after"], "5")
+
+    def test_02_a_request_head_with_too_many_headers_is_431(self):
+        """RFC 6585 §5 --max-header-lines: 431."""
+        headers = {f"X-{i}": "y" for i in range(120)}
+        status, _, body = http_request(self.port, "GET", "/sse", headers=headers)
+        self.assertEqual(status, 431)
+        self.assertTrue(body.startswith(b"431 "))
+
+    def test_03_a_head_that_never_ends_gets_408(self):
+        """RFC 9110 §15.5.9 --request-timeout: a head not complete in time gets 408."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n")  # and no empty line
+            self.assertTrue(sock.recv(1024).startswith(b"HTTP/1.1 408 "))
+
+    def test_04_a_byte_now_and_then_does_not_extend_the_timeout(self):
+        """RFC 9110 §15.5.9 The timeout bounds the whole head: a client trickling bytes is dropped too."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
+            sock.settimeout(0.05)
+            answer = b""
+            for byte in b"GET /sse HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 200:
+                sock.sendall(bytes([byte]))
+                try:
+                    answer = sock.recv(1024)  # waits at most 50 ms: one byte every 50 ms
+                except TimeoutError:
+                    continue
+                break
+            self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer)
+
+    def test_05_a_subscriber_whose_writes_stall_past_write_timeout_is_dropped(self):
+        """--write-timeout: a write that makes no progress for that long drops the subscriber."""
+        self.subscriber_that_never_reads()
+        wait_until(lambda: self.server.hub.subscriber_count == 1, message="the subscriber")
+        for _ in range(300):  # 10 MB: more than the socket buffers hold; the queue never fills
+            self.server.hub.publish("x" * 32768)
+        wait_until(lambda: self.server.hub.subscriber_count == 0, message="the stalled subscriber dropped")
+
+
+class Test10CORS(SSEServerTestCase):
+    """The tutorial's CORS, done right (Fetch standard, "CORS protocol")."""
+
+    def test_01_by_default_any_origin_may_read_but_never_with_credentials(self):
+        """Fetch "CORS protocol": `*`, and no Access-Control-Allow-Credentials with it."""
+        stream = self.subscribed(self.stream(Origin="http://elsewhere.example"))
+        self.assertEqual(stream.headers["access-control-allow-origin"], "*")
+        self.assertNotIn("access-control-allow-credentials", stream.headers)
+
+    def test_02_a_preflight_gets_204_with_the_methods_and_headers_allowed(self):
+        """Fetch "CORS-preflight fetch": 204 with Allow-Methods, Allow-Headers and Max-Age."""
+        status, headers, body = http_request(self.port, "OPTIONS", "/sse", headers={
+            "Origin": "http://elsewhere.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "last-event-id"})
+        self.assertEqual((status, body), (204, b""))
+        self.assertIn("POST", headers["access-control-allow-methods"])
+        self.assertIn("Last-Event-ID", headers["access-control-allow-headers"])
+        self.assertEqual(headers["access-control-allow-origin"], "*")
+
+
+class Test11CORSWithAnAllowList(SSEServerTestCase):
+
+    options = {"allowed_origins": ("http://good.example",)}
+
+    def test_01_an_allowed_origin_is_echoed_with_vary_and_credentials(self):
+        """Fetch "CORS protocol": the origin echoed, credentials allowed, Vary: Origin."""
+        stream = self.subscribed(self.stream(Origin="http://good.example"))
+        self.assertEqual(stream.headers["access-control-allow-origin"], "http://good.example")
+        self.assertEqual(stream.headers["access-control-allow-credentials"], "true")
+        self.assertEqual(stream.headers["vary"], "Origin")
+
+    def test_02_another_origin_may_neither_subscribe_nor_publish_and_a_broken_one_neither(self):
+        """RFC 6454 Another page (or a malformed Origin such as `http://[`) gets 403, never a crash."""
+        self.assertEqual(self.stream(Origin="http://evil.example").status, 403)
+        self.assertEqual(self.publish("x", Origin="http://evil.example"), 403)
+        self.assertEqual(self.publish("x", Origin="http://["), 403)
+
+    def test_03_same_origin_pages_and_clients_without_origin_are_allowed(self):
+        """RFC 6454 §5 Our own pages are same-origin; a program sends no Origin."""
+        self.assertEqual(self.publish("x", Origin=f"http://127.0.0.1:{self.port}"), 204)
+        self.assertEqual(self.publish("x"), 204)
+
+
+class Test12ThePages(SSEServerTestCase):
+    """GET / is the SSE page; ws_server's traversal checks, reused."""
+
+    def test_01_slash_serves_the_sse_page(self):
+        """RFC 9110 §9.3.1 GET / is the page, with its type."""
+        status, headers, body = http_request(self.port, "GET", "/")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["content-type"], "text/html; charset=utf-8")
+        self.assertEqual(body, (ROOT / "static" / "sse.html").read_bytes())
+
+    def test_02_head_gives_the_length_without_the_body(self):
+        """RFC 9110 §9.3.2 HEAD: the length, no content."""
+        status, headers, body = http_request(self.port, "HEAD", "/")
+        self.assertEqual((status, body), (200, b""))
+        self.assertEqual(int(headers["content-length"]), (ROOT / "static" / "sse.html").stat().st_size)
+
+    def test_03_nothing_outside_static_can_be_read(self):
+        """RFC 3986 §3.3 No dot-segment, encoded or not, leaves the folder of the pages."""
+        for target in ("/../sse_server.py", "/%2e%2e/sse_server.py", "/..%5csse_server.py", "/missing.html", "/%ff"):
+            with self.subTest(target=target):
+                status, _, _ = exchange(self.port, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                self.assertEqual(status, 404)
+
+
+class Test13HostileRequests(SSEServerTestCase):
+    """Every request gets one well-formed HTTP/1.1 answer, then the server goes on."""
+
+    options = {"request_timeout": 0.5}
+
+    def test_01_each_hostile_head_gets_one_status_line(self):
+        """RFC 9112 §3, §5, §6.3 Every answer is a status line, even to what http.server would answer with none."""
+        heads = {b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n": 404,
+                 b"GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n": 200,
+                 b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n": 400,
+                 b"GET / HTTP/1.1\r\n\r\n": 400,
+                 b"GET / HTTP/1.1\r\nHost : x\r\n\r\n": 400,
+                 b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": 505,
+                 b"GET / HTTP/9.9\r\nHost: x\r\n\r\n": 505,
+                 b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n": 400,
+                 b"GET / HTTP/1.1\nHost: x\n\n": 200}
+        for head, expected in heads.items():
+            with self.subTest(head=head):
+                status, _, rest = exchange(self.port, head)
+                self.assertEqual(status, expected)
+
+    def test_02_two_different_content_lengths_get_one_answer_and_the_end(self):
+        """RFC 9112 §6.3 item 5 Conflicting lengths are 400, answered once; the rest is never read as a request."""
+        status, headers, rest = exchange(self.port, b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                                                    b"Content-Length: 2\r\n\r\nab")
+        self.assertEqual(status, 400)
+        self.assertEqual(headers["connection"], "close")
+        self.assertNotIn(b"HTTP/1.1", rest)
+
+    def test_03_a_get_with_a_body_is_answered_and_its_body_never_read_as_a_request(self):
+        """RFC 9112 §6.3 A body nobody reads ends the connection: it cannot smuggle a second request."""
+        smuggled = b"0\r\n\r\nPOST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nsmuggled"
+        stream = self.subscribed(self.stream())
+        status, headers, rest = exchange(self.port, b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggled)
+        self.assertEqual(status, 200)
+        self.assertNotIn(b"HTTP/1.1 204", rest)
+        self.publish("after")
+        self.assertEqual(stream.next_events(1)[0].data, "after")  # and nothing smuggled before it
+
+    def test_04_after_a_batch_of_hostile_requests_the_server_serves_and_nothing_is_left(self):
+        """§10 After hostile requests, a client is served and threads and fds are back to the baseline."""
+        wait_until(lambda: request_threads() == 0, message="earlier tests' threads to end")
+        fds = open_fds()
+        for head in (b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\n", b"\x16\x03\x01\x02\x00\r\n\r\n",
+                     b"GET /sse HTTP/1.1\r\nHost: x\r\nLast-Event-ID: " + b"9" * 5000 + b"\r\nConnection: close\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
+                sock.sendall(head)
+                self.assertTrue(sock.recv(100).startswith(b"HTTP/1.1 "))
+        silent = [socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) for _ in range(3)]
+        for sock in silent:
+            sock.sendall(b"GET / HTTP/1.1\r\n")
+        stream = self.subscribed(self.stream())
+        self.assertEqual(self.publish("served"), 204)
+        self.assertEqual(stream.next_events(1)[0].data, "served")
+        stream.close()
+        for sock in silent:
+            self.assertTrue(sock.recv(100).startswith(b"HTTP/1.1 408 "))
+            sock.close()
+        wait_until(lambda: request_threads() == 0, message="request threads back to none")
+        if fds is not None:
+            wait_until(lambda: open_fds() == fds, message="file descriptors back to the baseline")
+
+
+class Test14Shutdown(SSEServerTestCase):
+
+    def test_01_stop_ends_every_stream_with_the_last_chunk_and_threads_end(self):
+        """RFC 9112 §7.1 Every stream ends with the last chunk: complete, not cut."""
+        streams = [self.subscribed(self.stream()) for _ in range(3)]
+        self.assertGreaterEqual(request_threads(), 3)
+        self.server.stop()
+        for stream in streams:
+            stream.read_to_eof()
+            self.assertTrue(stream.complete)
+        wait_until(lambda: request_threads() == 0, message="no request threads")
+        self.assertFalse([t for t in threading.enumerate() if t.name in ("sse-server", "clock", "heartbeat", "sse-departures")])
+
+
+class Test15TheCommandLine(unittest.TestCase):
+
+    def run_until_ctrl_c(self, *args: str, prelude: str = "") -> None:
+        process, port = start_process("sse_server.py", *args, prelude=prelude)
+        try:
+            stream = StreamClient(port)
+            self.addCleanup(stream.close)
+            stream.wait_until(lambda: stream.parser.retry is not None)
+            self.assertEqual(http_request(port, "POST", "/publish", b"hello")[0], 204)
+            stream.wait_until(lambda: any(e.data == "hello" for e in stream.events))
+            process.send_signal(signal.SIGINT)
+            stream.read_to_eof()
+            self.assertTrue(stream.complete)
+            self.assertEqual(process.wait(TIMEOUT), 0)
+            self.assertNotIn("Traceback", process.stderr.read())
+        finally:
+            stop_process(process)
+
+    def test_01_ctrl_c_ends_the_streams_and_exits_0_without_a_traceback(self):
+        """RFC 9112 §7.1 Ctrl-C: every stream gets its last chunk, the process exits 0."""
+        self.run_until_ctrl_c("--clock", "0")
+
+    def test_02_the_server_runs_without_what_windows_lacks(self):
+        """Every platform: with no poll, epoll, MSG_DONTWAIT, fcntl or fork, it streams, publishes and stops."""
+        self.run_until_ctrl_c("--clock", "0", prelude=WINDOWS_PRELUDE)
+
+    def test_03_a_store_in_use_by_another_server_is_refused_at_start(self):
+        """One store, one process: the second server exits 2 with one line naming the file."""
+        with tempfile.TemporaryDirectory() as folder:
+            store = os.path.join(folder, "events.sqlite3")
+            owner, _ = start_process("sse_server.py", "--store", store)
+            try:
+                second = subprocess.run([sys.executable, str(ROOT / "sse_server.py"), "--port", "0", "--store", store],
+                                        capture_output=True, text=True, timeout=TIMEOUT * 2)
+                self.assertEqual(second.returncode, 2)
+                self.assertIn(store, second.stderr)
+                self.assertIn("in use", second.stderr)
+                self.assertNotIn("Traceback", second.stderr)
+                self.assertEqual(len(second.stderr.strip().splitlines()), 1)
+            finally:
+                stop_process(owner)
+
+
+if __name__ == "__main__":
+    unittest.main()
