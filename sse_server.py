@@ -923,12 +923,9 @@ def read_request_head(sock: socket.socket, unread: bytes, max_bytes: int,
             sock.settimeout(remaining)
             chunk = sock.recv(max_bytes + 4 - len(buffer))
         except TimeoutError:
-            if buffer.strip(b"\r\n"):
-                raise HTTPError(408, "request head not received in time") from None
-            return None
+            chunk = None
         if not chunk:
-            if buffer.strip(b"\r\n"):
-                raise HTTPError(400, "connection closed in the middle of the request head")
+            ws_server.no_head_received(buffer, timed_out=chunk is None)
             return None
         start = max(0, len(buffer) - 3)
         buffer += chunk

@@ -273,6 +273,16 @@ def find_end_of_head(buffer: bytes, start: int = 0) -> tuple[int, int] | None:
     return None if found is None else (found.start(), found.end())
 
 
+def no_head_received(buffer: bytes, timed_out: bool) -> None:
+    """A reader's verdict when a head did not arrive whole: nothing to answer if nothing was
+    sent (an idle or keep-alive connection), else 408 for a head not finished in time
+    (RFC 9110 §15.5.9) or 400 for a connection closed in the middle of one."""
+    if buffer.strip(b"\r\n"):
+        if timed_out:
+            raise HTTPError(408, "request head not received in time")
+        raise HTTPError(400, "connection closed in the middle of the request head")
+
+
 def parse_decimal(text: str, max_digits: int = 18) -> int | None:
     """A decimal number as RFC 9110 writes one (1*DIGIT), or None: ASCII digits only, and at
     most `max_digits` of them.  `str.isdigit()` alone also takes "²" and "٣", and `int()` of
@@ -1462,12 +1472,9 @@ async def read_http_head(reader: asyncio.StreamReader, max_bytes: int,
         try:
             chunk = await (read if deadline is None else asyncio.wait_for(read, max(0.0, deadline - loop.time())))
         except asyncio.TimeoutError:
-            if buffer.strip(b"\r\n"):
-                raise HTTPError(408, "request head not received in time") from None
-            return None
+            chunk = None
         if not chunk:
-            if buffer.strip(b"\r\n"):
-                raise HTTPError(400, "connection closed in the middle of the request head")
+            no_head_received(buffer, timed_out=chunk is None)
             return None
         start = max(0, len(buffer) - 3)
         buffer += chunk

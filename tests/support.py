@@ -12,6 +12,7 @@ import base64
 import contextlib
 import http.client
 import os
+import random
 import re
 import socket
 import subprocess
@@ -169,6 +170,47 @@ def open_fds() -> int | None:
         return len(os.listdir("/proc/self/fd"))
     except OSError:
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fuzzing: seeded, bounded, the same for every pure entry point
+# ---------------------------------------------------------------------------------------------
+
+#: Bytes that break parsers: separators, line ends, NUL, invalid UTF-8, a percent, a bracket,
+#: a latin-1 "digit".
+TROUBLEMAKERS = [b"", b" ", b":", b";", b",", b"\r\n", b"\n", b"\r", b"\x00", b"\xff", b"\xc0\xae", b"%", b"[",
+                 b"\xb2", b"0", b"9" * 30, b"\t"]
+
+
+def mutations(seed: int, seeds: list[bytes], count: int = 2000):
+    """`count` inputs: random bytes now and then, else one of `seeds` with a few bytes replaced,
+    cut or spliced with troublemakers.  The same every run: a failure can be replayed."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        if rng.random() < 0.25:
+            yield rng.randbytes(rng.randrange(0, 120))
+            continue
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randrange(1, 6)):
+            position = rng.randrange(len(data) + 1)
+            data[position:position + rng.randrange(0, 3)] = rng.choice(TROUBLEMAKERS + [bytes([rng.randrange(256)])])
+        yield bytes(data)
+
+
+def fuzz(test: unittest.TestCase, function, inputs, allowed: tuple[type[BaseException], ...] = ()) -> None:
+    """Call `function` on every input: only `allowed` exceptions may come out, and no call may
+    take longer than a second (a generous bound: it catches a runaway, not slowness)."""
+    slowest = 0.0
+    for data in inputs:
+        started = time.perf_counter()
+        try:
+            function(data)
+        except allowed:
+            pass
+        except Exception as error:  # pragma: no cover - a finding
+            raise AssertionError(f"{type(error).__name__}: {error} for input {data!r}") from error
+        slowest = max(slowest, time.perf_counter() - started)
+    test.assertLess(slowest, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ws_server
 from ws_server import HandshakeError, HandshakeFailed, check_request, check_response, parse_request, parse_response
+from tests.support import fuzz, mutations
 
 # §1.2: the client's handshake, as the RFC shows it.
 RFC_REQUEST = (b"GET /chat HTTP/1.1\r\n"
@@ -29,26 +30,25 @@ RFC_RESPONSE = (b"HTTP/1.1 101 Switching Protocols\r\n"
                 b"Sec-WebSocket-Protocol: chat")
 
 
-def request_with(**changes: str | None) -> ws_server.Request:
-    """The RFC's request with some headers replaced (None removes one)."""
-    lines = RFC_REQUEST.split(b"\r\n")
+def with_fields(head: bytes, changes: dict[str, str | None]) -> bytes:
+    """`head` with some header fields replaced (a value of None removes one)."""
+    lines = head.split(b"\r\n")
     for name, value in changes.items():
         name = name.replace("_", "-").encode()
         lines = [line for line in lines if not line.lower().startswith(name.lower() + b":")]
         if value is not None:
             lines.append(name + b": " + value.encode())
-    return parse_request(b"\r\n".join(lines))
+    return b"\r\n".join(lines)
+
+
+def request_with(**changes: str | None) -> ws_server.Request:
+    """The RFC's request with some headers replaced."""
+    return parse_request(with_fields(RFC_REQUEST, changes))
 
 
 def response_with(**changes: str | None) -> ws_server.Response:
-    """The RFC's answer with some headers replaced (None removes one)."""
-    lines = RFC_RESPONSE.split(b"\r\n")
-    for name, value in changes.items():
-        name = name.replace("_", "-").encode()
-        lines = [line for line in lines if not line.lower().startswith(name.lower() + b":")]
-        if value is not None:
-            lines.append(name + b": " + value.encode())
-    return parse_response(b"\r\n".join(lines))
+    """The RFC's answer with some headers replaced."""
+    return parse_response(with_fields(RFC_RESPONSE, changes))
 
 
 class Test01TheClientsRequest(unittest.TestCase):
@@ -292,6 +292,25 @@ class Test07StaticFiles(unittest.TestCase):
         post = ws_server.static_response(self.root, parse_request(b"POST / HTTP/1.1\r\nHost: x"), "chat.html")
         self.assertTrue(post.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n"))
         self.assertIn(b"Allow: GET, HEAD\r\n", post)
+
+
+class Test08Fuzz(unittest.TestCase):
+    """Seeded random and mutated input for the pure functions of this chapter."""
+
+    def test_01_the_client_reads_any_answer_without_raising_anything_but_handshake_failed(self):
+        """§4.1 Whatever a server answers, the client accepts it or fails the connection, nothing else."""
+        fuzz(self, lambda head: check_response(parse_response(head), RFC_KEY, ["chat"]),
+             mutations(4001, [RFC_RESPONSE, b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3"]), (HandshakeFailed,))
+
+    def test_02_any_path_maps_to_a_file_inside_the_root_or_to_no_file(self):
+        """RFC 3986 §3.3 Whatever the path, the answer is a file under the root, or FileNotFoundError/PermissionError."""
+        root = ws_server.STATIC_DIR
+
+        def resolve(path: bytes) -> None:
+            found = ws_server.resolve_static_path(root, path.decode("latin-1"), "chat.html")
+            self.assertIn(root, found.parents)
+        fuzz(self, resolve, mutations(3986, [b"/chat.html", b"/%2e%2e/ws_server.py", b"/../sse.html", b"/sse.html?x"]),
+             (FileNotFoundError, PermissionError))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import random
 import unittest
 
 import ws_server
+from tests.support import fuzz, mutations
 from ws_server import (Close, CloseCode, Message, Opcode, Ping, Pong, ProtocolError, Receiver,
                        apply_mask, encode_frame)
 
@@ -338,6 +339,11 @@ class Test07Fuzz(unittest.TestCase):
                 self.assertIn(events[-1].code, (1002, 1007, 1009))
             elif events:
                 self.assertIsInstance(events[-1], kinds)
+
+    def test_02_any_close_payload_is_a_close_or_a_protocol_error(self):
+        """§5.5.1 Whatever a Close carries, it is read as code and reason, or refused with 1002 or 1007."""
+        fuzz(self, ws_server.parse_close_payload, mutations(5510, [b"\x03\xe8bye", b"", b"\x0f\xa0\xe2\x82\xac"]),
+             (ProtocolError,))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ and the close code the connection ends with.
 import unittest
 
 import ws_server
+from tests.support import fuzz, mutations
 from ws_server import (Close, CloseCode, ConnectionClosed, Message, Opcode, Ping, Pong, Protocol, ProtocolError,
                        Receiver, State, encode_frame)
 
@@ -371,6 +372,25 @@ class Test06Sending(unittest.TestCase):
         events(server)
         self.assertFalse(server.send_frame(TEXT_HI, len(TEXT_HI) + ws_server.QUEUED_FRAME_CHARGE))
         self.assertEqual(sent(server), TEXT_HI + CLOSE_1000)
+
+
+class Test07Fuzz(unittest.TestCase):
+    """Seeded random and mutated bytes fed to both sides: the protocol never raises, whatever arrives."""
+
+    def test_01_any_bytes_leave_the_protocol_in_a_state_of_the_machine(self):
+        """§7.1.7 Whatever the peer sends, the answer is events, frames and decisions, never an exception."""
+        seeds = [MASKED_TEXT_HI + MASKED_PING_HELLO + MASKED_CLOSE_1000_BYE, RFC_RESPONSE + TEXT_HI, PONG_HELLO + CLOSE_1000]
+
+        def run(data: bytes) -> None:
+            for protocol in (Protocol(max_size=100), Protocol(client=True, opening=RFC_OPENING), Protocol(client=True)):
+                for i in range(0, len(data), 7):
+                    protocol.receive_data(data[i:i + 7])
+                    events(protocol)
+                    sent(protocol)
+                protocol.receive_eof()
+                self.assertIs(protocol.state, State.CLOSED)
+                self.assertIsNotNone(protocol.close_code)
+        fuzz(self, run, mutations(6455, seeds, 1500))
 
 
 if __name__ == "__main__":

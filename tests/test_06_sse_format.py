@@ -16,7 +16,7 @@ import unittest
 import sse_server
 from sse_server import (ChunkedDecoder, History, HTTPError, Hub, ServerSentEvent, SQLiteHistory, StoredEvent,
                         StoreError, encode_chunk, format_comment, format_event, format_retry)
-from tests.support import TIMEOUT, wait_until
+from tests.support import TIMEOUT, fuzz, mutations, wait_until
 
 
 def parse(stream: bytes) -> list[ServerSentEvent]:
@@ -352,6 +352,32 @@ class Test06TheHub(unittest.TestCase):
             history.release.set()
             publisher.join(TIMEOUT)
         self.assertEqual(subscriber.backlog, [encode_chunk(b"id: 1\ndata: slow\n\n")])  # live, not lost
+
+
+class Test07Fuzz(unittest.TestCase):
+    """Seeded random and mutated input for the pure entry points of the server's side."""
+
+    def test_01_any_chunked_body_is_decoded_or_refused_with_400_or_413(self):
+        """RFC 9112 §7.1 Whatever a publisher sends as a chunked body: its data, or 400, or 413."""
+        def decode(body: bytes) -> None:
+            decoder = ChunkedDecoder(64)
+            for i in range(0, len(body), 5):
+                decoder.feed(body[i:i + 5])
+        fuzz(self, decode, mutations(7100, [b"5\r\nhello\r\n0\r\n\r\n", b"3;a=b\r\nabc\r\n0\r\nX: y\r\n\r\n"]),
+             (HTTPError,))
+
+    def test_02_any_publish_query_body_and_origin_are_accepted_or_refused_with_a_status(self):
+        """§9.2.5 Whatever the query, body, Origin or Last-Event-ID: a decision, or an HTTPError."""
+        def decide(data: bytes) -> None:
+            text = data.decode("latin-1")
+            for check in (lambda: sse_server.publish_event_name(text), lambda: sse_server.publish_text(data),
+                          lambda: sse_server.check_origin_allowed(text, "127.0.0.1:8088", ("http://a.example",)),
+                          lambda: History(10, first_id=1).parse_id(text)):
+                try:
+                    check()
+                except HTTPError:
+                    pass
+        fuzz(self, decide, mutations(9220, [b"event=note&x=1", b"http://a.example", b"http://[::1]:8088", b"1764576000000000"]))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import unittest
 
 import sse_server
 from sse_server import EventStreamParser, ServerSentEvent
-from tests.support import TIMEOUT, SSEServerTestCase
+from tests.support import TIMEOUT, SSEServerTestCase, fuzz, mutations
 
 
 def parse(stream: bytes) -> list[ServerSentEvent]:
@@ -124,7 +124,19 @@ class Test02ParsingRules(unittest.TestCase):
         self.assertEqual(parser.feed(data[:7]) + parser.feed(data[7:]), [ServerSentEvent("€")])
 
 
-class Test03ParsingWhatRealServersSend(unittest.TestCase):
+class Test03ParsingAnything(unittest.TestCase):
+
+    def test_01_any_bytes_parse_to_events_and_never_raise(self):
+        """§9.2.5 A browser never refuses a stream: whatever the bytes, events come out, in any pieces."""
+        def feed(stream: bytes) -> None:
+            parser = EventStreamParser()
+            for i in range(0, len(stream), 3):
+                for event in parser.feed(stream[i:i + 3]):
+                    self.assertIsInstance(event.data, str)
+        fuzz(self, feed, mutations(9226, [b"\xef\xbb\xbfid: 1\r\nevent: x\rdata: a\n\n", b": c\nretry: 10\ndata\n\n"]))
+
+
+class Test04ParsingWhatRealServersSend(unittest.TestCase):
     """§9.2.6 on streams as servers write them: ours, and the tutorial's."""
 
     def test_01_our_stream_parses_to_retry_then_events_with_ids(self):
@@ -174,7 +186,7 @@ class OneEventStream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class Test04TheClient(SSEServerTestCase):
+class Test05TheClient(SSEServerTestCase):
     """`--connect URL`: an EventSource in a terminal (§9.2.2-§9.2.4)."""
 
     def follow(self, url):
