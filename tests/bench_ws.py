@@ -10,6 +10,8 @@ Modes (each starts a fresh `ws_server.py` subprocess on 127.0.0.1):
   fanout      K clients, one of them sends M messages carrying a timestamp; the server
               broadcasts each to all K -> deliveries/s, latency p50/p99
   idle        N connections that do nothing -> server RSS per connection
+  slow_readers  8 clients that never read, 100 broadcasts of 1 MiB -> growth of the server's
+              peak RSS (what --max-buffer bounds); not in the default run
 
 Why the generator is faster than the server: its frames are built and masked once, before the
 clock starts; echoes have a known size, so it counts bytes instead of parsing frames; fanout
@@ -253,6 +255,31 @@ async def idle(server: Server, clients: int) -> dict:
             "unit": "KiB RSS per connection", "server CPU s": float("nan"), "generator CPU s": float("nan")}
 
 
+# -- slow_readers -----------------------------------------------------------------------------------
+
+def slow_readers(server: Server, slow: int, count: int, size: int = 1 << 20) -> dict:
+    """`slow` clients connect and never read; one client sends `count` binary messages of `size`
+    bytes, each broadcast to all, and waits for its own copy.  What the server holds for the
+    slow ones is bounded by --max-buffer: the growth of its peak RSS says how well."""
+    sleepers = [open_blocking(server.port) for _ in range(slow)]
+    for sock in sleepers:  # a small window: the kernel holds little, the server must hold the rest
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sender = open_blocking(server.port)
+    frame = client_frame(Opcode.BINARY, os.urandom(size))
+    buffer = bytearray(server_frame_size(size))
+    base = server.status("VmRSS")
+    cpu_server = server.cpu_seconds()
+    for _ in range(count):
+        sender.sendall(frame)
+        receive_exactly(sender, buffer)
+    peak = server.status("VmHWM")
+    for sock in sleepers + [sender]:
+        sock.close()
+    return {"mode": f"slow_readers: {slow} that never read, {count} broadcasts of {size >> 20} MiB",
+            "result": (peak - base) / 1024, "unit": "MiB of peak RSS over the start",
+            "server CPU s": server.cpu_seconds() - cpu_server, "generator CPU s": float("nan")}
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 def with_server(rows: list, measure, *server_args: str) -> None:
@@ -266,13 +293,16 @@ def with_server(rows: list, measure, *server_args: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", default="echo_small,echo_large,fanout,idle")
+    parser.add_argument("--modes", default="echo_small,echo_large,fanout,idle",
+                        help="comma list of echo_small, echo_large, fanout, idle, slow_readers")
     parser.add_argument("--messages", type=int, default=200_000, help="echo_small messages")
     parser.add_argument("--pings", type=int, default=5000, help="ping-pong round trips")
     parser.add_argument("--large-count", type=lambda s: [int(x) for x in s.split(",")], default=[150, 10],
                         help="round trips of 1 MiB and of 16 MiB (default 150,10)")
     parser.add_argument("--fanout-clients", type=lambda s: [int(x) for x in s.split(",")], default=[100, 1000])
     parser.add_argument("--fanout-messages", type=int, default=100)
+    parser.add_argument("--slow-clients", type=int, default=8, help="slow_readers: clients that never read")
+    parser.add_argument("--slow-messages", type=int, default=100, help="slow_readers: 1 MiB broadcasts")
     parser.add_argument("--idle-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000])
     args = parser.parse_args(argv)
     print_table(f"ws_server.py ({machine()})", run(args))
@@ -290,6 +320,9 @@ def run(args) -> list[dict]:
     if "fanout" in modes:
         for clients in args.fanout_clients:
             with_server(rows, lambda s: fanout(s, clients, args.fanout_messages))
+    if "slow_readers" in modes:
+        with_server(rows, lambda s: asyncio.to_thread(slow_readers, s, args.slow_clients, args.slow_messages),
+                    "--max-size", str(2 << 20))
     if "idle" in modes:
         raise_fd_limit(max(args.idle_clients) * 2 + 1000)
         for clients in args.idle_clients:
