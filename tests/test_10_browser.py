@@ -1,4 +1,4 @@
-"""Chapter 9: the pages in a real browser: headless Chromium against our two servers.
+"""Chapter 10: the pages in a real browser: headless Chromium against our two servers.
 
 Skipped, with how to install it, when no Chromium is found; CI installs Debian's `chromium`.
 """
@@ -102,6 +102,14 @@ class Test01ChatPage(BrowserTestCase):
         self.assertEqual(text, "[binary, 4 bytes: 00 01 fe ff]")
         await client.close()
 
+    async def test_05_the_state_line_is_a_status_and_the_chat_a_log(self):
+        """ARIA 1.2 role=status and role=log: what a screen reader announces, in the live page."""
+        tab = await self.open_chat()
+        self.assertEqual(await tab.evaluate("document.getElementById('state').getAttribute('role')"), "status")
+        self.assertEqual(await tab.evaluate("document.getElementById('chatBox').getAttribute('role')"), "log")
+        label = await tab.evaluate("document.getElementById('messageInput').labels[0].textContent")
+        self.assertEqual(label, "Message")
+
     async def test_04_the_page_reconnects_after_the_server_restarts(self):
         """§7.4.1 The page shows 1001 when the server stops, and reconnects by itself when it is back."""
         tab = await self.open_chat()
@@ -183,6 +191,34 @@ class Test02SSEPage(BrowserTestCase):
         text = await tab.wait_for("[...document.querySelectorAll('#ul li')].map(li => li.textContent)"
                                   ".find(t => t.includes('from the form'))")
         self.assertRegex(text, r"^from the form \[note, id \d+\]$")
+
+    async def test_06_an_event_named_message_is_shown_once(self):
+        """§9.2.6 An event named "message" reaches the one listener for that name, once."""
+        tab = await self.open_page()
+        await tab.evaluate("document.getElementById('publishText').value = 'named message';"
+                           "document.getElementById('publishEvent').value = 'message';"
+                           "document.querySelector('#publishForm button').click()")
+        await tab.wait_for(f"{self.items('named message')} === 1")
+        status, _, _ = await asyncio.to_thread(http_request, self.port, "POST", "/publish", b"the next one")
+        self.assertEqual(status, 204)
+        await tab.wait_for(f"{self.items('the next one')} === 1")  # the page has seen both events now
+        self.assertEqual(await tab.evaluate(self.items("named message")), 1)
+        self.assertEqual(await tab.evaluate("document.getElementById('state').getAttribute('role')"), "status")
+
+    async def test_07_an_empty_message_is_not_published(self):
+        """§9.2.5 An empty publish would be an empty line on every page: the form says so instead."""
+        tab = await self.open_page()
+        history = self.server.hub.history
+        before = history.next_id - 1
+        await tab.evaluate("document.getElementById('publishText').value = '';"
+                           "document.querySelector('#publishForm button').click()")
+        await tab.wait_for("document.getElementById('state').textContent.includes('nothing to publish')")
+        status, _, _ = await asyncio.to_thread(http_request, self.port, "POST", "/publish", b"marker")
+        self.assertEqual(status, 204)
+        await tab.wait_for(f"{self.items('marker')} === 1")  # anything the form had sent came before this
+        published = [event.payload for event in history.after(before)]
+        self.assertTrue(published[-1].endswith(b"data: marker\n\n"))
+        self.assertFalse([payload for payload in published if payload.endswith(b"data: \n\n")])  # no empty event
 
     async def test_05_another_origin_may_read_the_stream_but_not_with_credentials_and_star(self):
         """Fetch "CORS protocol": another origin may read `*`, but not with credentials."""

@@ -1,0 +1,111 @@
+"""Chapter 9: the two pages as HTML: what the HTML standard and accessibility ask of them.
+
+Parsed with `html.parser`, no browser needed; chapter 10 runs them in one.
+"""
+
+import html.parser
+import unittest
+
+from tests.support import ROOT
+
+
+class Page(html.parser.HTMLParser):
+    """The facts the tests check: elements with their attributes and ancestors, labels, text."""
+
+    VOID = {"meta", "link", "input", "br", "img", "hr", "source", "wbr", "area", "base", "col", "embed", "track"}
+
+    def __init__(self, path):
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.elements: list[tuple[str, dict, tuple[str, ...]]] = []  # (tag, attributes, ancestors)
+        self.text_by_id: dict[str, list[tuple[str, tuple[str, ...]]]] = {}  # id -> (text, its element stack)
+        self.feed(path.read_text(encoding="utf-8"))
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        self.elements.append((tag, attributes, tuple(self.open)))
+        if tag not in self.VOID:
+            self.open.append(tag if "id" not in attributes else f"{tag}#{attributes['id']}")
+            if "lang" in attributes:
+                self.open[-1] += f"[lang={attributes['lang']}]"
+
+    def handle_endtag(self, tag):
+        while self.open:
+            if self.open.pop().split("#")[0].split("[")[0] == tag:
+                break
+
+    def handle_data(self, data):
+        for entry in self.open:
+            if "#" in entry:
+                identifier = entry.split("#")[1].split("[")[0]
+                self.text_by_id.setdefault(identifier, []).append((data, tuple(self.open)))
+
+    def by_id(self, identifier):
+        return next(attributes for tag, attributes, _ in self.elements if attributes.get("id") == identifier)
+
+    def text_of(self, identifier, *, skip_lang: str | None = None) -> str:
+        parts = self.text_by_id.get(identifier, [])
+        return "".join(text for text, stack in parts if not (skip_lang and any(f"[lang={skip_lang}]" in e for e in stack)))
+
+
+CHAT = Page(ROOT / "static" / "chat.html")
+SSE = Page(ROOT / "static" / "sse.html")
+
+
+class Test01BothPages(unittest.TestCase):
+
+    def test_01_every_script_is_inside_head_or_body(self):
+        """HTML §13.2.6 A script after </body> is a parse error that browsers recover from; validators do not."""
+        for page in (CHAT, SSE):
+            for tag, _, ancestors in page.elements:
+                if tag == "script":
+                    self.assertTrue({"head", "body"} & {a.split("#")[0] for a in ancestors}, ancestors)
+
+    def test_02_every_input_has_a_visible_label(self):
+        """WCAG 2.2 §3.3.2 Labels or Instructions: each input has a <label for> (a placeholder is no label)."""
+        for page in (CHAT, SSE):
+            labelled = {attributes.get("for") for tag, attributes, _ in page.elements if tag == "label"}
+            for tag, attributes, _ in page.elements:
+                if tag == "input":
+                    self.assertIn(attributes.get("id"), labelled)
+
+    def test_03_the_state_line_is_a_status_that_screen_readers_announce(self):
+        """ARIA 1.2 role=status: a live region whose changes (open, closed, reconnecting) are announced."""
+        for page in (CHAT, SSE):
+            self.assertEqual(page.by_id("state").get("role"), "status")
+
+    def test_04_the_pages_say_their_language(self):
+        """HTML §3.2.6.2 The lang attribute: the document's language is English."""
+        for page in (CHAT, SSE):
+            self.assertEqual(page.elements[0][1].get("lang"), "en")
+
+    def test_05_the_tutorials_ids_are_kept(self):
+        """The tutorial's pages are recognisable: the same ids its scripts use."""
+        for identifier in ("chatBox", "messageInput", "sendButton"):
+            CHAT.by_id(identifier)
+        SSE.by_id("ul")
+
+
+class Test02TheChatPage(unittest.TestCase):
+
+    def test_01_the_chat_is_a_log(self):
+        """ARIA 1.2 role=log: new messages are announced as they arrive, the old ones are not read again."""
+        self.assertEqual(CHAT.by_id("chatBox").get("role"), "log")
+
+    def test_02_the_button_keeps_the_tutorials_word_marked_as_chinese(self):
+        """HTML §3.2.6.2 The Chinese word 发送 is marked lang="zh"; the English reads on its own."""
+        self.assertIn("发送", CHAT.text_of("sendButton"))
+        self.assertEqual(CHAT.text_of("sendButton", skip_lang="zh").strip(), "Send")
+        self.assertNotIn("发送", CHAT.text_of("sendButton", skip_lang="zh"))
+
+
+class Test03TheSSEPage(unittest.TestCase):
+
+    def test_01_the_list_of_events_says_deliberately_that_it_is_not_announced(self):
+        """ARIA 1.2 aria-live="off": a clock ticking every second must not be read out every second."""
+        self.assertEqual(SSE.by_id("ul").get("aria-live"), "off")
+
+
+if __name__ == "__main__":
+    unittest.main()
