@@ -18,13 +18,14 @@ the RFCs:
 5. Static files on the same port, with traversal protection.
 6. Framing (§5): masking (§5.3), encoding (§5.2), and `Receiver`, a decoder you feed bytes
    and that returns messages and control frames (§5.4, §5.5).  Pure: no sockets.
-7. Closing (§5.5.1, §7.4): the close payload's rules.
-8. `Protocol`: the connection's state machine (§4, §5.5, §7), sans I/O: bytes in, events and
+7. Compression (RFC 7692): permessage-deflate, negotiated, bounded, compressed once for all.
+8. Closing (§5.5.1, §7.4): the close payload's rules.
+9. `Protocol`: the connection's state machine (§4, §5.5, §7), sans I/O: bytes in, events and
    bytes out, and the decisions "close TCP now" and "expect the peer to close" as values.
-9. `Connection`: the pump between an asyncio stream and a `Protocol`: reads, writes with a
-   budget in bytes, the timers (keepalive, closing).  I/O and time only.
-10. The application: `ChatRoom` and `WebSocketServer`; `connect()`, the client.
-11. The command line.
+10. `Connection`: the pump between an asyncio stream and a `Protocol`: reads, writes with a
+    budget in bytes, the timers (keepalive, closing).  I/O and time only.
+11. The application: `ChatRoom` and `WebSocketServer`; `connect()`, the client.
+12. The command line.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import struct
 import sys
 import threading
 import urllib.parse
+import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Union
 
@@ -507,14 +509,16 @@ def is_websocket_request(request: Request) -> bool:
 
 @dataclasses.dataclass
 class Handshake:
-    """What the server agreed to: the `Sec-WebSocket-Accept` value and the subprotocol."""
+    """What both sides agreed to: the `Sec-WebSocket-Accept` value, the subprotocol, and the
+    permessage-deflate parameters (section 7), if any."""
 
     accept: str
     subprotocol: str | None = None
+    deflate: DeflateParameters | None = None
 
 
 def check_request(request: Request, *, allowed_origins: Iterable[str] | None = None,
-                  subprotocols: Iterable[str] = ()) -> Handshake:
+                  subprotocols: Iterable[str] = (), compression: bool = False) -> Handshake:
     """§4.2.1: check the client's opening handshake; raise `HandshakeError` to refuse it.
 
     Item 2, exactly one Host, is checked for every request by `parse_request` (RFC 9112 §3.2).
@@ -548,7 +552,10 @@ def check_request(request: Request, *, allowed_origins: Iterable[str] | None = N
                              [("Upgrade", "websocket"), ("Connection", "Upgrade, close"),
                               ("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
     check_origin(request, allowed_origins)
-    return Handshake(accept_key(keys[0]), choose_subprotocol(request, subprotocols))
+    # §9.1: extensions are negotiated here too; one this server cannot honour is declined,
+    # never refused (see section 7).
+    deflate = negotiate_deflate(request.header("sec-websocket-extensions")) if compression else None
+    return Handshake(accept_key(keys[0]), choose_subprotocol(request, subprotocols), deflate)
 
 
 def check_origin(request: Request, allowed_origins: Iterable[str] | None) -> None:
@@ -583,6 +590,8 @@ def build_switching_protocols(handshake: Handshake) -> bytes:
                ("Sec-WebSocket-Accept", handshake.accept)]
     if handshake.subprotocol:  # omitted when nothing matched (§4.2.2 /subprotocol/)
         headers.append(("Sec-WebSocket-Protocol", handshake.subprotocol))
+    if handshake.deflate:  # §4.2.2 /extensions/: only what the client offered and we accept
+        headers.append(("Sec-WebSocket-Extensions", handshake.deflate.header()))
     return build_response(101, headers)
 
 
@@ -610,7 +619,8 @@ def parse_ws_url(url: str) -> tuple[bool, str, int, str]:
 
 
 def build_client_request(host: str, port: int, resource: str, key: str, *, secure: bool = False,
-                         origin: str | None = None, subprotocols: Iterable[str] = ()) -> bytes:
+                         origin: str | None = None, subprotocols: Iterable[str] = (),
+                         extensions: str | None = None) -> bytes:
     """§4.1: the client's opening handshake, the request of §1.2."""
     authority = f"[{host}]" if ":" in host else host
     if port != (443 if secure else 80):  # §4.1 item 4: the port only when not the default
@@ -623,12 +633,14 @@ def build_client_request(host: str, port: int, resource: str, key: str, *, secur
     if subprotocols:  # item 10, in order of preference
         lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
     lines.append(f"Sec-WebSocket-Version: {WEBSOCKET_VERSION}")  # item 9
+    if extensions:  # item 11
+        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
 def check_response(response: Response, key: str, offered_subprotocols: Iterable[str] = (),
-                   offered_extensions: Iterable[str] = ()) -> str | None:
-    """§4.1, the client's checks of the server's answer; returns the subprotocol, if any.
+                   offered_extensions: Iterable[str] = ()) -> Handshake:
+    """§4.1, the client's checks of the server's answer; returns what was agreed.
 
     Each broken rule is a `HandshakeFailed`: "the client MUST _Fail the WebSocket Connection_".
     """
@@ -640,15 +652,22 @@ def check_response(response: Response, key: str, offered_subprotocols: Iterable[
         raise HandshakeFailed("the 101 answer lacks Connection: Upgrade", 101)
     if response.header("sec-websocket-accept") != accept_key(key):  # item 4
         raise HandshakeFailed("wrong Sec-WebSocket-Accept: the server did not read our key", 101)
-    offered = set(offered_extensions)
-    for extension in response.tokens("sec-websocket-extensions"):  # item 5
-        name = extension.split(";")[0].strip()
+    offered, deflate = set(offered_extensions), None
+    try:
+        extensions = parse_extensions(response.header("sec-websocket-extensions") or "")
+    except ValueError as error:
+        raise HandshakeFailed(f"malformed Sec-WebSocket-Extensions: {error}", 101) from None
+    for name, parameters in extensions:  # item 5
         if name not in offered:
             raise HandshakeFailed(f"the server chose the extension {name!r}, which was not offered", 101)
+        if name == PERMESSAGE_DEFLATE:
+            if deflate is not None:
+                raise HandshakeFailed("the server chose permessage-deflate twice", 101)
+            deflate = check_deflate_answer(parameters)
     subprotocol = response.header("sec-websocket-protocol")  # item 6
     if subprotocol is not None and subprotocol not in set(offered_subprotocols):
         raise HandshakeFailed(f"the server chose the subprotocol {subprotocol!r}, which was not offered", 101)
-    return subprotocol
+    return Handshake(response.header("sec-websocket-accept"), subprotocol, deflate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -793,21 +812,27 @@ Frame = Union[bytes, tuple]
 NOTHING: tuple = ()
 
 
+#: §5.2: the first reserved bit, which permessage-deflate uses as "Per-Message Compressed"
+#: (RFC 7692 §6): set on the first frame of a compressed message.
+RSV1 = 0x40
+
+
 def encode_frame(opcode: int, payload: bytes, *, fin: bool = True,
-                 masking_key: bytes | None = None) -> bytes:
+                 masking_key: bytes | None = None, rsv1: bool = False) -> bytes:
     """§5.2: one frame, header and payload, with the minimal length encoding.
 
     A server never masks (§5.1); a client always does, with a fresh key per frame (§5.3).
     """
-    header = frame_header(opcode, len(payload), fin=fin, masked=masking_key is not None)
+    header = frame_header(opcode, len(payload), fin=fin, masked=masking_key is not None, rsv1=rsv1)
     if masking_key:
         return header + masking_key + apply_mask(payload, masking_key)
     return header + payload
 
 
-def frame_header(opcode: int, length: int, *, fin: bool = True, masked: bool = False) -> bytes:
+def frame_header(opcode: int, length: int, *, fin: bool = True, masked: bool = False,
+                 rsv1: bool = False) -> bytes:
     """§5.2: the first two bytes and the extended payload length (not the masking key)."""
-    first = (0x80 if fin else 0) | opcode
+    first = (0x80 if fin else 0) | (RSV1 if rsv1 else 0) | opcode
     mask_bit = 0x80 if masked else 0
     if length < 126:
         return bytes((first, mask_bit | length))
@@ -816,14 +841,14 @@ def frame_header(opcode: int, length: int, *, fin: bool = True, masked: bool = F
     return struct.pack("!BBQ", first, mask_bit | 127, length)
 
 
-def encode_server_frame(opcode: int, payload: bytes | bytearray) -> Frame:
+def encode_server_frame(opcode: int, payload: bytes | bytearray, rsv1: bool = False) -> Frame:
     """An unmasked frame, ready to queue; a large payload is not copied into it."""
     length = len(payload)
-    if length < 126:  # the common case, written out: FIN and the opcode, then the length
+    if length < 126 and not rsv1:  # the common case, written out: FIN and opcode, then length
         return bytes((0x80 | opcode, length)) + payload
     if length < LARGE_PAYLOAD:
-        return frame_header(opcode, length) + payload
-    return frame_header(opcode, length), payload
+        return frame_header(opcode, length, rsv1=rsv1) + payload
+    return frame_header(opcode, length, rsv1=rsv1), payload
 
 
 def frame_size(frame: Frame) -> int:
@@ -876,13 +901,15 @@ class FrameHeader:
     masking_key: bytes | None
 
     def describe(self, payload: bytes = b"") -> str:
-        """A packet-dissector line: FIN, RSV1-3, opcode by name, MASK, length, key, payload."""
+        """A packet-dissector line: FIN, RSV1-3, opcode by name, MASK, length, key, payload
+        (for a compressed frame, RSV1 set: its inflated length and payload too)."""
         name = Opcode(self.opcode).name if self.opcode in KNOWN_OPCODES else "RESERVED"
         key = self.masking_key.hex() if self.masking_key else "-"
         preview = payload[:40]
         more = "..." if len(payload) > 40 else ""
+        inflated = f" inflated={len(payload)}" if self.rsv & 4 else ""
         return (f"FIN={int(self.fin)} RSV={self.rsv:03b} opcode={self.opcode:#x} {name} "
-                f"MASK={int(self.masked)} len={self.length} key={key} payload={preview!r}{more}")
+                f"MASK={int(self.masked)} len={self.length}{inflated} key={key} payload={preview!r}{more}")
 
 
 def parse_frame_header(data: bytes) -> tuple[FrameHeader, int] | None:
@@ -943,16 +970,25 @@ class Receiver:
 
     UTF-8 (§5.6, §8.1): text is checked incrementally, as each piece of payload arrives, so
     an invalid byte fails the connection with 1007 at once, even in the middle of a frame.
+
+    Compression (RFC 7692), when negotiated, sits between frames and messages: RSV1 on the
+    first frame marks a compressed message, whose pieces are inflated as they arrive, before
+    their UTF-8 is checked; --max-size then bounds the inflated message too (section 7).
     """
 
-    __slots__ = ("_buffer", "_cost", "_decoder", "_header", "_opcode", "_parts", "_received",
-                 "_remaining", "failed", "mask_expected", "max_size", "on_frame")
+    __slots__ = ("_buffer", "_compressed", "_cost", "_decoder", "_header", "_inflater", "_opcode", "_parts",
+                 "_received", "_remaining", "compression", "failed", "mask_expected", "max_size",
+                 "on_frame")
 
     def __init__(self, *, mask_expected: bool = True, max_size: int = DEFAULT_MAX_SIZE,
-                 on_frame: Callable[[FrameHeader, bytes], None] | None = None) -> None:
+                 on_frame: Callable[[FrameHeader, bytes], None] | None = None,
+                 compression: Compression | None = None) -> None:
         self.mask_expected = mask_expected  # §5.1: True for a server, False for a client
         self.max_size = max_size
         self.on_frame = on_frame  # called with each frame, for --trace
+        self.compression = compression  # permessage-deflate, if negotiated
+        self._inflater: MessageInflater | None = None  # the compressed message's, while one arrives
+        self._compressed = False  # is the message in progress compressed (RSV1 on its first frame)?
         self._buffer = b""
         self.failed: ProtocolError | None = None
         # The frame whose payload is being streamed: its header and what is left to read.
@@ -1009,21 +1045,25 @@ class Receiver:
                         self.on_frame(FrameHeader(True, 0, opcode, bool(masked), length, key), payload)
                     events.append(self._control_event(opcode, payload))
                     continue
-                self._start_data_frame(opcode, length)
+                self._start_data_frame(opcode, length, first & RSV1)
                 pos += size
                 if fin and opcode and end - pos >= length:  # fast path: a whole message here
                     payload = buf[pos:pos + length]
                     pos += length
                     if key:
                         payload = apply_mask(payload, key)
+                    if first & RSV1:  # RFC 7692 §7.2.2: inflated, within --max-size
+                        inflater = self._inflater
+                        payload = inflater.inflate(payload) + inflater.finish()
+                        self._inflater = inflater if inflater.keep_context else None
                     if self.on_frame:
-                        self.on_frame(FrameHeader(True, 0, opcode, bool(masked), length, key), payload)
+                        self.on_frame(FrameHeader(True, (first >> 4) & 7, opcode, bool(masked), length, key), payload)
                     if opcode == _TEXT:
                         self._check_utf8(payload)
                     self._opcode = None
                     events.append(Message(_OPCODE_BY_NUMBER[opcode], payload))
                     continue
-                header = FrameHeader(bool(fin), 0, opcode, bool(masked), length, key)
+                header = FrameHeader(bool(fin), (first >> 4) & 7, opcode, bool(masked), length, key)
                 self._header, self._remaining, self._received = header, length, 0
                 if length == 0:
                     self._finish_frame(events)
@@ -1038,7 +1078,10 @@ class Receiver:
     def _check_first_bytes(self, first: int, second: int, opcode: int, fin: int, length: int) -> None:
         """The rules that the first two bytes alone decide (§5.1, §5.2, §5.4, §5.5)."""
         if first & 0x70:  # §5.2: RSV1-3 "MUST be 0 unless an extension is negotiated"
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set, no extension negotiated")
+            if first & 0x70 != RSV1 or self.compression is None:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set, no extension negotiated")
+            if not 1 <= opcode <= 2:  # RFC 7692 §6.1: only on the first frame of a data message
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 on a control or continuation frame")
         if opcode not in KNOWN_OPCODES:  # §5.2: "MUST Fail the WebSocket Connection"
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
         if bool(second & 0x80) != self.mask_expected:
@@ -1057,10 +1100,13 @@ class Receiver:
         elif self._opcode is not None:  # §5.4: fragments of two messages never interleave
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "new data frame inside a fragmented message")
 
-    def _start_data_frame(self, opcode: int, length: int) -> None:
-        """Charge the frame against the message's budget before reading its payload (§10.4)."""
+    def _start_data_frame(self, opcode: int, length: int, compressed: int = 0) -> None:
+        """Charge the frame against the message's budget before reading its payload (§10.4).
+        A compressed message gets its inflater; the inflated size has the same budget."""
         if opcode:  # the first frame of a message
-            self._opcode, self._cost = opcode, length
+            self._opcode, self._cost, self._compressed = opcode, length, bool(compressed)
+            if compressed and self._inflater is None:
+                self._inflater = self.compression.inflater(self.max_size)
         else:
             self._cost += FRAGMENT_CHARGE + length
         if self._cost > self.max_size:
@@ -1077,6 +1123,8 @@ class Receiver:
             piece = apply_mask(piece, header.masking_key[phase:] + header.masking_key[:phase])
         self._received += take
         self._remaining -= take
+        if self._compressed:
+            piece = self._inflater.inflate(piece)
         if self._parts:
             self._parts.append(piece)
         else:
@@ -1094,12 +1142,20 @@ class Receiver:
             self.on_frame(header, b"".join(self._parts)[-header.length:] if header.length else b"")
         if not header.fin:
             return
+        if self._compressed:  # RFC 7692 §7.2.2: the tail goes back on, and may add output
+            tail = self._inflater.finish()
+            if tail:
+                self._parts = [*self._parts, tail]
+            if self._opcode == _TEXT:
+                self._feed_utf8(tail, final=False)
+            if not self._inflater.keep_context:
+                self._inflater = None
         # Measured: joining pieces beats one buffer sized up front and unmasked in place.
         payload = b"".join(self._parts) if len(self._parts) != 1 else self._parts[0]
         if self._opcode == _TEXT:
             self._feed_utf8(b"", final=True)
         events.append(Message(_OPCODE_BY_NUMBER[self._opcode], payload))
-        self._opcode, self._parts, self._decoder = None, NOTHING, None
+        self._opcode, self._parts, self._decoder, self._compressed = None, NOTHING, None, False
 
     def _feed_utf8(self, piece: bytes, final: bool) -> None:
         if self._decoder is None:
@@ -1128,7 +1184,281 @@ class Receiver:
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Closing (§5.5.1, §7.4)
+# 7. Compression: permessage-deflate (RFC 7692), between frames and messages
+# ---------------------------------------------------------------------------------------------
+#
+#   Sec-WebSocket-Extensions = extension-list            ; RFC 6455 §9.1
+#   extension-list  = 1#extension
+#   extension       = extension-token *( ";" extension-param )
+#   extension-param = token [ "=" ( token | quoted-string ) ]
+#
+# Every browser offers permessage-deflate on every WebSocket.  A compressed message is the
+# DEFLATE data (RFC 1951) of its payload, flushed, with the last 4 bytes 00 00 ff ff removed;
+# RSV1 on its first frame says so (§6, §7.2.1).  What this server chooses, and why:
+#
+# - It always answers `server_no_context_takeover` (§7.1.1.1 lets a server do so unasked): each
+#   message it sends is compressed on its own.  Then a broadcast is compressed once and the
+#   same frame goes to every client, and no compression window is kept per connection.  (With
+#   context takeover each client would need its own compressor, 64-300 KiB each, and its own
+#   compression of every message: 1,000 compressions for a broadcast to 1,000 clients.)
+# - It always answers `client_no_context_takeover` (§7.1.1.2, likewise): each message a client
+#   sends stands alone, so an idle connection holds no zlib state at all, and a message is
+#   inflated by a decompressor made for it alone.
+# - A message shorter than `--compression-threshold` bytes goes uncompressed (RSV1 clear, which
+#   any message may be, §6): below 64 bytes deflate makes a chat line longer or barely shorter.
+# - Compression settings came from measuring the chat's own lines and a JSON feed (README).
+#
+# Nothing here is negotiated that zlib cannot keep to: it has no raw deflate with an 8-bit
+# window, so an offer that demands `server_max_window_bits=8` is declined.  An offer the server
+# cannot honour, or a malformed header, is declined and the connection goes on uncompressed:
+# never a 400 (refusing the handshake for an extension is how Node `ws` once locked Firefox out).
+
+PERMESSAGE_DEFLATE = "permessage-deflate"
+
+#: §7.2.1: the empty stored block that ends a flush: removed after compressing, appended
+#: before inflating.
+DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+DEFAULT_COMPRESSION_LEVEL = 1  # --compression-level: within a few % of level 6's ratio here
+DEFAULT_COMPRESSION_THRESHOLD = 128  # --compression-threshold: bytes; shorter goes uncompressed
+
+#: RFC 9110 §5.6.2 token characters, as str (for extension names and parameter values).
+_TOKEN = frozenset(chr(byte) for byte in _TOKEN_CHARS)
+
+
+def parse_extensions(value: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
+    """RFC 6455 §9.1: a Sec-WebSocket-Extensions value as [(name, [(param, value), ...]), ...],
+    in order; a parameter without "=" has the value None.  ValueError if malformed.
+
+    >>> parse_extensions('permessage-deflate; client_max_window_bits, x; a="1"')
+    [('permessage-deflate', [('client_max_window_bits', None)]), ('x', [('a', '1')])]
+    """
+    extensions: list[tuple[str, list[tuple[str, str | None]]]] = []
+    position, end = 0, len(value)
+
+    def skip_space() -> None:
+        nonlocal position
+        while position < end and value[position] in " \t":
+            position += 1
+
+    def token() -> str:
+        nonlocal position
+        start = position
+        while position < end and value[position] in _TOKEN:
+            position += 1
+        if start == position:
+            raise ValueError(f"a token was expected at {start} in {value!r}")
+        return value[start:position]
+
+    def quoted_token() -> str:
+        """§9.1: a quoted-string value must be a token once unquoted."""
+        nonlocal position
+        position += 1  # the opening quote
+        start = position
+        while position < end and value[position] != '"':
+            position += 1
+        if position == end:
+            raise ValueError(f"unterminated quoted string in {value!r}")
+        text = value[start:position].replace("\\", "")
+        position += 1
+        if not text or not set(text) <= _TOKEN:
+            raise ValueError(f"a quoted value must be a token: {text!r}")
+        return text
+
+    while True:
+        skip_space()
+        if position < end and value[position] == ",":  # empty list elements are allowed
+            position += 1
+            continue
+        if position == end:
+            return extensions
+        name, parameters = token().lower(), []
+        skip_space()
+        while position < end and value[position] == ";":
+            position += 1
+            skip_space()
+            parameter = token().lower()
+            skip_space()
+            argument = None
+            if position < end and value[position] == "=":
+                position += 1
+                skip_space()
+                argument = quoted_token() if position < end and value[position] == '"' else token()
+                skip_space()
+            parameters.append((parameter, argument))
+        extensions.append((name, parameters))
+        skip_space()
+        if position < end and value[position] != ",":
+            raise ValueError(f"',' or ';' was expected at {position} in {value!r}")
+
+
+def window_bits(value: str | None) -> int | None:
+    """§7.1.2: a window size parameter is a decimal 8-15, without leading zeros."""
+    if value is None or not (value.isascii() and value.isdigit()) or value.startswith("0"):
+        return None
+    bits = int(value)
+    return bits if 8 <= bits <= 15 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeflateParameters:
+    """permessage-deflate as agreed (§7.1): who keeps context, and each side's window."""
+
+    server_no_context_takeover: bool = False
+    client_no_context_takeover: bool = False
+    server_max_window_bits: int | None = None  # None: not in the answer (15, the default)
+    client_max_window_bits: int | None = None
+
+    def header(self) -> str:
+        """The answer, as a Sec-WebSocket-Extensions value (§7.1)."""
+        parts = [PERMESSAGE_DEFLATE]
+        if self.server_no_context_takeover:
+            parts.append("server_no_context_takeover")
+        if self.client_no_context_takeover:
+            parts.append("client_no_context_takeover")
+        if self.server_max_window_bits is not None:
+            parts.append(f"server_max_window_bits={self.server_max_window_bits}")
+        if self.client_max_window_bits is not None:
+            parts.append(f"client_max_window_bits={self.client_max_window_bits}")
+        return "; ".join(parts)
+
+
+def read_deflate_parameters(parameters: list[tuple[str, str | None]]) -> dict[str, str | None] | None:
+    """§7: each parameter known and at most once, with a valid value; None otherwise."""
+    seen: dict[str, str | None] = {}
+    for name, value in parameters:
+        if name in seen:  # §7: "MUST NOT include ... more than once"
+            return None
+        if name in ("server_no_context_takeover", "client_no_context_takeover"):
+            if value is not None:  # §7.1.1: these have no value
+                return None
+        elif name == "server_max_window_bits":
+            if window_bits(value) is None:  # §7.1.2.1: a value is required
+                return None
+        elif name == "client_max_window_bits":
+            if value is not None and window_bits(value) is None:  # §7.1.2.2: value optional in an offer
+                return None
+        else:  # §7: an unknown parameter declines the offer
+            return None
+        seen[name] = value
+    return seen
+
+
+def negotiate_deflate(header: str | None) -> DeflateParameters | None:
+    """§5, §7.1: the server's answer to the first offer it can honour, or None (declined:
+    the connection goes on uncompressed)."""
+    if not header:
+        return None
+    try:
+        offers = parse_extensions(header)
+    except ValueError:  # a malformed header declines every offer in it, no more
+        return None
+    for name, parameters in offers:
+        offer = read_deflate_parameters(parameters) if name == PERMESSAGE_DEFLATE else None
+        if offer is None:
+            continue
+        server_bits = window_bits(offer.get("server_max_window_bits"))
+        if server_bits == 8:  # zlib has no raw deflate with a 256-byte window: cannot honour it
+            continue
+        # §7.1.2.1: a server_max_window_bits offered must be answered, with the same value or
+        # less; §7.1.1.1 and §7.1.1.2: both no_context_takeover may be answered unasked.
+        return DeflateParameters(server_no_context_takeover=True, client_no_context_takeover=True,
+                                 server_max_window_bits=server_bits)
+    return None
+
+
+def client_deflate_offer() -> str:
+    """What our client offers, as Chromium does: permessage-deflate, and any client window."""
+    return f"{PERMESSAGE_DEFLATE}; client_max_window_bits"
+
+
+def check_deflate_answer(parameters: list[tuple[str, str | None]]) -> DeflateParameters:
+    """§7.1: a client's checks of the server's permessage-deflate answer to our offer; each
+    broken rule fails the connection (HandshakeFailed)."""
+    answer = read_deflate_parameters(parameters)
+    if answer is None:
+        raise HandshakeFailed("invalid permessage-deflate parameters in the answer", 101)
+    if "client_max_window_bits" in answer:
+        bits = window_bits(answer["client_max_window_bits"])
+        if bits is None:  # §7.1.2.2: in an answer it needs a value
+            raise HandshakeFailed("client_max_window_bits without a value in the answer", 101)
+        if bits == 8:  # zlib cannot compress with a 256-byte window: we cannot keep to it
+            raise HandshakeFailed("the server asks for an 8-bit window, which zlib cannot make", 101)
+    return DeflateParameters(
+        server_no_context_takeover="server_no_context_takeover" in answer,
+        client_no_context_takeover="client_no_context_takeover" in answer,
+        server_max_window_bits=window_bits(answer.get("server_max_window_bits")),
+        client_max_window_bits=window_bits(answer.get("client_max_window_bits")))
+
+
+class MessageDeflater:
+    """Compresses messages one by one, each on its own (§7.2.1 without context takeover).
+
+    A full flush ends every message: it empties the output like a sync flush (so the data
+    ends with 00 00 ff ff, which is removed) and also resets the compressor, so no message
+    refers back to an earlier one.  One deflater can then serve every connection that uses
+    the same window size, and a broadcast is compressed once."""
+
+    def __init__(self, window: int = 15, level: int = DEFAULT_COMPRESSION_LEVEL) -> None:
+        self.window = window
+        self._zlib = zlib.compressobj(level, zlib.DEFLATED, -window)
+
+    def compress(self, payload: bytes | bytearray) -> bytes:
+        data = self._zlib.compress(payload) + self._zlib.flush(zlib.Z_FULL_FLUSH)
+        return data[:-4]  # the flush always ends with DEFLATE_TAIL
+
+
+class MessageInflater:
+    """Inflates the messages of one peer, each bounded to `max_size` bytes of output.
+
+    §8.1 and RFC 6455 §10.4: a few kilobytes can inflate to gigabytes.  Each call asks zlib for
+    at most what is left of the budget, plus one byte: past the budget the message is refused
+    (1009) after at most `max_size` + 1 bytes were made, whatever came in.  Invalid DEFLATE data
+    fails the connection with 1007 (data not consistent with the message)."""
+
+    def __init__(self, max_size: int, keep_context: bool = False) -> None:
+        self.max_size = max_size
+        self.keep_context = keep_context  # the peer's messages may refer back to its earlier ones
+        self._zlib = zlib.decompressobj(-15)  # a 15-bit window reads data made with any smaller
+        self.size = 0  # bytes made for the message in progress
+
+    def inflate(self, data: bytes | bytearray) -> bytes:
+        try:
+            out = self._zlib.decompress(data, self.max_size - self.size + 1)
+        except zlib.error as error:
+            raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, f"invalid compressed data ({error})") from None
+        self.size += len(out)
+        if self.size > self.max_size:
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message over the limit of {self.max_size} bytes once inflated")
+        return out
+
+    def finish(self) -> bytes:
+        """The end of a message: the flush's tail goes back on (§7.2.2); then the next one."""
+        out = b"" if self._zlib.eof else self.inflate(DEFLATE_TAIL)
+        self.size = 0
+        if self._zlib.eof:  # the peer set BFINAL (§7.2.3.4): that stream is over
+            self._zlib = zlib.decompressobj(-15)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Compression:
+    """permessage-deflate on one connection, as its Protocol and Receiver use it: the
+    parameters agreed, the deflater for what this side sends (shared on the server), and the
+    threshold below which messages go uncompressed.  Shared by every connection that agreed
+    the same parameters: nothing in it changes."""
+
+    parameters: DeflateParameters
+    deflater: MessageDeflater
+    threshold: int = DEFAULT_COMPRESSION_THRESHOLD
+    peer_keeps_context: bool = False  # the peer's messages may refer back: one inflater per connection
+
+    def inflater(self, max_size: int) -> MessageInflater:
+        return MessageInflater(max_size, keep_context=self.peer_keeps_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Closing (§5.5.1, §7.4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1162,7 +1492,7 @@ def build_close_payload(code: int | None, reason: str = "") -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. The protocol: one connection's state machine, sans I/O (§4, §5.5, §7)
+# 9. The protocol: one connection's state machine, sans I/O (§4, §5.5, §7)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1187,6 +1517,14 @@ class OpeningHandshake:
     key: str
     subprotocols: tuple[str, ...] = ()
     extensions: tuple[str, ...] = ()
+
+
+def client_compression(parameters: DeflateParameters) -> Compression:
+    """A client's side of permessage-deflate as the server answered it (§7.1.1.2, §7.1.2.2): a
+    deflater of its own, with the window the server allows, and a persistent inflater unless
+    the server said server_no_context_takeover."""
+    return Compression(parameters, MessageDeflater(parameters.client_max_window_bits or 15),
+                       peer_keeps_context=not parameters.server_no_context_takeover)
 
 
 class Protocol:
@@ -1221,18 +1559,20 @@ class Protocol:
     before the Close is: nothing overtakes what came first.
     """
 
-    __slots__ = ("client", "state", "receiver", "subprotocol", "close_received", "close_sent",
-                 "failure", "handshake_failure", "close_transport", "half_close_transport",
-                 "close_expected", "pending_bytes", "_events", "_next", "_outgoing", "_opening",
-                 "_head")
+    __slots__ = ("client", "state", "receiver", "subprotocol", "compression", "close_received",
+                 "close_sent", "failure", "handshake_failure", "close_transport",
+                 "half_close_transport", "close_expected", "pending_bytes", "_events", "_next",
+                 "_outgoing", "_opening", "_head")
 
     def __init__(self, *, client: bool = False, max_size: int = DEFAULT_MAX_SIZE,
-                 opening: OpeningHandshake | None = None,
+                 opening: OpeningHandshake | None = None, compression: Compression | None = None,
                  on_frame: Callable[[FrameHeader, bytes], None] | None = None) -> None:
         self.client = client
         self.state = State.CONNECTING if opening is not None else State.OPEN
         # §5.1: a server expects every frame masked, a client expects none masked.
-        self.receiver = Receiver(mask_expected=not client, max_size=max_size, on_frame=on_frame)
+        self.receiver = Receiver(mask_expected=not client, max_size=max_size, on_frame=on_frame,
+                                 compression=compression)
+        self.compression = compression  # permessage-deflate, if negotiated (section 7)
         self.subprotocol: str | None = None
         self.close_received: Close | None = None  # the peer's Close frame, once it came
         self.close_sent: Close | None = None  # ours
@@ -1284,11 +1624,13 @@ class Protocol:
         self._head = b""
         try:
             opening = self._opening
-            self.subprotocol = check_response(parse_response(head), opening.key,
-                                              opening.subprotocols, opening.extensions)
+            agreed = check_response(parse_response(head), opening.key, opening.subprotocols, opening.extensions)
         except HandshakeFailed as failure:
             self._fail_handshake(failure)
             return
+        self.subprotocol = agreed.subprotocol
+        if agreed.deflate is not None:
+            self.compression = self.receiver.compression = client_compression(agreed.deflate)
         self.state = State.OPEN
         if rest:  # frames the server sent right after its answer
             self.receive_data(rest)
@@ -1350,7 +1692,11 @@ class Protocol:
         after this side's Close; §1.4: none after the peer's)."""
         if self.state is not State.OPEN:
             raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-        self._queue(self._frame(opcode, payload))
+        compression = self.compression
+        if compression is not None and len(payload) >= compression.threshold:  # RFC 7692 §6
+            self._queue(self._frame(opcode, compression.deflater.compress(payload), rsv1=True))
+        else:
+            self._queue(self._frame(opcode, payload))
 
     def send_frame(self, frame: Frame, cost: int) -> bool:
         """Queue a server frame encoded once for many connections (a broadcast); False, and
@@ -1411,10 +1757,10 @@ class Protocol:
         self._queue(self._frame(Opcode.CLOSE, build_close_payload(code, reason)))
         self.close_sent = Close(code, reason)
 
-    def _frame(self, opcode: int, payload: bytes) -> Frame:
+    def _frame(self, opcode: int, payload: bytes, rsv1: bool = False) -> Frame:
         if self.client:  # §5.3: a fresh, unpredictable masking key for every frame
-            return encode_frame(opcode, payload, masking_key=os.urandom(4))
-        return encode_server_frame(opcode, payload)
+            return encode_frame(opcode, payload, masking_key=os.urandom(4), rsv1=rsv1)
+        return encode_server_frame(opcode, payload, rsv1)
 
     def _queue(self, frame: Frame) -> None:
         if self._outgoing:
@@ -1461,7 +1807,7 @@ class Protocol:
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. The connection: the pump between an asyncio stream and a Protocol
+# 10. The connection: the pump between an asyncio stream and a Protocol
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1852,11 +2198,13 @@ class Connection:
         payload = frame[size:]
         if header.masking_key:
             payload = apply_mask(payload, header.masking_key)
+        if header.rsv & 4:  # compressed on its own (section 7): it inflates on its own too
+            payload = zlib.decompressobj(-15).decompress(payload + DEFLATE_TAIL)
         log.info("%s >>> %s", self.name, header.describe(payload))
 
 
 # ---------------------------------------------------------------------------------------------
-# 10. The application: the chat room, the server, the client
+# 11. The application: the chat room, the server, the client
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1867,16 +2215,42 @@ class ChatRoom:
     it received to `send()`, which `ws` 8 sends as binary: browsers then show "[object Blob]"
     for every chat line.)  The frame is encoded once and the same bytes are queued for every
     client; queuing never waits, so no client's socket holds up the next client.
+
+    With permessage-deflate (section 7), the clients that agreed the same parameters (in
+    practice every browser) share one `Compression`, and the room keeps them grouped by it: a
+    message is compressed once per group, not once per client.  A message below the threshold
+    is the same uncompressed frame for everyone.
     """
 
     def __init__(self) -> None:
         self.clients: set[Connection] = set()
+        self._groups: dict[Compression | None, set[Connection]] = {}
+
+    def join(self, client: Connection) -> None:
+        self.clients.add(client)
+        self._groups.setdefault(client.protocol.compression, set()).add(client)
+
+    def leave(self, client: Connection) -> None:
+        self.clients.discard(client)
+        group = self._groups.get(client.protocol.compression)
+        if group is not None:
+            group.discard(client)
+            if not group:
+                del self._groups[client.protocol.compression]
 
     def broadcast(self, message: Message) -> None:
-        frame = encode_server_frame(message.opcode, message.payload)
-        cost = frame_size(frame) + QUEUED_FRAME_CHARGE
-        for client in tuple(self.clients):
-            client.send_frame_bytes(frame, cost)
+        payload, plain = message.payload, None
+        for compression, group in tuple(self._groups.items()):
+            if compression is None or len(payload) < compression.threshold:
+                if plain is None:
+                    frame = encode_server_frame(message.opcode, payload)
+                    plain = frame, frame_size(frame) + QUEUED_FRAME_CHARGE
+                frame, cost = plain
+            else:  # RFC 7692 §6: compressed once, RSV1 on its (only) frame
+                frame = encode_server_frame(message.opcode, compression.deflater.compress(payload), rsv1=True)
+                cost = frame_size(frame) + QUEUED_FRAME_CHARGE
+            for client in tuple(group):
+                client.send_frame_bytes(frame, cost)
 
 
 @dataclasses.dataclass
@@ -1892,6 +2266,9 @@ class ServerConfig:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_header_lines: int = DEFAULT_MAX_HEADER_LINES
     trace: bool = False
+    compression: bool = True  # --compression deflate (the default) or off
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD
 
 
 class WebSocketServer:
@@ -1903,6 +2280,7 @@ class WebSocketServer:
         self._server: asyncio.base_events.Server | None = None
         self._handlers: set[asyncio.Task] = set()
         self._handshaking: set[asyncio.Task] = set()  # handlers still reading a request head
+        self._compressions: dict[DeflateParameters, Compression] = {}  # one per parameters agreed
 
     @property
     def port(self) -> int:
@@ -1970,7 +2348,7 @@ class WebSocketServer:
                 await self._answer_http(writer, static_response(config.static_dir, request, config.index))
                 return None
             handshake = check_request(request, allowed_origins=config.allowed_origins,
-                                      subprotocols=config.subprotocols)
+                                      subprotocols=config.subprotocols, compression=config.compression)
         except HTTPError as error:  # the one place a refusal becomes a response
             log.info("refused %s: %s %s", writer.get_extra_info("peername"), error.status, error.reason)
             await self._answer_http(writer, build_error_response(error.status, error.reason, error.headers))
@@ -1985,10 +2363,10 @@ class WebSocketServer:
     async def _chat(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     handshake: Handshake, rest: bytes) -> None:
         config = self.config
-        protocol = Protocol(max_size=config.limits.max_size)
+        protocol = Protocol(max_size=config.limits.max_size, compression=self._compression(handshake.deflate))
         protocol.subprotocol = handshake.subprotocol
         connection = Connection(reader, writer, protocol, limits=config.limits, trace=config.trace)
-        self.room.clients.add(connection)
+        self.room.join(connection)
         log.info("%s connected (%d open)", connection.name, len(self.room.clients))
         try:
             if rest:
@@ -1998,12 +2376,24 @@ class WebSocketServer:
         except ConnectionClosed:
             pass
         finally:
-            self.room.clients.discard(connection)
+            self.room.leave(connection)
             if connection.state is not State.CLOSED:
                 connection.abort()
             failed = f", after failing it with {protocol.failure}" if protocol.failure else ""
             log.info("%s disconnected: close code %s %s%s (%d open)", connection.name, connection.close_code,
                      connection.close_reason, failed, len(self.room.clients))
+
+    def _compression(self, parameters: DeflateParameters | None) -> Compression | None:
+        """The Compression shared by every connection that agreed these parameters: one
+        deflater for all of them, so that a broadcast is compressed once."""
+        if parameters is None:
+            return None
+        compression = self._compressions.get(parameters)
+        if compression is None:
+            deflater = MessageDeflater(parameters.server_max_window_bits or 15, self.config.compression_level)
+            compression = Compression(parameters, deflater, self.config.compression_threshold)
+            self._compressions[parameters] = compression
+        return compression
 
     @staticmethod
     async def _answer_http(writer: asyncio.StreamWriter, response: bytes) -> None:
@@ -2019,14 +2409,15 @@ class WebSocketServer:
 
 
 async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable[str] = (),
-                  limits: Limits | None = None, timeout: float = 10.0,
+                  limits: Limits | None = None, timeout: float = 10.0, compression: bool = True,
                   trace: bool = False) -> Connection:
     """Open a client connection to a ws:// URL: the server's mirror (§4.1).
 
     The client masks every frame (§5.3) and fails the connection unless the server's answer
     passes `check_response`: 101, the upgrade headers, `Sec-WebSocket-Accept` computed from
     the key it sent (proof that a WebSocket server read this very request), and nothing it did
-    not offer.  Raises `HandshakeFailed`, `OSError` or `asyncio.TimeoutError`.
+    not offer.  With `compression` it offers permessage-deflate as Chromium does (section 7).
+    Raises `HandshakeFailed`, `OSError` or `asyncio.TimeoutError`.
     """
     secure, host, port, resource = parse_ws_url(url)
     if secure:
@@ -2038,10 +2429,12 @@ async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=READ_SIZE), timeout)
     key = new_key()
     subprotocols = tuple(subprotocols)
+    extensions = client_deflate_offer() if compression else None
     protocol = Protocol(client=True, max_size=limits.max_size,
-                        opening=OpeningHandshake(key, subprotocols))
+                        opening=OpeningHandshake(key, subprotocols, (PERMESSAGE_DEFLATE,) if compression else ()))
     try:
-        writer.write(build_client_request(host, port, resource, key, origin=origin, subprotocols=subprotocols))
+        writer.write(build_client_request(host, port, resource, key, origin=origin, subprotocols=subprotocols,
+                                          extensions=extensions))
         while protocol.state is State.CONNECTING:
             data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, deadline - loop.time()))
             if data:
@@ -2057,7 +2450,7 @@ async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable
 
 
 # ---------------------------------------------------------------------------------------------
-# 11. The command line
+# 12. The command line
 # ---------------------------------------------------------------------------------------------
 
 
@@ -2180,6 +2573,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accept browser pages from this origin only (repeatable; default: any)")
     parser.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
                         help="a subprotocol to accept (repeatable)")
+    parser.add_argument("--compression", choices=("deflate", "off"), default="deflate",
+                        help="permessage-deflate (RFC 7692) when the client offers it (default: deflate)")
+    parser.add_argument("--compression-level", type=int, default=DEFAULT_COMPRESSION_LEVEL, metavar="N",
+                        help=f"zlib level, 1 (fast) to 9 (small) (default: {DEFAULT_COMPRESSION_LEVEL})")
+    parser.add_argument("--compression-threshold", type=int, default=DEFAULT_COMPRESSION_THRESHOLD, metavar="N",
+                        help="messages shorter than N bytes go uncompressed "
+                             f"(default: {DEFAULT_COMPRESSION_THRESHOLD})")
     parser.add_argument("--trace", action="store_true", help="log the handshake and every frame, dissected")
     parser.add_argument("--connect", metavar="URL", help="run the terminal client against URL instead")
     return parser
@@ -2197,6 +2597,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be above 0")
     if args.ping_interval < 0:
         parser.error("--ping-interval must be 0 (off) or more")
+    if not 1 <= args.compression_level <= 9 or args.compression_threshold < 0:
+        parser.error("--compression-level must be 1 to 9, --compression-threshold 0 or more")
     try:
         if args.connect:
             asyncio.run(run_client(args.connect, args.trace))
@@ -2207,7 +2609,10 @@ def main(argv: list[str] | None = None) -> int:
                               allowed_origins=args.allow_origin, subprotocols=args.subprotocol,
                               handshake_timeout=args.handshake_timeout,
                               max_header_bytes=args.max_header_bytes,
-                              max_header_lines=args.max_header_lines, trace=args.trace)
+                              max_header_lines=args.max_header_lines, trace=args.trace,
+                              compression=args.compression == "deflate",
+                              compression_level=args.compression_level,
+                              compression_threshold=args.compression_threshold)
         asyncio.run(run_server(config))
     except KeyboardInterrupt:  # Ctrl-C in the client, or a second one during the shutdown
         pass

@@ -8,10 +8,13 @@ Modes (each starts a fresh `ws_server.py` subprocess on 127.0.0.1):
               then strict ping-pong (one message, wait for its echo) -> round-trip time
   echo_large  1 MiB and 16 MiB binary messages, masked by the client -> MB/s of round trips
   fanout      K clients, one of them sends M messages carrying a timestamp; the server
-              broadcasts each to all K -> deliveries/s, latency p50/p99
+              broadcasts each to all K -> deliveries/s, latency p50/p99; with --deflate the
+              clients negotiate permessage-deflate and inflate (try --fanout-size 1024)
   idle        N connections that do nothing -> server RSS per connection
   slow_readers  8 clients that never read, 100 broadcasts of 1 MiB -> growth of the server's
               peak RSS (what --max-buffer bounds); not in the default run
+  bomb        16 MiB of zeros, compressed to 16 KiB, to the default --max-size -> the close
+              code and the growth of the server's peak RSS; not in the default run
 
 Why the generator is faster than the server: its frames are built and masked once, before the
 clock starts; echoes have a known size, so it counts bytes instead of parsing frames; fanout
@@ -204,14 +207,63 @@ class Receiver(Client):
             self.finished.append(time.perf_counter())
 
 
-async def fanout(server: Server, clients: int, messages: int) -> dict:
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"  # what Chromium offers
+
+
+class DeflateReceiver(Receiver):
+    """A fanout receiver that offers permessage-deflate as Chromium does and inflates every
+    message it gets (with the project's own client Protocol), so that compressed runs cost
+    the generator what they would cost a browser."""
+
+    def __init__(self, expected: int, finished: list) -> None:
+        super().__init__(expected, finished)
+        self.count = 0
+        self.key = ws_server.new_key()
+        self.protocol = ws_server.Protocol(client=True, opening=ws_server.OpeningHandshake(
+            self.key, (), (ws_server.PERMESSAGE_DEFLATE,)))
+
+    def request(self) -> bytes:
+        return ws_server.build_client_request("127.0.0.1", 80, "/", self.key, extensions=DEFLATE_OFFER)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open.done():  # the protocol reads the answer to the handshake itself
+            self.protocol.receive_data(data)
+            if self.protocol.state is ws_server.State.OPEN:
+                self.open.set_result(True)
+            return
+        self.on_body(data)
+
+    def on_body(self, data: bytes) -> None:
+        now = time.time_ns() // 1000
+        self.protocol.receive_data(data)
+        first = True
+        while (event := self.protocol.next_event()) is not None:
+            self.count += 1
+            if first:
+                self.samples.append(((now - int(event.payload[16:32])) / 1e6, 1))
+                first = False
+        if self.count == self.expected:
+            self.finished.append(time.perf_counter())
+
+
+def feed_message(seq: int, size: int) -> bytes:
+    """A JSON feed item of about `size` bytes: sequence number and send time first (µs)."""
+    head = b"%016d%016d" % (seq, time.time_ns() // 1000)
+    body = b'{"symbol": "EURUSD", "bid": 1.08731, "ask": 1.08736, "venue": "demo", "depth": [1.0873, 1.0874]}'
+    return head + (body * (size // len(body) + 1))[:max(0, size - len(head))]
+
+
+async def fanout(server: Server, clients: int, messages: int, size: int = PAYLOAD, deflate: bool = False) -> dict:
     finished: list[float] = []
-    receivers = await connect_many(server.port, clients, lambda: Receiver(messages, finished))
+    factory = DeflateReceiver if deflate else Receiver
+    if size != PAYLOAD and not deflate:
+        raise ValueError("the plain receiver counts frames of PAYLOAD bytes; other sizes need --deflate")
+    receivers = await connect_many(server.port, clients, lambda: factory(messages, finished))
     await asyncio.sleep(0.5)
     sender = receivers[0].transport
     cpu_server, cpu_client, started = server.cpu_seconds(), time.process_time(), time.perf_counter()
     for seq in range(messages):
-        payload = b"%016d%016d" % (seq, time.time_ns() // 1000)
+        payload = b"%016d%016d" % (seq, time.time_ns() // 1000) if size == PAYLOAD else feed_message(seq, size)
         sender.write(client_frame(Opcode.TEXT, payload))
         await asyncio.sleep(0)  # one message per turn of the loop: receivers read in between
     deadline = time.perf_counter() + 120
@@ -221,7 +273,8 @@ async def fanout(server: Server, clients: int, messages: int) -> dict:
     samples = [s for r in receivers for s in r.samples]
     for receiver in receivers:
         receiver.transport.close()
-    return {"mode": f"fanout, {clients} clients x {messages} messages (p50 {weighted(samples, 0.5) * 1e3:.1f} ms, "
+    kind = f"{size} B JSON, permessage-deflate" if deflate else f"{size} B"
+    return {"mode": f"fanout, {clients} clients x {messages} messages of {kind} (p50 {weighted(samples, 0.5) * 1e3:.1f} ms, "
                     f"p99 {weighted(samples, 0.99) * 1e3:.1f} ms)",
             "result": clients * messages / elapsed, "unit": "deliveries/s",
             "server CPU s": server.cpu_seconds() - cpu_server, "generator CPU s": time.process_time() - cpu_client}
@@ -241,17 +294,26 @@ def weighted(samples: list[tuple[float, int]], fraction: float) -> float:
 
 # -- idle ----------------------------------------------------------------------------------------------
 
-async def idle(server: Server, clients: int) -> dict:
-    warm = await connect_many(server.port, 1)
+class DeflateClient(DeflateReceiver):
+    """An idle connection that negotiated permessage-deflate as Chromium does."""
+
+    def __init__(self) -> None:
+        super().__init__(0, [])
+
+
+async def idle(server: Server, clients: int, deflate: bool = False) -> dict:
+    factory = DeflateClient if deflate else Client
+    warm = await connect_many(server.port, 1, factory)
     warm[0].transport.close()
     await asyncio.sleep(0.5)
     before = server.status("VmRSS")
-    held = await connect_many(server.port, clients)
+    held = await connect_many(server.port, clients, factory)
     await asyncio.sleep(1.0)
     loaded = server.status("VmRSS")
     for client in held:
         client.transport.close()
-    return {"mode": f"idle, {clients} connections", "result": (loaded - before) / clients,
+    return {"mode": f"idle, {clients} connections{', permessage-deflate' if deflate else ''}",
+            "result": (loaded - before) / clients,
             "unit": "KiB RSS per connection", "server CPU s": float("nan"), "generator CPU s": float("nan")}
 
 
@@ -280,6 +342,36 @@ def slow_readers(server: Server, slow: int, count: int, size: int = 1 << 20) -> 
             "server CPU s": server.cpu_seconds() - cpu_server, "generator CPU s": float("nan")}
 
 
+# -- bomb ------------------------------------------------------------------------------------------
+
+def bomb(server: Server, size: int = 16 << 20) -> dict:
+    """A decompression bomb: `size` bytes of zeros, compressed (about 16 KiB for 16 MiB), sent
+    to a server with its default --max-size.  It must close with 1009 having inflated at most
+    --max-size: the growth of its peak RSS says how much it held."""
+    key = ws_server.new_key()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(ws_server.build_client_request("127.0.0.1", 80, "/", key, extensions=DEFLATE_OFFER))
+    protocol = ws_server.Protocol(client=True, opening=ws_server.OpeningHandshake(key, (), (ws_server.PERMESSAGE_DEFLATE,)))
+    while protocol.state is ws_server.State.CONNECTING:
+        protocol.receive_data(sock.recv(65536))
+    payload = ws_server.MessageDeflater(level=9).compress(bytes(size))
+    base = server.status("VmHWM")
+    sock.sendall(encode_frame(Opcode.BINARY, payload, masking_key=os.urandom(4), rsv1=True))
+    while protocol.state is not ws_server.State.CLOSED:
+        data = sock.recv(65536)
+        if not data:
+            protocol.receive_eof()
+            break
+        protocol.receive_data(data)
+        while protocol.next_event() is not None:
+            pass
+    peak = server.status("VmHWM")
+    sock.close()
+    return {"mode": f"bomb: {size >> 20} MiB of zeros in {len(payload) >> 10} KiB, closed with {protocol.close_code}",
+            "result": (peak - base) / 1024, "unit": "MiB of peak RSS growth",
+            "server CPU s": float("nan"), "generator CPU s": float("nan")}
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 def with_server(rows: list, measure, *server_args: str) -> None:
@@ -294,13 +386,17 @@ def with_server(rows: list, measure, *server_args: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", default="echo_small,echo_large,fanout,idle",
-                        help="comma list of echo_small, echo_large, fanout, idle, slow_readers")
+                        help="comma list of echo_small, echo_large, fanout, idle, slow_readers, bomb")
     parser.add_argument("--messages", type=int, default=200_000, help="echo_small messages")
     parser.add_argument("--pings", type=int, default=5000, help="ping-pong round trips")
     parser.add_argument("--large-count", type=lambda s: [int(x) for x in s.split(",")], default=[150, 10],
                         help="round trips of 1 MiB and of 16 MiB (default 150,10)")
     parser.add_argument("--fanout-clients", type=lambda s: [int(x) for x in s.split(",")], default=[100, 1000])
     parser.add_argument("--fanout-messages", type=int, default=100)
+    parser.add_argument("--fanout-size", type=int, default=PAYLOAD,
+                        help=f"fanout message size in bytes (default {PAYLOAD}; other sizes need --deflate)")
+    parser.add_argument("--deflate", action="store_true",
+                        help="fanout and idle clients offer permessage-deflate as Chromium does and inflate")
     parser.add_argument("--slow-clients", type=int, default=8, help="slow_readers: clients that never read")
     parser.add_argument("--slow-messages", type=int, default=100, help="slow_readers: 1 MiB broadcasts")
     parser.add_argument("--idle-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000])
@@ -319,14 +415,16 @@ def run(args) -> list[dict]:
             with_server(rows, lambda s: asyncio.to_thread(echo_large, s, size, count), "--max-size", str(32 << 20))
     if "fanout" in modes:
         for clients in args.fanout_clients:
-            with_server(rows, lambda s: fanout(s, clients, args.fanout_messages))
+            with_server(rows, lambda s: fanout(s, clients, args.fanout_messages, args.fanout_size, args.deflate))
+    if "bomb" in modes:
+        with_server(rows, lambda s: asyncio.to_thread(bomb, s))
     if "slow_readers" in modes:
         with_server(rows, lambda s: asyncio.to_thread(slow_readers, s, args.slow_clients, args.slow_messages),
                     "--max-size", str(2 << 20))
     if "idle" in modes:
         raise_fd_limit(max(args.idle_clients) * 2 + 1000)
         for clients in args.idle_clients:
-            with_server(rows, lambda s: idle(s, clients))
+            with_server(rows, lambda s: idle(s, clients, args.deflate))
     return rows
 
 

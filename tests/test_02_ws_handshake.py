@@ -204,7 +204,7 @@ class Test06TheClientChecksTheAnswer(unittest.TestCase):
 
     def test_01_the_rfc_answer_is_accepted_with_its_subprotocol(self):
         """§4.1: the answer of §1.3, to the request of §1.2."""
-        self.assertEqual(check_response(parse_response(RFC_RESPONSE), RFC_KEY, ["chat", "superchat"]), "chat")
+        self.assertEqual(check_response(parse_response(RFC_RESPONSE), RFC_KEY, ["chat", "superchat"]).subprotocol, "chat")
 
     def test_02_any_status_but_101_fails(self):
         """§4.1 item 1: "If the status code received from the server is not 101 ..." (and says which)."""

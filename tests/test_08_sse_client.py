@@ -1,4 +1,4 @@
-"""Chapter 7: the event stream from the browser's side: the processing model of an EventSource
+"""Chapter 8: the event stream from the browser's side: the processing model of an EventSource
 (WHATWG HTML §9.2.2-§9.2.6), first as a parser fed literal bytes, then as a client that
 reconnects, follows redirects and sends Last-Event-ID the way a browser does.
 """

@@ -1,6 +1,6 @@
-"""Chapter 9: the two pages as HTML: what the HTML standard and accessibility ask of them.
+"""Chapter 10: the two pages as HTML: what the HTML standard and accessibility ask of them.
 
-Parsed with `html.parser`, no browser needed; chapter 10 runs them in one.
+Parsed with `html.parser`, no browser needed; chapter 11 runs them in one.
 """
 
 import html.parser

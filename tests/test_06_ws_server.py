@@ -1,4 +1,4 @@
-"""Chapter 5: the WebSocket chat server over loopback: real sockets, bounded waits.
+"""Chapter 6: the WebSocket chat server over loopback: real sockets, bounded waits.
 
 The server's rules as a client sees them: the handshake on the wire, the pages, the chat, each
 bad frame and its close code, the byte budget of a client that does not read, keepalive,
@@ -212,7 +212,60 @@ class Test03TheChat(ServerTestCase, unittest.IsolatedAsyncioTestCase):
             self.assertIn("mqtt", caught.exception.reason)
 
 
-class Test04BadInputAndOthersKeepGoing(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+class Test04Compression(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+    """RFC 7692 on the wire: negotiated, compressed once per message, bombs refused."""
+
+    limits = Limits(ping_interval=0, close_timeout=1)
+
+    async def negotiated(self, offer: str = "permessage-deflate; client_max_window_bits") -> tuple[RawClient, dict]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(handshake_request(Sec_WebSocket_Extensions=offer))
+        status, headers, _ = await read_response(reader)
+        self.assertEqual(status, 101)
+        raw = RawClient(reader, writer)
+        raw.receiver.compression = ws_server.Compression(ws_server.DeflateParameters(True, True), ws_server.MessageDeflater())
+        self.clients.append(raw)
+        return raw, headers
+
+    async def test_01_chromiums_offer_is_answered_and_long_messages_come_back_compressed(self):
+        """RFC 7692 §6 A message at the threshold or longer is compressed (RSV1), a shorter one not."""
+        raw, headers = await self.negotiated()
+        self.assertEqual(headers["sec-websocket-extensions"],
+                         "permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+        long_line = b"compress me " * 20
+        raw.send(Opcode.TEXT, ws_server.MessageDeflater().compress(long_line), rsv=4)
+        raw.send(Opcode.TEXT, b"short")
+        self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, long_line))
+        self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, b"short"))
+
+    async def test_02_our_client_chats_with_compression_text_and_binary(self):
+        """RFC 7692 §5 Our client offers the extension and every message arrives as sent."""
+        client = await self.client()
+        self.assertIsNotNone(client.protocol.compression)
+        for message in ("é" * 500, bytes(range(256)) * 8, "short"):
+            await client.send(message)
+            self.assertEqual(await asyncio.wait_for(client.recv(), TIMEOUT), message)
+
+    async def test_03_a_bomb_is_refused_with_1009_and_others_go_on(self):
+        """RFC 7692 §8.1 16 MiB of zeros in 16 KiB: 1009 after at most --max-size inflated."""
+        bystander = await self.client()
+        raw, _ = await self.negotiated()
+        await self.wait_for_clients(2)
+        raw.send(Opcode.BINARY, ws_server.MessageDeflater(level=9).compress(bytes(16 << 20)), rsv=4)
+        self.assertEqual(await raw.expect_close(), 1009)
+        await bystander.send("still here")
+        self.assertEqual(await asyncio.wait_for(bystander.recv(), TIMEOUT), "still here")
+
+    async def test_04_an_offer_the_server_cannot_honour_leaves_the_connection_uncompressed(self):
+        """RFC 7692 §7.1.2.1 An 8-bit server window cannot be made: declined, and the chat goes on plain."""
+        raw, headers = await self.negotiated("permessage-deflate; server_max_window_bits=8")
+        self.assertNotIn("sec-websocket-extensions", headers)
+        raw.send(Opcode.TEXT, b"x" * 300)
+        message = await raw.next_event()
+        self.assertEqual(message, Message(Opcode.TEXT, b"x" * 300))
+
+
+class Test05BadInputAndOthersKeepGoing(ServerTestCase, unittest.IsolatedAsyncioTestCase):
     """Each bad frame gets its close code; meanwhile the other clients keep chatting."""
 
     limits = Limits(max_size=1000, ping_interval=0, close_timeout=1)
@@ -272,7 +325,7 @@ class Test04BadInputAndOthersKeepGoing(ServerTestCase, unittest.IsolatedAsyncioT
         await self.check(lambda raw: raw.send_raw(b"GET / HTTP/1.1\r\n\r\n"), 1002)
 
 
-class Test05WhatAClientMayHold(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+class Test06WhatAClientMayHold(ServerTestCase, unittest.IsolatedAsyncioTestCase):
     """--max-buffer: what waits for one client, queued frames and socket buffer, is bounded in
     bytes; past it the client is dropped with 1008, and a reading client never notices."""
 
@@ -321,7 +374,7 @@ class Test05WhatAClientMayHold(ServerTestCase, unittest.IsolatedAsyncioTestCase)
         self.assertLessEqual(most, self.limits.max_buffer + 102 + ws_server.QUEUED_FRAME_CHARGE)
 
 
-class Test06Keepalive(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+class Test07Keepalive(ServerTestCase, unittest.IsolatedAsyncioTestCase):
 
     limits = Limits(ping_interval=0.1, ping_timeout=0.3, close_timeout=0.5)
 
@@ -358,7 +411,7 @@ class Test06Keepalive(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         self.assertEqual(client.state, ws_server.State.OPEN)
 
 
-class Test07ShutdownAndTrace(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+class Test08ShutdownAndTrace(ServerTestCase, unittest.IsolatedAsyncioTestCase):
 
     async def test_01_shutdown_closes_every_client_with_1001(self):
         """§7.4.1 1001 going away: a server shutting down says so to every client."""
@@ -385,7 +438,7 @@ class Test07ShutdownAndTrace(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         self.assertIn(">>> FIN=1 RSV=000 opcode=0x1 TEXT MASK=0 len=6 key=- payload=b'traced'", lines)
 
 
-class Test08HostileBatch(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+class Test09HostileBatch(ServerTestCase, unittest.IsolatedAsyncioTestCase):
 
     server_options = {"handshake_timeout": 0.3}
 
@@ -417,7 +470,7 @@ class Test08HostileBatch(ServerTestCase, unittest.IsolatedAsyncioTestCase):
             await async_wait_until(lambda: open_fds() == fds, message="file descriptors back to the baseline")
 
 
-class Test09TheCommandLine(unittest.TestCase):
+class Test10TheCommandLine(unittest.TestCase):
 
     def ctrl_c_closes_with_1001(self, prelude: str = "") -> None:
         process, port = start_process("ws_server.py", prelude=prelude)

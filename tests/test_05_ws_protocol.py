@@ -1,4 +1,4 @@
-"""Chapter 4: one connection's state machine (RFC 6455 §4.1, §5.5, §7), with literal bytes.
+"""Chapter 5: one connection's state machine (RFC 6455 §4.1, §5.5, §7), with literal bytes.
 
 `Protocol` is fed what the peer sent and asked what to send back; no socket and no clock.
 The closing handshake from each side, ping and pong in every state, failing the connection,

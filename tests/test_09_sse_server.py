@@ -1,4 +1,4 @@
-"""Chapter 8: the SSE server over loopback: real sockets, one thread per client, bounded waits.
+"""Chapter 9: the SSE server over loopback: real sockets, one thread per client, bounded waits.
 
 The stream, the clock, publishing (chunked bodies, Expect: 100-continue), Last-Event-ID replay
 (across a restart with --store), heartbeats, vanished and slow clients, the limits, CORS, the
@@ -232,7 +232,7 @@ class Test05AStoreThatFails(SSEServerTestCase):
     """A publish is acknowledged (204) if and only if its event is stored."""
 
     def setUp(self):
-        from tests.test_06_sse_format import FailingStore  # a history whose store refuses everything
+        from tests.test_07_sse_format import FailingStore  # a history whose store refuses everything
         self.server = sse_server.SSEServer(sse_server.ServerConfig(port=0, clock=0, heartbeat=0),
                                            history=FailingStore(10, first_id=1))
         self.server.start()

@@ -1,4 +1,4 @@
-"""Chapter 6: the event stream from the server's side: the text/event-stream format (WHATWG
+"""Chapter 7: the event stream from the server's side: the text/event-stream format (WHATWG
 HTML §9.2.5), the chunked coding both ways (RFC 9112 §7.1), the decisions about a request, and
 the history that makes Last-Event-ID work (§9.2.4), in memory and in SQLite.
 

@@ -1,4 +1,4 @@
-"""Chapter 10: the pages in a real browser: headless Chromium against our two servers.
+"""Chapter 11: the pages in a real browser: headless Chromium against our two servers.
 
 Skipped, with how to install it, when no Chromium is found; CI installs Debian's `chromium`.
 """
@@ -101,6 +101,16 @@ class Test01ChatPage(BrowserTestCase):
         text = await tab.wait_for("document.getElementById('chatBox').textContent.trim()")
         self.assertEqual(text, "[binary, 4 bytes: 00 01 fe ff]")
         await client.close()
+
+    async def test_06_chromium_negotiates_compression_and_chats_through_it(self):
+        """RFC 7692 §5 Chromium offers permessage-deflate; the page shows what was agreed and long lines come back whole."""
+        tab = await self.open_chat()
+        state = await tab.evaluate("document.getElementById('state').textContent")
+        self.assertIn("permessage-deflate; server_no_context_takeover; client_no_context_takeover", state)
+        line = "a long line, long enough to be compressed: " + "blah " * 60
+        await tab.evaluate(f"document.getElementById('messageInput').value = {json.dumps(line)};"
+                           "document.getElementById('sendButton').click()")
+        await tab.wait_for(f"document.getElementById('chatBox').textContent.includes({json.dumps(line)})")
 
     async def test_05_the_state_line_is_a_status_and_the_chat_a_log(self):
         """ARIA 1.2 role=status and role=log: what a screen reader announces, in the live page."""
