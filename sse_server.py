@@ -42,6 +42,7 @@ import selectors
 import signal
 import socket
 import sqlite3
+import ssl
 import sys
 import threading
 import time
@@ -593,7 +594,7 @@ class Subscriber:
                 return
             try:
                 sent = self.sock.send(data)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError):  # the socket (or TLS) buffer is full
                 sent = 0
             except OSError as error:  # EPIPE, ECONNRESET: the client has gone
                 self._drop(f"gone ({error.strerror or error})")
@@ -666,15 +667,20 @@ def write_all(sock: socket.socket, data: bytes, timeout: float) -> None:
     selector = None
     try:
         while view:
+            wait_for = selectors.EVENT_WRITE
             try:
                 sent = sock.send(view)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError):
                 sent = 0
+            except ssl.SSLWantReadError:  # TLS must read something first (a renegotiation)
+                sent, wait_for = 0, selectors.EVENT_READ
             view = view[sent:]
             if view:
                 if selector is None:
                     selector = selectors.DefaultSelector()
-                    selector.register(sock, selectors.EVENT_WRITE)
+                    selector.register(sock, wait_for)
+                else:
+                    selector.modify(sock, wait_for)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not selector.select(remaining):
                     raise TimeoutError(f"no progress writing for {timeout:g} s")
@@ -774,9 +780,10 @@ class DepartureWatcher:
 
 
 def departure_reason(sock: socket.socket) -> str:
-    """Why a subscriber's socket became readable: a look at its next byte, left in place."""
+    """Why a subscriber's socket became readable: a look at its next byte, left in place (the
+    plain socket's recv: TLS cannot peek)."""
     try:
-        data = sock.recv(1, socket.MSG_PEEK)
+        data = socket.socket.recv(sock, 1, socket.MSG_PEEK)
     except BlockingIOError:
         return "left"
     except OSError as error:
@@ -954,6 +961,25 @@ class SSERequestHandler(BaseHTTPRequestHandler):
         self.unread = b""  # what the client sent after the last request: the next one begins it
         self.request_head: ws_server.Request | None = None
         self.body_left = 0  # the request's body not read yet: 0, a length, or None (chunked)
+
+    def handle(self) -> None:
+        """With TLS, the handshake first, in this thread, within --request-timeout: a client
+        that opens TCP and never speaks TLS is dropped in time.  A failed handshake (plain HTTP
+        on the TLS port, garbage, a client that refuses the certificate) is one log line."""
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.settimeout(self.server.config.request_timeout)
+                self.connection.do_handshake()
+            except (OSError, ValueError) as error:
+                log.info("TLS handshake with %s failed: %s", self.client_address[0], ws_server.tls_failure(error))
+                return
+        super().handle()
+
+    def address_string(self) -> str:
+        """The client's address for the logs: the proxy's X-Forwarded-For if the proxy is trusted
+        (--trusted-proxy), else the TCP peer's (see ws_server.client_address)."""
+        forwarded_for = self.request_head.header("x-forwarded-for") if self.request_head else None
+        return ws_server.client_address(self.client_address[0], forwarded_for, self.server.config.trusted_proxies)
 
     def handle_one_request(self) -> None:
         """Read one request within --request-timeout, parse it, dispatch to `do_<METHOD>`."""
@@ -1201,6 +1227,8 @@ class ServerConfig:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_header_lines: int = DEFAULT_MAX_HEADER_LINES
+    tls: ssl.SSLContext | None = None  # --certfile/--keyfile: https://
+    trusted_proxies: tuple[str, ...] = ()  # --trusted-proxy
 
 
 def clock_message() -> str:
@@ -1236,6 +1264,17 @@ class SSEServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return self.server_address[1]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.config.tls else "http"
+
+    def get_request(self) -> tuple[socket.socket, tuple]:
+        """Accept a connection; with TLS, wrap it (its handshake happens in its own thread)."""
+        sock, address = super().get_request()
+        if self.config.tls is not None:
+            sock = self.config.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def handle_error(self, request, client_address) -> None:
         """A client that resets or times out is routine: a log line, not a traceback."""
@@ -1303,17 +1342,21 @@ REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 20
 
 
-def open_stream(url: str, last_event_id: str = "", timeout: float | None = None
+def open_stream(url: str, last_event_id: str = "", timeout: float | None = None, cafile: str | None = None
                 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     """GET the stream the way EventSource does (§9.2.2, §9.2.4): redirects followed (EventSource
     fetches with redirect mode "follow"), Last-Event-ID sent UTF-8 encoded; StreamFailed unless
-    200 with the event-stream type.  The caller closes the connection."""
+    200 with the event-stream type.  https:// verifies the server's certificate and name
+    (`cafile` for a private CA).  The caller closes the connection."""
     for _ in range(MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise StreamFailed(f"not an http(s) URL: {url}")
-        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        connection = connection_class(parts.hostname, parts.port, timeout=timeout)
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                                                     context=ws_server.client_tls_context(cafile))
+        else:
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         headers: dict[str, str | bytes] = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id.encode("utf-8")  # http.client would send latin-1
@@ -1346,14 +1389,14 @@ def read_events(response: http.client.HTTPResponse, parser: EventStreamParser) -
         yield from parser.feed(data)
 
 
-def follow(url: str, timeout: float | None = 60.0) -> Iterator[ServerSentEvent]:
+def follow(url: str, timeout: float | None = 60.0, cafile: str | None = None) -> Iterator[ServerSentEvent]:
     """Events from `url` forever, reconnecting like a browser (§9.2.3): after the stream ends
     or breaks, wait the reconnection time, then ask again with Last-Event-ID.  A refusal (not
     200 with the right type) raises StreamFailed: a browser gives up then too."""
     parser = EventStreamParser()
     while True:
         try:
-            connection, response = open_stream(url, parser.last_event_id, timeout)
+            connection, response = open_stream(url, parser.last_event_id, timeout, cafile)
             try:
                 log.info("connected to %s", url)
                 yield from read_events(response, parser)
@@ -1368,8 +1411,8 @@ def follow(url: str, timeout: float | None = 60.0) -> Iterator[ServerSentEvent]:
         parser = EventStreamParser(parser.last_event_id, parser.retry)
 
 
-def run_client(url: str) -> None:
-    for event in follow(url):
+def run_client(url: str, cafile: str | None = None) -> None:
+    for event in follow(url, cafile=cafile):
         print(f"[{event.type}] id={event.last_event_id!r} {event.data}", flush=True)
 
 
@@ -1413,8 +1456,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"largest request head (default: {DEFAULT_MAX_HEADER_BYTES})")
     parser.add_argument("--max-header-lines", type=int, default=DEFAULT_MAX_HEADER_LINES, metavar="N",
                         help=f"most header lines in a request (default: {DEFAULT_MAX_HEADER_LINES})")
+    parser.add_argument("--certfile", metavar="FILE",
+                        help="serve https://: the certificate chain, PEM (the key may be in it)")
+    parser.add_argument("--keyfile", metavar="FILE", help="the private key of --certfile, if not in it")
+    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                        help="believe X-Forwarded-For from this proxy's address, for the logs (repeatable)")
     parser.add_argument("--trace", action="store_true", help="log every request and every event")
     parser.add_argument("--connect", metavar="URL", help="print the events of URL instead (reconnects)")
+    parser.add_argument("--cafile", metavar="FILE",
+                        help="with --connect https://...: trust the CA certificates in FILE (default: the system's)")
     return parser
 
 
@@ -1431,26 +1481,31 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.history < 0 or args.retry < 0 or args.write_timeout <= 0 or args.request_timeout <= 0:
         parser.error("--history and --retry must be at least 0, --write-timeout and --request-timeout above 0")
-    signal.signal(signal.SIGTERM, _interrupt)  # Ctrl-C raises KeyboardInterrupt by itself
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell may start us with it ignored
+        signal.signal(signum, _interrupt)
     try:
         if args.connect:
-            run_client(args.connect)
+            run_client(args.connect, args.cafile)
             return 0
+        tls = ws_server.server_tls_context(args.certfile, args.keyfile) if args.certfile else None
         config = ServerConfig(args.host, args.port, args.static, args.retry, args.heartbeat, args.history,
                               args.store, tuple(args.allow_origin or ("*",)), args.max_clients,
                               args.max_body, args.max_queue, args.write_timeout, args.clock, args.trace,
-                              args.request_timeout, args.max_header_bytes, args.max_header_lines)
+                              args.request_timeout, args.max_header_bytes, args.max_header_lines,
+                              tls, tuple(args.trusted_proxy))
         server = SSEServer(config)
     except KeyboardInterrupt:
         return 0
-    except StoreError as error:  # a configuration the server cannot start with
+    except (StoreError, ValueError) as error:  # a configuration the server cannot start with
         log.error("%s", error)
         return 2
     except (OSError, StreamFailed) as error:
         log.error("%s", error)
         return 1
     host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host
-    log.info("Serving the clock on http://%s:%d/ (stream at /sse, POST /publish)", host, server.port)
+    log.info("Serving the clock on %s://%s:%d/ (stream at /sse, POST /publish)", server.scheme, host, server.port)
     try:
         server.start_timers()
         server.serve_forever()

@@ -24,8 +24,9 @@ the RFCs:
    bytes out, and the decisions "close TCP now" and "expect the peer to close" as values.
 10. `Connection`: the pump between an asyncio stream and a `Protocol`: reads, writes with a
     budget in bytes, the timers (keepalive, closing).  I/O and time only.
-11. The application: `ChatRoom` and `WebSocketServer`; `connect()`, the client.
-12. The command line.
+11. TLS: the contexts of https:// and wss://, and the one address a trusted proxy may give.
+12. The application: `ChatRoom` and `WebSocketServer`; `connect()`, the client.
+13. The command line.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import os
 import re
 import secrets
 import signal
+import ssl
 import struct
 import sys
 import threading
@@ -1881,7 +1883,7 @@ class Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  protocol: Protocol | None = None, *, limits: Limits | None = None,
-                 trace: bool = False) -> None:
+                 trace: bool = False, name: str | None = None) -> None:
         self.reader, self.writer, self.transport = reader, writer, writer.transport
         self.limits = limits or Limits()
         self.protocol = protocol or Protocol(max_size=self.limits.max_size)
@@ -1889,7 +1891,7 @@ class Connection:
         if trace:
             self.protocol.receiver.on_frame = self._trace_in
         peer = writer.get_extra_info("peername")
-        self.name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.name = name or (f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer))
         self._loop = asyncio.get_running_loop()
         self._high_water = self.transport.get_write_buffer_limits()[1]
         self._flush_handle: asyncio.Handle | None = None
@@ -2204,7 +2206,91 @@ class Connection:
 
 
 # ---------------------------------------------------------------------------------------------
-# 11. The application: the chat room, the server, the client
+# 11. TLS (https://, wss://) and what a proxy in front may tell
+# ---------------------------------------------------------------------------------------------
+#
+# A page served over https may open only wss:// WebSockets and https event streams, so real
+# sites need TLS.  Both servers take it from the standard `ssl` module with its defaults
+# (`create_default_context`: modern ciphers, no compression, certificates verified by clients),
+# TLS 1.2 at least (RFC 8996 retired 1.0 and 1.1), and ALPN "http/1.1" (RFC 7301): these
+# servers speak HTTP/1.1, and say so.  The TLS handshake has the same deadline as the request
+# head that follows it, so a client that opens TCP and never speaks TLS is dropped in time.
+
+
+class LoggedSSLObject(ssl.SSLObject):
+    """An SSLObject that says, in one log line, why a TLS handshake failed.
+
+    asyncio drops a failed handshake (plain HTTP on the TLS port, garbage, a client that
+    refuses our certificate) without a word unless in debug mode.  `SSLContext.sslobject_class`
+    is the documented way to hook in."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except ssl.SSLError as error:
+            if not isinstance(error, (ssl.SSLWantReadError, ssl.SSLWantWriteError)):
+                log.info("TLS handshake failed: %s", tls_failure(error))
+            raise
+
+
+def tls_failure(error: Exception) -> str:
+    """A TLS error in a few words, with the likely cause when it is the usual one."""
+    reason = getattr(error, "reason", None) or str(error)
+    if reason in ("HTTP_REQUEST", "WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"):
+        return f"{reason} (plain HTTP, or no TLS at all, on a TLS port)"
+    return reason
+
+
+def server_tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """The TLS side of a server: the certificate chain in `certfile` (PEM; the key may be in
+    it too) and the private key in `keyfile`.  ValueError, naming the file, if they cannot be
+    loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    context.sslobject_class = LoggedSSLObject
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as error:
+        files = certfile if keyfile is None else f"{certfile} and {keyfile}"
+        raise ValueError(f"cannot load the certificate and key from {files}: "
+                         f"{getattr(error, 'strerror', None) or getattr(error, 'reason', None) or error}") from None
+    return context
+
+
+def client_tls_context(cafile: str | None = None) -> ssl.SSLContext:
+    """The TLS side of a client: the server's certificate and host name are verified, against
+    the system's trusted certificates or, with `cafile`, a private CA's.  There is no switch
+    to turn that off: a client that does not verify talks to whoever answers."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+#: What an address written by a proxy in X-Forwarded-For may contain (IPv4, IPv6, a port).
+_ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF.:[]")
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted_proxies: Iterable[str]) -> str:
+    """The client's address, for the logs.  Behind a proxy the TCP peer is the proxy, which
+    puts the client's address in X-Forwarded-For.  But anyone can send that header: it is
+    believed only when the connection comes from a proxy given with --trusted-proxy, and then
+    only its last hop that no trusted proxy wrote (the ones before could be the client's own
+    invention).  Anything that does not look like an address is ignored."""
+    trusted = set(trusted_proxies)
+    if peer not in trusted or not forwarded_for:
+        return peer
+    for hop in reversed([item.strip() for item in forwarded_for.split(",")]):
+        if not hop or len(hop) > 64 or not set(hop) <= _ADDRESS_CHARS:
+            return peer
+        if hop not in trusted:
+            return hop
+    return peer
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. The application: the chat room, the server, the client
 # ---------------------------------------------------------------------------------------------
 
 
@@ -2269,6 +2355,8 @@ class ServerConfig:
     compression: bool = True  # --compression deflate (the default) or off
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
     compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD
+    tls: ssl.SSLContext | None = None  # --certfile/--keyfile: https:// and wss://
+    trusted_proxies: list[str] = dataclasses.field(default_factory=list)  # --trusted-proxy
 
 
 class WebSocketServer:
@@ -2288,8 +2376,13 @@ class WebSocketServer:
 
     async def start(self) -> None:
         settle_the_allocator()
-        self._server = await asyncio.start_server(self._handle, self.config.host, self.config.port,
-                                                  limit=READ_SIZE)
+        config = self.config
+        tls = {} if config.tls is None else {"ssl": config.tls, "ssl_handshake_timeout": config.handshake_timeout}
+        self._server = await asyncio.start_server(self._handle, config.host, config.port, limit=READ_SIZE, **tls)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.config.tls else "http"
 
     async def shutdown(self, code: int = CloseCode.GOING_AWAY) -> None:
         """Stop accepting, close every client with `code` (1001, going away), wait for them."""
@@ -2319,6 +2412,8 @@ class WebSocketServer:
                 await self._chat(reader, writer, *accepted)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except ssl.SSLError as error:  # e.g. a client that refused our certificate after the handshake
+            log.info("TLS error from %s: %s", writer.get_extra_info("peername"), tls_failure(error))
         except asyncio.CancelledError:  # shutdown() ends connections it cannot close politely
             pass
         except Exception:  # a bug: log it, keep serving everyone else
@@ -2330,10 +2425,12 @@ class WebSocketServer:
                 writer.transport.abort()
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                         ) -> tuple[Handshake, bytes] | None:
-        """Read and answer the request: a static file, a refusal, or 101 (then the handshake
-        and the bytes that came after the head)."""
+                         ) -> tuple[Handshake, bytes, str] | None:
+        """Read and answer the request: a static file, a refusal, or 101 (then the handshake,
+        the bytes that came after the head, and the client's name for the logs)."""
         config = self.config
+        peer = writer.get_extra_info("peername")
+        name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         try:
             received = await read_http_head(reader, config.max_header_bytes, config.handshake_timeout)
             if received is None:  # nothing was asked (an idle preconnect): nothing to answer
@@ -2343,6 +2440,8 @@ class WebSocketServer:
             if config.trace:
                 log.info("handshake request:\n%s", head.decode("latin-1"))
             request = parse_request(head, config.max_header_lines)
+            if isinstance(peer, tuple):
+                name = f"{client_address(peer[0], request.header('x-forwarded-for'), config.trusted_proxies)}:{peer[1]}"
             body_length(request)  # framing that two readers could read two ways is refused (400)
             if not is_websocket_request(request):
                 await self._answer_http(writer, static_response(config.static_dir, request, config.index))
@@ -2350,7 +2449,7 @@ class WebSocketServer:
             handshake = check_request(request, allowed_origins=config.allowed_origins,
                                       subprotocols=config.subprotocols, compression=config.compression)
         except HTTPError as error:  # the one place a refusal becomes a response
-            log.info("refused %s: %s %s", writer.get_extra_info("peername"), error.status, error.reason)
+            log.info("refused %s: %s %s", name, error.status, error.reason)
             await self._answer_http(writer, build_error_response(error.status, error.reason, error.headers))
             return None
         self._handshaking.discard(asyncio.current_task())
@@ -2358,14 +2457,14 @@ class WebSocketServer:
         if config.trace:
             log.info("handshake response:\n%s", response.decode("latin-1").rstrip())
         writer.write(response)
-        return handshake, rest
+        return handshake, rest, name
 
     async def _chat(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    handshake: Handshake, rest: bytes) -> None:
+                    handshake: Handshake, rest: bytes, name: str) -> None:
         config = self.config
         protocol = Protocol(max_size=config.limits.max_size, compression=self._compression(handshake.deflate))
         protocol.subprotocol = handshake.subprotocol
-        connection = Connection(reader, writer, protocol, limits=config.limits, trace=config.trace)
+        connection = Connection(reader, writer, protocol, limits=config.limits, trace=config.trace, name=name)
         self.room.join(connection)
         log.info("%s connected (%d open)", connection.name, len(self.room.clients))
         try:
@@ -2410,31 +2509,32 @@ class WebSocketServer:
 
 async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable[str] = (),
                   limits: Limits | None = None, timeout: float = 10.0, compression: bool = True,
-                  trace: bool = False) -> Connection:
+                  cafile: str | None = None, trace: bool = False) -> Connection:
     """Open a client connection to a ws:// URL: the server's mirror (§4.1).
 
     The client masks every frame (§5.3) and fails the connection unless the server's answer
     passes `check_response`: 101, the upgrade headers, `Sec-WebSocket-Accept` computed from
     the key it sent (proof that a WebSocket server read this very request), and nothing it did
     not offer.  With `compression` it offers permessage-deflate as Chromium does (section 7).
-    Raises `HandshakeFailed`, `OSError` or `asyncio.TimeoutError`.
+    A wss:// URL is TLS, the server's certificate verified (section 11; `cafile` for a private
+    CA).  Raises `HandshakeFailed`, `OSError` (`ssl.SSLCertVerificationError` among them) or
+    `asyncio.TimeoutError`.
     """
     secure, host, port, resource = parse_ws_url(url)
-    if secure:
-        raise ValueError(f"wss:// is not supported: {url!r}")
     limits = limits or Limits(ping_interval=0)
     settle_the_allocator()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=READ_SIZE), timeout)
+    tls = {"ssl": client_tls_context(cafile), "server_hostname": host} if secure else {}
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=READ_SIZE, **tls), timeout)
     key = new_key()
     subprotocols = tuple(subprotocols)
     extensions = client_deflate_offer() if compression else None
     protocol = Protocol(client=True, max_size=limits.max_size,
                         opening=OpeningHandshake(key, subprotocols, (PERMESSAGE_DEFLATE,) if compression else ()))
     try:
-        writer.write(build_client_request(host, port, resource, key, origin=origin, subprotocols=subprotocols,
-                                          extensions=extensions))
+        writer.write(build_client_request(host, port, resource, key, secure=secure, origin=origin,
+                                          subprotocols=subprotocols, extensions=extensions))
         while protocol.state is State.CONNECTING:
             data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, deadline - loop.time()))
             if data:
@@ -2450,7 +2550,7 @@ async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable
 
 
 # ---------------------------------------------------------------------------------------------
-# 12. The command line
+# 13. The command line
 # ---------------------------------------------------------------------------------------------
 
 
@@ -2478,8 +2578,8 @@ async def run_server(config: ServerConfig) -> None:
     server = WebSocketServer(config)
     await server.start()
     host = f"[{config.host}]" if ":" in config.host else config.host
-    log.info("Serving the chat on http://%s:%d/ (WebSocket on ws://%s:%d/) ...",
-             host, server.port, host, server.port)
+    log.info("Serving the chat on %s://%s:%d/ (WebSocket on %s://%s:%d/) ...", server.scheme,
+             host, server.port, "wss" if config.tls else "ws", host, server.port)
     stop = asyncio.Event()
     restore = stop_on_signals(asyncio.get_running_loop(), stop)
     try:
@@ -2498,10 +2598,10 @@ def describe_message(message: str | bytes) -> str:
     return f"[binary, {len(message)} bytes: {message[:16].hex(' ')}{more}]"
 
 
-async def run_client(url: str, trace: bool) -> None:
+async def run_client(url: str, trace: bool, cafile: str | None = None) -> None:
     """`--connect`: typed lines are sent as text; received messages are printed.  The client
     ends when stdin ends (Ctrl-D) or when the server closes the connection."""
-    connection = await connect(url, trace=trace)
+    connection = await connect(url, trace=trace, cafile=cafile)
     sys.stdout.write(f"connected to {url}; type a line to send it, Ctrl-D to quit\n")
     sys.stdout.flush()
     loop = asyncio.get_running_loop()
@@ -2580,8 +2680,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compression-threshold", type=int, default=DEFAULT_COMPRESSION_THRESHOLD, metavar="N",
                         help="messages shorter than N bytes go uncompressed "
                              f"(default: {DEFAULT_COMPRESSION_THRESHOLD})")
+    parser.add_argument("--certfile", metavar="FILE",
+                        help="serve https:// and wss://: the certificate chain, PEM (the key may be in it)")
+    parser.add_argument("--keyfile", metavar="FILE", help="the private key of --certfile, if not in it")
+    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                        help="believe X-Forwarded-For from this proxy's address, for the logs (repeatable)")
     parser.add_argument("--trace", action="store_true", help="log the handshake and every frame, dissected")
     parser.add_argument("--connect", metavar="URL", help="run the terminal client against URL instead")
+    parser.add_argument("--cafile", metavar="FILE",
+                        help="with --connect wss://...: trust the CA certificates in FILE (default: the system's)")
     return parser
 
 
@@ -2599,9 +2706,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--ping-interval must be 0 (off) or more")
     if not 1 <= args.compression_level <= 9 or args.compression_threshold < 0:
         parser.error("--compression-level must be 1 to 9, --compression-threshold 0 or more")
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
+    try:
+        tls = server_tls_context(args.certfile, args.keyfile) if args.certfile else None
+    except ValueError as error:  # a configuration the server cannot start with: one line, exit 2
+        log.error("%s", error)
+        return 2
     try:
         if args.connect:
-            asyncio.run(run_client(args.connect, args.trace))
+            asyncio.run(run_client(args.connect, args.trace, args.cafile))
             return 0
         limits = Limits(args.max_size, args.max_buffer, args.ping_interval, args.ping_timeout,
                         args.close_timeout)
@@ -2612,7 +2726,8 @@ def main(argv: list[str] | None = None) -> int:
                               max_header_lines=args.max_header_lines, trace=args.trace,
                               compression=args.compression == "deflate",
                               compression_level=args.compression_level,
-                              compression_threshold=args.compression_threshold)
+                              compression_threshold=args.compression_threshold,
+                              tls=tls, trusted_proxies=args.trusted_proxy)
         asyncio.run(run_server(config))
     except KeyboardInterrupt:  # Ctrl-C in the client, or a second one during the shutdown
         pass

@@ -29,11 +29,13 @@ import asyncio
 import base64
 import os
 import socket
+import ssl
 import time
 
 import ws_server
 from ws_server import Opcode, encode_frame
 from tests.benchtools import RawHTTPClient, Server, machine, median, percentile, print_table, raise_fd_limit
+from tests.support import CA_FILE, CERT_FILE, KEY_FILE
 
 HANDSHAKE = ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
@@ -68,13 +70,15 @@ class Client(RawHTTPClient):
         self.received += len(data)
 
 
-async def connect_many(port: int, count: int, factory=Client, concurrency: int = 200) -> list:
+async def connect_many(port: int, count: int, factory=Client, concurrency: int = 200,
+                       tls: ssl.SSLContext | None = None) -> list:
     loop = asyncio.get_running_loop()
     limit = asyncio.Semaphore(concurrency)
+    options = {} if tls is None else {"ssl": tls, "server_hostname": "localhost"}
 
     async def one():
         async with limit:
-            _, client = await loop.create_connection(factory, "127.0.0.1", port)
+            _, client = await loop.create_connection(factory, "127.0.0.1", port, **options)
             await asyncio.wait_for(client.open, 30)
             return client
     return await asyncio.gather(*(one() for _ in range(count)))
@@ -301,18 +305,19 @@ class DeflateClient(DeflateReceiver):
         super().__init__(0, [])
 
 
-async def idle(server: Server, clients: int, deflate: bool = False) -> dict:
+async def idle(server: Server, clients: int, deflate: bool = False, tls: bool = False) -> dict:
     factory = DeflateClient if deflate else Client
-    warm = await connect_many(server.port, 1, factory)
+    context = ws_server.client_tls_context(CA_FILE) if tls else None
+    warm = await connect_many(server.port, 1, factory, tls=context)
     warm[0].transport.close()
     await asyncio.sleep(0.5)
     before = server.status("VmRSS")
-    held = await connect_many(server.port, clients, factory)
+    held = await connect_many(server.port, clients, factory, tls=context)
     await asyncio.sleep(1.0)
     loaded = server.status("VmRSS")
     for client in held:
         client.transport.close()
-    return {"mode": f"idle, {clients} connections{', permessage-deflate' if deflate else ''}",
+    return {"mode": f"idle, {clients} connections{', permessage-deflate' if deflate else ''}{', TLS' if tls else ''}",
             "result": (loaded - before) / clients,
             "unit": "KiB RSS per connection", "server CPU s": float("nan"), "generator CPU s": float("nan")}
 
@@ -395,6 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fanout-messages", type=int, default=100)
     parser.add_argument("--fanout-size", type=int, default=PAYLOAD,
                         help=f"fanout message size in bytes (default {PAYLOAD}; other sizes need --deflate)")
+    parser.add_argument("--tls", action="store_true", help="idle clients connect with TLS (wss://, the test certificate)")
     parser.add_argument("--deflate", action="store_true",
                         help="fanout and idle clients offer permessage-deflate as Chromium does and inflate")
     parser.add_argument("--slow-clients", type=int, default=8, help="slow_readers: clients that never read")
@@ -423,8 +429,9 @@ def run(args) -> list[dict]:
                     "--max-size", str(2 << 20))
     if "idle" in modes:
         raise_fd_limit(max(args.idle_clients) * 2 + 1000)
+        tls_args = ("--certfile", CERT_FILE, "--keyfile", KEY_FILE) if args.tls else ()
         for clients in args.idle_clients:
-            with_server(rows, lambda s: idle(s, clients, args.deflate))
+            with_server(rows, lambda s: idle(s, clients, args.deflate, args.tls), *tls_args)
     return rows
 
 

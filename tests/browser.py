@@ -39,12 +39,12 @@ def find_chromium() -> str | None:
 class Chromium:
     """A headless Chromium process with a fresh profile; `ws_url` is its DevTools endpoint."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *extra_args: str) -> None:
         self.profile = tempfile.TemporaryDirectory(prefix="cdp-profile-", ignore_cleanup_errors=True)
         self.process = subprocess.Popen(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", "--remote-debugging-port=0",
+             "--disable-dev-shm-usage", "--remote-debugging-port=0", *extra_args,
              f"--user-data-dir={self.profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # With port 0 Chromium picks a free port and writes it, then the browser's target path,

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import http.client
 import os
 import random
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -454,6 +456,41 @@ class SSEServerTestCase(unittest.TestCase):
         self.addCleanup(sock.close)
         sock.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
         return sock
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS: the test certificate (tests/tls/README.md says how it was made)
+# ---------------------------------------------------------------------------------------------
+
+TLS_DIR = ROOT / "tests" / "tls"
+CA_FILE = str(TLS_DIR / "ca.pem")
+CERT_FILE = str(TLS_DIR / "localhost.pem")
+KEY_FILE = str(TLS_DIR / "localhost-key.pem")
+
+
+def _der_element(data: bytes, start: int) -> tuple[int, int, int]:
+    """One DER element at `start` (X.690 §8.1): (where its content starts, where it ends, its tag)."""
+    tag, length = data[start], data[start + 1]
+    start += 2
+    if length & 0x80:  # the long form: the next (length & 0x7f) bytes are the length
+        count = length & 0x7F
+        length = int.from_bytes(data[start:start + count], "big")
+        start += count
+    return start, start + length, tag
+
+
+def spki_sha256(pem_file: str) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)) of a certificate: what Chromium's
+    --ignore-certificate-errors-spki-list takes.  RFC 5280 §4.1: Certificate = SEQUENCE {
+    tbsCertificate SEQUENCE { [0] version, serialNumber, signature, issuer, validity, subject,
+    subjectPublicKeyInfo, ... }, ... }: the seventh element of the first."""
+    der = ssl.PEM_cert_to_DER_cert(Path(pem_file).read_text())
+    certificate, _, _ = _der_element(der, 0)
+    position, _, _ = _der_element(der, certificate)  # inside tbsCertificate
+    for _ in range(6):  # skip version, serial, signature, issuer, validity, subject
+        _, position, _ = _der_element(der, position)
+    _, end, _ = _der_element(der, position)
+    return base64.b64encode(hashlib.sha256(der[position:end]).digest()).decode()
 
 
 # ---------------------------------------------------------------------------------------------

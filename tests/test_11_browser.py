@@ -10,7 +10,7 @@ import unittest
 import sse_server
 import ws_server
 from tests.browser import INSTALL_HINT, Chromium, DevTools, Tab, find_chromium
-from tests.support import TIMEOUT, http_request
+from tests.support import CERT_FILE, KEY_FILE, TIMEOUT, http_request, spki_sha256
 
 BROWSER: Chromium | None = None
 
@@ -20,7 +20,8 @@ def setUpModule() -> None:
     binary = find_chromium()
     if binary is None:
         raise unittest.SkipTest(INSTALL_HINT)
-    BROWSER = Chromium(binary)
+    # Trust the test certificate, and only it (by the hash of its public key), for the TLS tests.
+    BROWSER = Chromium(binary, f"--ignore-certificate-errors-spki-list={spki_sha256(CERT_FILE)}")
 
 
 def tearDownModule() -> None:
@@ -244,6 +245,44 @@ class Test02SSEPage(BrowserTestCase):
             self.assertEqual(await tab.evaluate(script % (self.port, "{withCredentials: true}")), "refused")
         finally:
             await asyncio.to_thread(other.stop)
+
+
+class Test03ThePagesOverTLS(BrowserTestCase):
+    """Both pages over https://, the chat over wss://: Chromium trusts the test certificate."""
+
+    async def test_01_the_chat_page_works_over_https_and_wss(self):
+        """RFC 6455 §3 A page served over https opens wss:// and chats through it."""
+        tls = ws_server.server_tls_context(CERT_FILE, KEY_FILE)
+        server = ws_server.WebSocketServer(ws_server.ServerConfig(port=0, tls=tls, limits=ws_server.Limits(ping_interval=0)))
+        await server.start()
+        try:
+            tab = await self.tab(f"https://localhost:{server.port}/")
+            state = await tab.wait_for("document.getElementById('state').dataset.state === 'open' &&"
+                                       "document.getElementById('state').textContent")
+            self.assertIn("wss://localhost", state)
+            await tab.evaluate("document.getElementById('messageInput').value = 'over wss';"
+                               "document.getElementById('sendButton').click()")
+            await tab.wait_for("document.getElementById('chatBox').textContent.includes('over wss')")
+        finally:
+            for tab in self.tabs:
+                await tab.close()
+            self.tabs.clear()
+            await asyncio.wait_for(server.shutdown(), TIMEOUT + 2)
+
+    async def test_02_the_clock_page_works_over_https(self):
+        """WHATWG §9.2.3 EventSource over https, and a publish from the page's form."""
+        tls = ws_server.server_tls_context(CERT_FILE, KEY_FILE)
+        server = sse_server.SSEServer(sse_server.ServerConfig(port=0, heartbeat=0, tls=tls))
+        server.start()
+        try:
+            tab = await self.tab(f"https://localhost:{server.port}/")
+            await tab.wait_for("source.readyState === 1")
+            await tab.wait_for("[...document.querySelectorAll('#ul li')].some(li => li.textContent.includes('Current time'))")
+        finally:
+            for tab in self.tabs:
+                await tab.close()
+            self.tabs.clear()
+            await asyncio.to_thread(server.stop)
 
 
 if __name__ == "__main__":

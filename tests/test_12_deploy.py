@@ -1,0 +1,373 @@
+"""Chapter 12: deployment: TLS on the standard `ssl` module (https://, wss://), and a real nginx
+in front of both servers, with the configuration the README gives.
+
+The nginx tests start Debian's `nginx` as a foreground child process on free ports, and skip
+(saying how to install it) when there is none; CI installs it.
+"""
+
+import asyncio
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import sse_server
+import ws_server
+from tests.support import (CA_FILE, CERT_FILE, KEY_FILE, ROOT, TIMEOUT, SSEServerTestCase, ServerTestCase,
+                           StreamClient, start_process, stop_process, wait_until)
+
+NGINX_HINT = "no nginx found: install it (Debian/Ubuntu: sudo apt-get install nginx) or set NGINX=/path/to/nginx"
+
+
+def https_request(port: int, method: str, path: str, body: bytes | None = None, cafile: str | None = CA_FILE):
+    connection = http.client.HTTPSConnection("localhost", port, timeout=TIMEOUT,
+                                             context=ws_server.client_tls_context(cafile))
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def closed_without_answer(port: int, data: bytes, timeout: float = TIMEOUT) -> bool:
+    """Send `data` raw (no TLS) and read to the end: True if the server closed the connection
+    answering nothing, or only a TLS alert record (RFC 8446 §6: content type 21)."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        if data:
+            sock.sendall(data)
+        try:
+            while chunk := sock.recv(4096):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer == b"" or answer[0] == 21
+
+
+class Test01TheContexts(unittest.TestCase):
+    """What the ssl module is asked for, on each side."""
+
+    def test_01_a_server_speaks_tls_1_2_or_later_and_offers_http_1_1(self):
+        """RFC 8996 TLS 1.0 and 1.1 are deprecated; RFC 7301 ALPN names the one protocol spoken."""
+        context = ws_server.server_tls_context(CERT_FILE, KEY_FILE)
+        self.assertGreaterEqual(context.minimum_version, ssl.TLSVersion.TLSv1_2)
+
+    def test_02_the_key_may_be_in_the_certificate_file(self):
+        """RFC 7468 One PEM file may hold the certificate chain and the private key."""
+        with tempfile.TemporaryDirectory() as folder:
+            both = os.path.join(folder, "both.pem")
+            with open(both, "w") as file:
+                file.write(open(CERT_FILE).read() + open(KEY_FILE).read())
+            ws_server.server_tls_context(both)
+
+    def test_03_a_certificate_that_cannot_be_loaded_is_one_clear_error_naming_the_file(self):
+        """A bad certificate or key path is said in one line, with the file's name."""
+        for certfile, keyfile in (("/nonexistent.pem", None), (CERT_FILE, None), (CA_FILE, KEY_FILE)):
+            with self.subTest(certfile=certfile, keyfile=keyfile), self.assertRaises(ValueError) as caught:
+                ws_server.server_tls_context(certfile, keyfile)
+            self.assertIn(certfile, str(caught.exception))
+
+    def test_04_a_client_verifies_the_certificate_and_the_host_name(self):
+        """RFC 9110 §4.3.4 A client checks that the certificate is valid for the host it asked for."""
+        context = ws_server.client_tls_context(CA_FILE)
+        self.assertEqual(context.verify_mode, ssl.CERT_REQUIRED)
+        self.assertTrue(context.check_hostname)
+
+    def test_05_x_forwarded_for_is_believed_only_from_a_trusted_proxy(self):
+        """RFC 7239 §5.2 (the same for X-Forwarded-For): anyone can write it; only a trusted proxy is believed."""
+        trusted = ["10.0.0.1"]
+        self.assertEqual(ws_server.client_address("10.0.0.1", "203.0.113.7", trusted), "203.0.113.7")
+        self.assertEqual(ws_server.client_address("198.51.100.2", "203.0.113.7", trusted), "198.51.100.2")
+        # What the client wrote itself, before the proxy's hop, is not believed:
+        self.assertEqual(ws_server.client_address("10.0.0.1", "6.6.6.6, 203.0.113.7", trusted), "203.0.113.7")
+        self.assertEqual(ws_server.client_address("10.0.0.1", "203.0.113.7, 10.0.0.1", trusted), "203.0.113.7")
+        for junk in ("<script>", "x" * 100, ""):
+            self.assertEqual(ws_server.client_address("10.0.0.1", junk, trusted), "10.0.0.1")
+
+
+class Test02TheChatOverTLS(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+
+    server_options = {"tls": ws_server.server_tls_context(CERT_FILE, KEY_FILE), "handshake_timeout": 0.5}
+
+    async def asyncSetUp(self) -> None:
+        # The test case runs asyncio in debug mode, which logs every failed TLS accept with its
+        # traceback; the server runs without it, and these tests check what it logs then.
+        asyncio.get_running_loop().set_debug(False)
+        await super().asyncSetUp()
+
+    async def test_01_two_clients_chat_over_wss(self):
+        """RFC 6455 §3 wss:// is the WebSocket over TLS; the chat works the same."""
+        self.assertEqual(self.server.scheme, "https")
+        url = f"wss://localhost:{self.port}/"
+        alice = await ws_server.connect(url, cafile=CA_FILE)
+        bob = await ws_server.connect(url, cafile=CA_FILE)
+        self.clients += [alice, bob]
+        await self.wait_for_clients(2)
+        await alice.send("over TLS " * 30)  # long enough to be compressed too
+        self.assertEqual(await asyncio.wait_for(bob.recv(), TIMEOUT), "over TLS " * 30)
+
+    async def test_02_a_client_refuses_a_certificate_it_cannot_verify(self):
+        """RFC 6125 §6 A client that does not trust the issuer fails the connection."""
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            await ws_server.connect(f"wss://localhost:{self.port}/")  # the system's CAs only
+
+    async def test_03_plain_http_and_garbage_on_the_tls_port_are_one_log_line_each(self):
+        """RFC 8446 §6 A record that is not TLS ends the connection: a log line, never a traceback."""
+        with self.assertLogs("ws_server", "INFO") as logs:
+            for data in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello, not TLS at all"):
+                self.assertTrue(await asyncio.to_thread(closed_without_answer, self.port, data))
+            await asyncio.sleep(0)
+        failures = [line for line in logs.output if "TLS handshake failed" in line]
+        self.assertEqual(len(failures), 2)
+        self.assertIn("plain HTTP", failures[0])
+        self.assertNotIn("Traceback", "\n".join(logs.output))
+
+    async def test_04_a_client_that_never_speaks_tls_is_dropped_in_time(self):
+        """RFC 9110 §15.5.9 The TLS handshake has the handshake timeout too (a TLS slowloris)."""
+        self.assertTrue(await asyncio.to_thread(closed_without_answer, self.port, b""))
+
+
+class Test03TheEventsOverTLS(SSEServerTestCase):
+
+    options = {"tls": ws_server.server_tls_context(CERT_FILE, KEY_FILE), "request_timeout": 0.5, "retry": 50}
+
+    def test_01_the_stream_and_a_publish_over_https(self):
+        """WHATWG §9.2.3 over TLS: events and publishes work the same over https://."""
+        events = sse_server.follow(f"https://localhost:{self.port}/sse", timeout=TIMEOUT, cafile=CA_FILE)
+        self.addCleanup(events.close)
+        threading.Timer(0.3, https_request, [self.port, "POST", "/publish", b"over https"]).start()
+        self.assertEqual(next(events).data, "over https")
+
+    def test_02_last_event_id_replay_over_https(self):
+        """WHATWG §9.2.4 A client reconnecting over https gets what it missed."""
+        first = self.server.hub.publish("one")
+        self.server.hub.publish("two")
+        connection, response = sse_server.open_stream(f"https://localhost:{self.port}/sse", str(first),
+                                                      TIMEOUT, cafile=CA_FILE)
+        try:
+            parser = sse_server.EventStreamParser()
+            events = []
+            while not events:
+                events += parser.feed(response.read1(65536))
+            self.assertEqual(events[0].data, "two")
+        finally:
+            connection.close()
+
+    def test_03_a_client_refuses_a_certificate_it_cannot_verify(self):
+        """RFC 6125 §6 The SSE client verifies too: no cafile, no connection."""
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            sse_server.open_stream(f"https://localhost:{self.port}/sse", timeout=TIMEOUT)
+
+    def test_04_plain_http_and_garbage_are_one_log_line_each_and_a_silent_client_is_dropped(self):
+        """RFC 8446 §6 Not TLS: one log line, no traceback; no TLS at all: dropped after --request-timeout."""
+        with self.assertLogs("sse_server", "INFO") as logs:
+            for data in (b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05garbage", b""):
+                self.assertTrue(closed_without_answer(self.port, data))
+            wait_until(lambda: sum("TLS handshake" in line for line in logs.output) == 3)
+        self.assertNotIn("Traceback", "\n".join(logs.output))
+
+
+class Test04TheCommandLine(unittest.TestCase):
+
+    def test_01_the_servers_print_https_and_wss_urls(self):
+        """RFC 6455 §3 With a certificate the URLs are https:// and wss://."""
+        for script in ("ws_server.py", "sse_server.py"):
+            with self.subTest(script=script):
+                process, port = start_process(script, "--certfile", CERT_FILE, "--keyfile", KEY_FILE)
+                try:
+                    self.assertTrue(port)
+                finally:
+                    stop_process(process)
+
+    def test_02_a_bad_certificate_path_is_one_line_and_exit_code_2(self):
+        """A configuration the server cannot start with: one clear line on stderr, exit code 2."""
+        for script in ("ws_server.py", "sse_server.py"):
+            with self.subTest(script=script):
+                result = subprocess.run([sys.executable, str(ROOT / script), "--port", "0", "--certfile", "/nonexistent.pem"],
+                                        capture_output=True, text=True, timeout=TIMEOUT * 2)
+                self.assertEqual(result.returncode, 2)
+                self.assertEqual(len(result.stderr.strip().splitlines()), 1)
+                self.assertIn("/nonexistent.pem", result.stderr)
+
+
+def find_nginx() -> str | None:
+    explicit = os.environ.get("NGINX")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
+
+
+def readme_nginx_configuration() -> str:
+    """The nginx block of the README's "Deploying" section: the configuration under test."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.search(r"```nginx\n(.*?)```", readme, re.S).group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Nginx:
+    """Debian's nginx in the foreground, in a folder of its own, with the README's configuration
+    on a free port in front of the two servers."""
+
+    def __init__(self, binary: str, chat_port: int, events_port: int) -> None:
+        self.folder = tempfile.TemporaryDirectory(prefix="nginx-")
+        os.chmod(self.folder.name, 0o755)  # nginx's workers may run as another user
+        self.port = free_port()
+        site = (readme_nginx_configuration().replace("127.0.0.1:8080", f"127.0.0.1:{chat_port}")
+                .replace("127.0.0.1:8088", f"127.0.0.1:{events_port}")
+                .replace("listen 80;", f"listen 127.0.0.1:{self.port};"))
+        folder = self.folder.name
+        temp = "\n".join(f"    {kind}_temp_path {folder}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        config = (f"daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\nerror_log stderr notice;\n"
+                  f"events {{ worker_connections 256; }}\nhttp {{\n    access_log off;\n{temp}\n{site}\n}}\n")
+        path = os.path.join(folder, "nginx.conf")
+        with open(path, "w") as file:
+            file.write(config)
+        self.process = subprocess.Popen([binary, "-p", folder, "-c", path], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + TIMEOUT * 2
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    error = self.process.stderr.read() if self.process.poll() is not None else "no answer"
+                    self.close()
+                    raise RuntimeError(f"nginx did not start: {error}")
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        stop_process(self.process)
+        self.folder.cleanup()
+
+
+class LogReader:
+    """Keeps every line a child process writes to stderr (its log), from a thread."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self.thread.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stderr:
+            self.lines.append(line)
+
+
+class Test05BehindNginx(unittest.TestCase):
+    """Both servers behind Debian's nginx, configured as the README says."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        binary = find_nginx()
+        if binary is None:
+            raise unittest.SkipTest(NGINX_HINT)
+        cls.chat, chat_port = start_process("ws_server.py", "--trusted-proxy", "127.0.0.1")
+        cls.events, events_port = start_process("sse_server.py", "--trusted-proxy", "127.0.0.1", "--clock", "0")
+        cls.events_log = LogReader(cls.events)
+        try:
+            cls.nginx = Nginx(binary, chat_port, events_port)
+        except BaseException:
+            stop_process(cls.chat)
+            stop_process(cls.events)
+            raise
+        cls.base = f"127.0.0.1:{cls.nginx.port}"
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.nginx.close()
+        stop_process(cls.chat)
+        stop_process(cls.events)
+
+    def publish(self, text: str) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", self.nginx.port, timeout=TIMEOUT)
+        try:
+            connection.request("POST", "/events/publish", body=text.encode())
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    def test_01_a_chat_message_goes_through_the_proxy_both_ways(self):
+        """RFC 6455 §4.1 The upgrade reaches the server through nginx; messages flow both ways."""
+        async def chat() -> tuple[str, str]:
+            alice = await ws_server.connect(f"ws://{self.base}/")
+            bob = await ws_server.connect(f"ws://{self.base}/")
+            try:
+                await alice.send("from alice " * 20)
+                heard_by_bob = await asyncio.wait_for(bob.recv(), TIMEOUT)
+                await bob.send("from bob")
+                while (heard_by_alice := await asyncio.wait_for(alice.recv(), TIMEOUT)) != "from bob":
+                    pass
+                return heard_by_bob, heard_by_alice
+            finally:
+                await alice.close()
+                await bob.close()
+        self.assertEqual(asyncio.run(chat()), ("from alice " * 20, "from bob"))
+
+    def test_02_an_event_arrives_through_the_proxy_within_200_ms_with_proxy_buffering_on(self):
+        """WHATWG §9.2.3 X-Accel-Buffering: no gets each event past nginx's buffer at once."""
+        stream = StreamClient(self.nginx.port, "/events/sse")
+        self.addCleanup(stream.close)
+        stream.wait_until(lambda: stream.parser.retry is not None)
+        self.assertEqual(stream.headers["content-type"], "text/event-stream; charset=utf-8")
+        on_time = 0
+        for i in range(3):  # a buffered stream would hold all three; one late one is the machine
+            self.assertEqual(self.publish(f"event {i}"), 204)
+            try:
+                stream.next_events(1, timeout=0.2)
+                on_time += 1
+            except AssertionError:
+                stream.next_events(1)  # it came, late
+        self.assertGreaterEqual(on_time, 1)
+
+    def test_03_last_event_id_reaches_the_server_through_the_proxy(self):
+        """WHATWG §9.2.4 The header passes nginx: the reconnecting client gets what it missed."""
+        stream = StreamClient(self.nginx.port, "/events/sse")
+        self.addCleanup(stream.close)
+        stream.wait_until(lambda: stream.parser.retry is not None)
+        self.publish("seen")
+        seen = stream.next_events(1)[0]
+        stream.close()
+        self.publish("missed")
+        again = StreamClient(self.nginx.port, "/events/sse", {"Last-Event-ID": seen.last_event_id})
+        self.addCleanup(again.close)
+        self.assertEqual(again.next_events(1)[0].data, "missed")
+
+    def test_04_the_logs_name_the_client_from_x_forwarded_for(self):
+        """RFC 7239 §5.2 Behind a trusted proxy the log names the client the proxy saw."""
+        stream = StreamClient(self.nginx.port, "/events/sse", {"X-Forwarded-For": "203.0.113.7"})
+        self.addCleanup(stream.close)
+        stream.wait_until(lambda: stream.parser.retry is not None)
+        wait_until(lambda: any("subscriber 203.0.113.7 joined" in line for line in self.events_log.lines),
+                   message="the log line naming 203.0.113.7")
+
+    def test_05_the_pages_load_through_the_proxy(self):
+        """RFC 9110 §9.3.1 The chat page at /, the clock's page at /events/."""
+        for path, marker in (("/", b"WebSocket Chat"), ("/events/", b"Server-Sent Events")):
+            connection = http.client.HTTPConnection("127.0.0.1", self.nginx.port, timeout=TIMEOUT)
+            try:
+                connection.request("GET", path)
+                response = connection.getresponse()
+                self.assertEqual(response.status, 200)
+                self.assertIn(marker, response.read())
+            finally:
+                connection.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
