@@ -20,16 +20,19 @@ Standard", §9.2 Server-sent events):
    each refusal is an `HTTPError` (the one error of the HTTP layer `ws_server.py` shares).
 6. The hub: event ids, the history kept for `Last-Event-ID` (memory or SQLite), subscribers
    with a bounded backlog, one fan-out for every event, one watcher for departures.
-7. The HTTP handler (one thread per connection): reads each request head with a deadline,
+7. Several processes (`--redis URL`): the history is a Redis stream, XADD to publish, one
+   reader thread (XREAD) per process to fan out; a position that Redis lost gets a reset.
+8. The HTTP handler (one thread per connection): reads each request head with a deadline,
    then `/sse`, `POST /publish`, CORS preflights, static files.
-8. The server: the clock, heartbeats, a clean shutdown.
-9. The client: `--connect URL`, which reconnects with `Last-Event-ID` like a browser.
-10. The command line.
+9. The server: the clock, heartbeats, a clean shutdown.
+10. The client: `--connect URL`, which reconnects with `Last-Event-ID` like a browser.
+11. The command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import codecs
 import collections
 import dataclasses
@@ -38,6 +41,7 @@ import itertools
 import json
 import logging
 import re
+import select
 import selectors
 import signal
 import socket
@@ -423,13 +427,18 @@ class ShuttingDown(SSEError):
 class StoredEvent:
     """An event as it goes on the wire, encoded once for every subscriber."""
 
-    id: int
+    id: int | str  # a number here, a stream entry id ("milliseconds-sequence") with --redis
     payload: bytes  # the formatted event, UTF-8: what an HTTP/1.0 stream carries
     chunk: bytes  # the same as one chunk: what an HTTP/1.1 stream carries
 
     @classmethod
-    def from_payload(cls, id: int, payload: bytes) -> StoredEvent:
+    def from_payload(cls, id: int | str, payload: bytes) -> StoredEvent:
         return cls(id, payload, encode_chunk(payload))
+
+    @classmethod
+    def numbered(cls, id: int | str, data: str, event: str | None = None) -> StoredEvent:
+        """The event `data` (named `event`) with its id, formatted once (§9.2.5)."""
+        return cls.from_payload(id, format_event(data, event=event, id=str(id)).encode())
 
 
 class History:
@@ -439,9 +448,13 @@ class History:
     be mistaken for one that saw this run's event 57.  So, kept in memory, the first id is the
     start time in microseconds: any id of an earlier run is then "too old" here.
 
-    `store` makes an event durable (nothing to do in memory); `append` then makes it part of
-    the history.  The hub calls them in that order, so what is replayed was stored.
+    `store` numbers an event and makes it durable (nothing to do in memory); `append` then
+    makes it part of the history.  The hub calls them in that order, so what is replayed was
+    stored.  A `shared` history (several processes) appends what it reads back, not what it
+    stored: see `RedisHistory`.
     """
+
+    shared = False
 
     def __init__(self, maxlen: int, first_id: int | None = None) -> None:
         self._events: collections.deque[StoredEvent] = collections.deque(maxlen=maxlen)
@@ -452,12 +465,26 @@ class History:
         decimal numbers (ASCII digits, at most 18, so no id can cost a long `int()`)."""
         return ws_server.parse_decimal(last_event_id)
 
-    def store(self, event: StoredEvent) -> None:
-        """Keep `event` durably before it is acknowledged; StoreError if that fails."""
+    def store(self, data: str, event: str | None = None) -> StoredEvent:
+        """Number the event and keep it durably before it is acknowledged; StoreError if that
+        fails (then it is not kept, and its id goes to the next one)."""
+        return StoredEvent.numbered(self.next_id, data, event)
 
     def append(self, event: StoredEvent) -> None:
         self._events.append(event)
         self.next_id = event.id + 1
+
+    def newest_id(self) -> str:
+        """The id of the newest event: where a reset puts a client."""
+        return str(self.next_id - 1)
+
+    def catch_up(self, last_id: int) -> None:
+        """Wait until this history has caught up with `last_id` (see RedisHistory): in one
+        process, it always has."""
+
+    def forget(self) -> None:
+        """Nothing kept can be resumed from any more (the store lost it; see RedisHistory)."""
+        self._events.clear()
 
     def after(self, last_id: int) -> list[StoredEvent] | None:
         """Every kept event after `last_id`, in order; None when `last_id` is not one this
@@ -518,8 +545,9 @@ class SQLiteHistory(History):
         super().__init__(maxlen, rows[0][0] + 1 if rows else None)
         self._events.extend(StoredEvent.from_payload(id, payload) for id, payload in reversed(rows))
 
-    def store(self, event: StoredEvent) -> None:
-        """INSERT the event (and now and then trim old ones) in one transaction."""
+    def store(self, data: str, event_name: str | None = None) -> StoredEvent:
+        """Number the event, INSERT it (and now and then trim old ones) in one transaction."""
+        event = super().store(data, event_name)
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -534,6 +562,7 @@ class SQLiteHistory(History):
                 except sqlite3.Error:
                     pass
             raise StoreError(f"{self.path}: the event could not be stored ({error})") from None
+        return event
 
     def close(self) -> None:
         if self._db is not None:
@@ -791,6 +820,11 @@ def departure_reason(sock: socket.socket) -> str:
     return "left (its end of the connection closed)" if not data else "sent bytes after its request"
 
 
+#: What a `reset` event says (its data is JSON with a `message`, as the clock's is).
+UNKNOWN_POSITION = "Events were missed: your last event id is unknown here or older than the history kept."
+HISTORY_LOST = "Events may have been missed: the shared event store lost its history (Redis restarted or was emptied)."
+
+
 class Hub:
     """Numbers, keeps and fans out events.
 
@@ -824,6 +858,9 @@ class Hub:
         """Add a subscriber; return it and its first events: what it missed since
         `last_event_id`, or a `reset` event when that id cannot be resumed.  None when
         `max_clients` are already open; ShuttingDown once the hub is closed."""
+        position = None if last_event_id is None else self.history.parse_id(last_event_id)
+        if position is not None:
+            self.history.catch_up(position)  # (outside the lock: deliveries go on meanwhile)
         with self._lock:
             if self._closed:
                 raise ShuttingDown
@@ -831,23 +868,29 @@ class Hub:
                 return None
             first: list[StoredEvent] = []
             if last_event_id is not None:
-                position = self.history.parse_id(last_event_id)
                 found = None if position is None else self.history.after(position)
-                first = [self._reset_event(last_event_id)] if found is None else found
+                first = [self._reset_event(UNKNOWN_POSITION, last_event_id)] if found is None else found
             subscriber = Subscriber(sock, chunked, self.max_queue, peer)
             self._subscribers += (subscriber,)
         self.departures.watch(subscriber)
         return subscriber, first
 
-    def _reset_event(self, last_event_id: str) -> StoredEvent:
+    def _reset_event(self, message: str, last_event_id: str | None = None) -> StoredEvent:
         """The spec cannot tell a client it missed events; this event does.  Its id is the
         newest event's, so the client's Last-Event-ID is current again after it."""
-        newest = self.history.next_id - 1
-        data = json.dumps({"message": "Events were missed: your last event id is unknown here "
-                                      "or older than the history kept.",
-                           "last_event_id": last_event_id[:100]})
-        text = format_event(data, event="reset", id=str(newest))
-        return StoredEvent.from_payload(newest, text.encode())
+        reason: dict[str, str] = {"message": message}
+        if last_event_id is not None:
+            reason["last_event_id"] = last_event_id[:100]
+        return StoredEvent.numbered(self.history.newest_id(), json.dumps(reason), "reset")
+
+    def history_lost(self) -> None:
+        """The shared store lost events (RedisHistory): every subscriber may have missed some,
+        so every subscriber gets a reset, and nothing kept before can be resumed from."""
+        with self._lock:
+            self.history.forget()
+            reset = self._reset_event(HISTORY_LOST)
+            for subscriber in self._subscribers:
+                subscriber.deliver(reset)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.departures.forget(subscriber)
@@ -856,33 +899,48 @@ class Hub:
         with self._emptied:
             self._emptied.notify_all()
 
-    def publish(self, data: str, event: str | None = None) -> int:
+    def publish(self, data: str, event: str | None = None) -> int | str:
         """Number, store, keep and send one event to every subscriber; return its id.
 
         StoreError when the store cannot keep it: then it is not sent, not kept, and its id
         goes to the next event.  ValueError for an event name that cannot be sent (see
-        `format_event`)."""
+        `format_event`).  A shared history (--redis) is only stored into here: every process,
+        this one too, gets the event back from it and delivers it then (`deliver`)."""
         with self._publishing:
-            id = self.history.next_id
-            payload = format_event(data, event=event, id=str(id)).encode()
-            stored = StoredEvent.from_payload(id, payload)
-            self.history.store(stored)
-            with self._lock:
-                self.history.append(stored)
-                for subscriber in self._subscribers:
-                    subscriber.deliver(stored)
-                count = len(self._subscribers)
+            stored = self.history.store(data, event)
+            if not self.history.shared:
+                self.deliver(stored)
+        return stored.id
+
+    def deliver(self, stored: StoredEvent) -> None:
+        """Keep a stored event and send it to every subscriber, between two subscriptions."""
+        with self._lock:
+            self.history.append(stored)
+            for subscriber in self._subscribers:
+                subscriber.deliver(stored)
+            count = len(self._subscribers)
         if self.trace:
-            log.info("event %d to %d subscribers: %r", id, count, payload)
-        return id
+            log.info("event %s to %d subscribers: %r", stored.id, count, stored.payload)
+
+    def tick(self, data: str) -> None:
+        """The clock's tick.  In one process it is an event like a publish.  With a shared
+        history each process ticks for its own subscribers (so one tick a second each, however
+        many processes), with no id and not kept: a tick a second old is not worth replaying,
+        and a client's Last-Event-ID stays that of the last real event (§9.2.6: no id field,
+        no change)."""
+        if self.history.shared:
+            self._send_to_all(StoredEvent.from_payload(0, format_event(data).encode()))
+        else:
+            self.publish(data)
 
     def send_comment(self, text: str) -> None:
         """A comment to every subscriber: not numbered, not kept (a heartbeat)."""
-        payload = format_comment(text).encode()
-        comment = StoredEvent.from_payload(0, payload)
+        self._send_to_all(StoredEvent.from_payload(0, format_comment(text).encode()))
+
+    def _send_to_all(self, event: StoredEvent) -> None:
         with self._lock:
             for subscriber in self._subscribers:
-                subscriber.deliver(comment)
+                subscriber.deliver(event)
 
     def close(self, timeout: float = 2.0) -> None:
         """Wake every subscriber's thread to end its stream; wait for them (bounded)."""
@@ -903,7 +961,298 @@ class Hub:
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. The HTTP handler: one thread per connection
+# 7. Several processes: the history in a Redis stream (--redis URL)
+# ---------------------------------------------------------------------------------------------
+#
+# One process keeps its history itself.  Several processes behind one address must agree on
+# one sequence of events, so that a client may reconnect to any of them with its Last-Event-ID.
+# With --redis that sequence is a Redis stream (ws_server.py section 12 has the protocol):
+#
+#   publish  = XADD push:events MAXLEN ~ <history> * data <text> [event <name>]
+#              -> the entry's id ("1733040000000-0"), which becomes the event's id; 204 only then
+#   fan-out  = one reader thread per process: XREAD BLOCK from the last id it read
+#              -> every entry, in the stream's order, to this process's subscribers
+#
+# A process does not send its own publishes directly: it reads them back like every other
+# entry, so every subscriber of every process sees the same events in the same order.  The
+# reader keeps the last `--history` entries it read; a reconnecting client is answered from
+# them under the hub's lock, so nothing falls between its replay and its live events.  Its id
+# must name an entry that this process read: a well-formed id that is not there (trimmed
+# away, or from before Redis restarted empty: a newer stream reuses the same kind of ids) gets
+# the `reset` event, never a guess.
+
+EVENT_STREAM = "push:events"
+READ_BLOCK_MS = 1000  # XREAD BLOCK: how long one read waits; the reader notices a stop this fast
+
+
+class BlockingRedis:
+    """One blocking connection to Redis (for threads), over ws_server's RESP codec.
+
+    Each command has a deadline (`timeout`, to connect and for the whole reply); a failure
+    closes the connection and raises RedisError, and the next command connects again, no
+    sooner than `backoff` after a failed attempt.  One command at a time (a lock)."""
+
+    def __init__(self, address: ws_server.RedisAddress, timeout: float = ws_server.DEFAULT_REDIS_TIMEOUT) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._parser = ws_server.RESPParser()
+        self._lock = threading.Lock()
+        self._retry_at = 0.0
+        self._backoff = 0.1
+        self._closed = False
+
+    def command(self, *arguments: bytes | str | int) -> ws_server.Reply:
+        """Send one command, return its reply; RedisReplyError for an error reply, RedisError
+        if Redis cannot be reached or does not answer in time."""
+        with self._lock:
+            sock = self._connected()
+            try:
+                reply = self._exchange(sock, arguments)
+            except (OSError, ws_server.RedisError) as error:
+                self._disconnect()
+                if isinstance(error, socket.timeout):
+                    raise ws_server.RedisError(f"Redis did not answer {arguments[0]} within {self.timeout:g} s") from None
+                raise ws_server.RedisError(f"lost Redis during {arguments[0]}: {error}") from None
+        if isinstance(reply, ws_server.RedisReplyError):
+            raise reply
+        return reply
+
+    def _exchange(self, sock: socket.socket, arguments: tuple) -> ws_server.Reply:
+        deadline = time.monotonic() + self.timeout
+        sock.settimeout(self.timeout)
+        sock.sendall(ws_server.encode_command(*arguments))
+        while True:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            data = sock.recv(ws_server.READ_SIZE)
+            if not data:
+                raise ws_server.RedisError("Redis closed the connection")
+            replies = self._parser.feed(data)
+            if len(replies) > 1:
+                raise ws_server.RedisError("more replies than commands")
+            if replies:
+                return replies[0]
+
+    def _connected(self) -> socket.socket:
+        if self._closed:
+            raise ws_server.RedisError("the Redis client is closed")
+        if self._sock is not None:
+            if not self._closed_by_peer(self._sock):
+                return self._sock
+            self._disconnect()
+        if time.monotonic() < self._retry_at:
+            raise ws_server.RedisUnreachable(f"Redis at {self.address.host}:{self.address.port} is unreachable (retrying)")
+        try:
+            sock = socket.create_connection((self.address.host, self.address.port), timeout=self.timeout)
+        except OSError as error:
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, 2.0)
+            raise ws_server.RedisUnreachable(f"cannot reach Redis at {self.address.host}:{self.address.port}: "
+                                             f"{error or 'timed out'}") from None
+        self._sock, self._parser = sock, ws_server.RESPParser()
+        self._backoff = 0.1
+        try:
+            for setup in self.address.setup_commands():  # AUTH, SELECT: before anything else
+                reply = self._exchange(sock, setup)
+                if isinstance(reply, ws_server.RedisReplyError):
+                    raise ws_server.RedisError(f"Redis refused {setup[0]}: {reply}")
+        except (OSError, ws_server.RedisError) as error:
+            self._disconnect()
+            raise ws_server.RedisUnreachable(f"Redis at {self.address.host}:{self.address.port}: {error}") from None
+        return sock
+
+    @staticmethod
+    def _closed_by_peer(sock: socket.socket) -> bool:
+        """Between two commands Redis sends nothing: if the connection is readable, Redis closed
+        it (it restarted, or dropped an idle client).  Then connect again before sending, rather
+        than write a command into a dead connection and not know whether it ran."""
+        readable, _, _ = select.select([sock], [], [], 0)  # (select() is on every platform)
+        return bool(readable)
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def interrupt(self) -> None:
+        """Wake a command blocked in another thread (XREAD BLOCK), for a shutdown: it fails."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # (close() alone does not wake a blocked recv)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._closed = True
+        self.interrupt()
+        with self._lock:
+            self._disconnect()
+
+
+class RedisHistory(History):
+    """The history of every process sharing one Redis: the ids are the stream's entry ids.
+
+    `store` is the XADD; `append` is called by the hub for each entry the reader (`follow`)
+    reads back.  The positions a client can resume from are the ids kept here, and `base`: the
+    position just before the oldest kept entry when nothing between them is missing (the
+    entry that fell out of the window, or where reading started)."""
+
+    shared = True
+
+    def __init__(self, address: ws_server.RedisAddress, maxlen: int,
+                 timeout: float = ws_server.DEFAULT_REDIS_TIMEOUT, stream: str = EVENT_STREAM) -> None:
+        super().__init__(maxlen, first_id=0)
+        self.address, self.maxlen, self.timeout, self.stream = address, maxlen, timeout, stream
+        self._keys: collections.deque[tuple[int, int]] = collections.deque(maxlen=maxlen)
+        self._base: tuple[int, int] | None = None
+        self.position: str | None = None  # the last id read, where the next XREAD starts
+        self._position_is_entry = False  # False for "0-0", and once Redis lost the entry
+        self._changed = threading.Condition()  # the kept entries and the position
+        self._commands = BlockingRedis(address, timeout)  # XADD, under the hub's publishing lock
+        self._reader = BlockingRedis(address, timeout + READ_BLOCK_MS / 1000)
+
+    def parse_id(self, last_event_id: str) -> tuple[int, int] | None:
+        return ws_server.stream_id(last_event_id)
+
+    def store(self, data: str, event: str | None = None) -> StoredEvent:
+        """XADD the event; it is stored once Redis has answered with its id."""
+        fields = ["data", data] + (["event", event] if event is not None else [])
+        format_event(data, event=event)  # a name that cannot be sent is refused before it is kept
+        if self.position is None:
+            raise StoreError("the event was not stored: this process has not reached Redis yet")
+        try:
+            reply = self._commands.command("XADD", self.stream, "MAXLEN", "~", max(self.maxlen, 1), "*", *fields)
+            return StoredEvent.numbered(reply.decode("ascii"), data, event)
+        except ws_server.RedisUnreachable as error:
+            raise StoreError(f"the event was not stored: {error}") from None
+        except (ws_server.RedisError, AttributeError, UnicodeDecodeError) as error:
+            raise StoreError(f"the event was not confirmed by Redis ({error or 'an unexpected reply'}): "
+                             f"it may still be sent, or not") from None
+
+    def append(self, event: StoredEvent) -> None:
+        key = ws_server.stream_id(event.id)
+        with self._changed:
+            if len(self._keys) == self.maxlen:  # the oldest falls out of the window
+                self._base = self._keys[0] if self._keys else key
+            self._events.append(event)
+            self._keys.append(key)
+            self.position, self._position_is_entry = event.id, True
+            self._changed.notify_all()
+
+    def newest_id(self) -> str:
+        with self._changed:
+            if self._events:
+                return self._events[-1].id
+            return "%d-%d" % self._base if self._base is not None else "0-0"
+
+    def after(self, last_id: tuple[int, int]) -> list[StoredEvent] | None:
+        with self._changed:
+            if last_id == self._base:
+                return list(self._events)
+            index = bisect.bisect_left(self._keys, last_id)
+            if index < len(self._keys) and self._keys[index] == last_id:
+                return list(itertools.islice(self._events, index + 1, None))
+            return None
+
+    def catch_up(self, last_id: tuple[int, int]) -> None:
+        """A client may come with an id this process has not read yet (it saw the entry on
+        another process a moment ago): wait, a bounded time, for the reader to get there."""
+        def reached() -> bool:
+            position = ws_server.stream_id(self.position) if self.position else None
+            return position is not None and position >= last_id
+        with self._changed:
+            self._changed.wait_for(reached, self.timeout)
+
+    def forget(self) -> None:
+        """The stream lost entries (Redis restarted empty, or was flushed, or trimmed past
+        us), and this process cannot know which: no id from before can be resumed from, not
+        even the last one read (another process may have read further, and its clients seen
+        entries that are gone).  What remains is a new position, "0-<now in ms>", which no
+        XADD * makes: the reset events carry it, and everything read from now on is after it."""
+        with self._changed:
+            self._events.clear()
+            self._keys.clear()
+            self._base = (0, time.time_ns() // 1_000_000)
+            self._position_is_entry = False
+
+    def follow(self, hub: Hub, stopping: threading.Event) -> None:
+        """The reader thread: every entry of the stream to `hub.deliver`, in order, until
+        `stopping`.  Redis going away is logged once; reading resumes by itself from the last
+        id read, after checking that Redis still has that entry (`hub.history_lost` if not)."""
+        backoff, unreachable = 0.1, self.position is None
+        while not stopping.is_set():
+            try:
+                if self.position is None:
+                    self._start()
+                elif unreachable:
+                    self._check_position(hub)
+                if unreachable:
+                    log.info("Redis is back: events go on after %s", self.position)
+                    unreachable, backoff = False, 0.1
+                reply = self._reader.command("XREAD", "COUNT", 1000, "BLOCK", READ_BLOCK_MS,
+                                             "STREAMS", self.stream, self.position)
+                entries = ws_server.read_entries(reply)
+                for entry_id, fields in entries:
+                    hub.deliver(self.entry_event(entry_id, fields))
+                if not entries:  # a quiet second: is the stream still the one we read (a FLUSHALL)?
+                    self._check_position(hub)
+            except ws_server.RedisError as error:
+                if stopping.is_set():
+                    break
+                if not unreachable:
+                    log.warning("the event stream's Redis is unreachable: %s (reconnecting)", error)
+                    unreachable = True
+                stopping.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    @staticmethod
+    def entry_event(entry_id: str, fields: dict[bytes, bytes]) -> StoredEvent:
+        event = fields.get(b"event")
+        return StoredEvent.numbered(entry_id, fields.get(b"data", b"").decode("utf-8", "replace"),
+                                    event.decode("utf-8", "replace") if event is not None else None)
+
+    def start_reading(self) -> None:
+        """Where reading starts (`_start`), once; if Redis cannot be reached yet, the reader
+        thread keeps trying, and publishing waits for it."""
+        try:
+            self._start()
+        except ws_server.RedisError as error:
+            log.warning("the event stream's Redis is unreachable: %s (retrying)", error)
+
+    def _start(self) -> None:
+        """Keep the newest `maxlen` entries already in the stream, for clients that resume;
+        read from the newest on (an empty stream: from the beginning, "0-0")."""
+        newest = ws_server.stream_entries(self._reader.command("XREVRANGE", self.stream, "+", "-",
+                                                               "COUNT", max(self.maxlen, 1)))
+        with self._changed:
+            for entry_id, fields in reversed(newest[:self.maxlen]):
+                self._events.append(self.entry_event(entry_id, fields))
+                self._keys.append(ws_server.stream_id(entry_id))
+            self.position, self._position_is_entry = (newest[0][0], True) if newest else ("0-0", False)
+            if not newest or not self.maxlen:
+                self._base = ws_server.stream_id(self.position)
+            self._changed.notify_all()
+
+    def _check_position(self, hub: Hub) -> None:
+        """After a new connection: is the last entry read still there?  If Redis restarted
+        empty (or was flushed, or trimmed what this process had not read yet), it is not, and
+        events may have been missed: every subscriber is told, and reading goes on from here."""
+        if not self._position_is_entry:
+            return  # nothing read since the start or since the last loss: nothing to lose
+        found = self._reader.command("XRANGE", self.stream, self.position, self.position)
+        if not ws_server.stream_entries(found):
+            log.warning("Redis no longer has event %s (restarted empty, flushed or trimmed): "
+                        "subscribers get a reset", self.position)
+            hub.history_lost()
+
+    def close(self) -> None:
+        self._reader.close()
+        self._commands.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. The HTTP handler: one thread per connection
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1204,7 +1553,7 @@ def describe_first(first: list[StoredEvent]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. The server: the clock, heartbeats, shutdown
+# 9. The server: the clock, heartbeats, shutdown
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1229,6 +1578,9 @@ class ServerConfig:
     max_header_lines: int = DEFAULT_MAX_HEADER_LINES
     tls: ssl.SSLContext | None = None  # --certfile/--keyfile: https://
     trusted_proxies: tuple[str, ...] = ()  # --trusted-proxy
+    redis: ws_server.RedisAddress | None = None  # --redis: the history shared by several processes
+    redis_timeout: float = ws_server.DEFAULT_REDIS_TIMEOUT
+    reuse_port: bool = False  # --reuse-port: several processes listen on one port (SO_REUSEPORT)
 
 
 def clock_message() -> str:
@@ -1249,17 +1601,30 @@ class SSEServer(ThreadingHTTPServer):
     def __init__(self, config: ServerConfig | None = None, history: History | None = None) -> None:
         self.config = config or ServerConfig()
         if history is None:  # another History may be given (the tests give one whose store fails)
-            history = (SQLiteHistory(self.config.store, self.config.history) if self.config.store
-                       else History(self.config.history))
+            history = self.open_history(self.config)
         self.hub = Hub(history, max_clients=self.config.max_clients, max_queue=self.config.max_queue,
                        trace=self.config.trace)
         self._stopping = threading.Event()
         self._background: list[threading.Thread] = []
+        self._reader: threading.Thread | None = None
         try:
             super().__init__((self.config.host, self.config.port), SSERequestHandler)
         except OSError:
             history.close()
             raise
+
+    def server_bind(self) -> None:
+        if self.config.reuse_port:  # before bind: then other processes may bind the same port
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    @staticmethod
+    def open_history(config: ServerConfig) -> History:
+        if config.redis is not None:
+            return RedisHistory(config.redis, config.history, config.redis_timeout)
+        if config.store:
+            return SQLiteHistory(config.store, config.history)
+        return History(config.history)
 
     @property
     def port(self) -> int:
@@ -1284,17 +1649,23 @@ class SSEServer(ThreadingHTTPServer):
         else:
             log.exception("error while handling a request from %s", client_address[0])
 
-    def start_timers(self) -> None:
+    def start_background(self) -> None:
+        """The clock and the heartbeat; with a shared history, its reader."""
         for interval, action, name in ((self.config.clock, self._tick, "clock"),
                                        (self.config.heartbeat, self._heartbeat, "heartbeat")):
             if interval > 0:
                 thread = threading.Thread(target=self._every, args=(interval, action), name=name, daemon=True)
                 thread.start()
                 self._background.append(thread)
+        if isinstance(self.hub.history, RedisHistory):
+            self.hub.history.start_reading()  # before serving, so a first publish finds its place
+            self._reader = threading.Thread(target=self.hub.history.follow, args=(self.hub, self._stopping),
+                                            name="redis-reader", daemon=True)
+            self._reader.start()
 
     def start(self) -> None:
         """Serve from a background thread (for tests and embedding)."""
-        self.start_timers()
+        self.start_background()
         thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
                                   name="sse-server", daemon=True)
         thread.start()
@@ -1309,7 +1680,7 @@ class SSEServer(ThreadingHTTPServer):
 
     def _tick(self) -> None:
         try:
-            self.hub.publish(clock_message())
+            self.hub.tick(clock_message())
         except StoreError as error:
             log.warning("clock tick not sent: %s", error)
 
@@ -1325,11 +1696,13 @@ class SSEServer(ThreadingHTTPServer):
         self.hub.close()
         for thread in self._background:
             thread.join(timeout=5)
-        self.hub.history.close()
+        self.hub.history.close()  # after the clock, which may be publishing; wakes the reader
+        if self._reader is not None:
+            self._reader.join(timeout=5)
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. The client: python sse_server.py --connect URL
+# 10. The client: python sse_server.py --connect URL
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1417,7 +1790,7 @@ def run_client(url: str, cafile: str | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 10. The command line
+# 11. The command line
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1439,6 +1812,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"events kept for Last-Event-ID replay (default: {DEFAULT_HISTORY})")
     parser.add_argument("--store", metavar="FILE",
                         help="keep the history in this SQLite file, owned by this process (default: memory)")
+    parser.add_argument("--redis", metavar="URL",
+                        help="share the events with every server on this Redis, "
+                             "redis://[:password@]host[:port][/db] (default: this process alone)")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="let other processes listen on the same port (SO_REUSEPORT; the kernel "
+                             "spreads new connections over them; with --redis they share one stream)")
+    parser.add_argument("--redis-timeout", type=float, default=ws_server.DEFAULT_REDIS_TIMEOUT, metavar="S",
+                        help=f"seconds Redis may take to connect or answer (default: {ws_server.DEFAULT_REDIS_TIMEOUT:g})")
     parser.add_argument("--allow-origin", action="append", metavar="ORIGIN",
                         help="origin allowed by CORS (repeatable; default: *)")
     parser.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS, metavar="N",
@@ -1481,8 +1862,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.history < 0 or args.retry < 0 or args.write_timeout <= 0 or args.request_timeout <= 0:
         parser.error("--history and --retry must be at least 0, --write-timeout and --request-timeout above 0")
-    if args.keyfile and not args.certfile:
-        parser.error("--keyfile needs --certfile")
+    ws_server.check_deployment_arguments(parser, args)
+    if args.redis and args.store:
+        parser.error("--redis and --store are two places for one history: choose one")
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell may start us with it ignored
         signal.signal(signum, _interrupt)
     try:
@@ -1494,7 +1876,9 @@ def main(argv: list[str] | None = None) -> int:
                               args.store, tuple(args.allow_origin or ("*",)), args.max_clients,
                               args.max_body, args.max_queue, args.write_timeout, args.clock, args.trace,
                               args.request_timeout, args.max_header_bytes, args.max_header_lines,
-                              tls, tuple(args.trusted_proxy))
+                              tls, tuple(args.trusted_proxy),
+                              ws_server.RedisAddress.parse(args.redis) if args.redis else None,
+                              args.redis_timeout, args.reuse_port)
         server = SSEServer(config)
     except KeyboardInterrupt:
         return 0
@@ -1506,8 +1890,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host
     log.info("Serving the clock on %s://%s:%d/ (stream at /sse, POST /publish)", server.scheme, host, server.port)
+    if config.redis is not None:
+        log.info("Events shared through Redis at %s:%d (stream %s)", config.redis.host, config.redis.port, EVENT_STREAM)
     try:
-        server.start_timers()
+        server.start_background()
         server.serve_forever()
     except KeyboardInterrupt:
         log.info("shutting down")

@@ -25,8 +25,9 @@ the RFCs:
 10. `Connection`: the pump between an asyncio stream and a `Protocol`: reads, writes with a
     budget in bytes, the timers (keepalive, closing).  I/O and time only.
 11. TLS: the contexts of https:// and wss://, and the one address a trusted proxy may give.
-12. The application: `ChatRoom` and `WebSocketServer`; `connect()`, the client.
-13. The command line.
+12. Redis (RESP2 by hand): the codec, a client, and the chat shared by several processes.
+13. The application: `ChatRoom` and `WebSocketServer`; `connect()`, the client.
+14. The command line.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import asyncio
 import base64
 import binascii
 import codecs
+import collections
 import dataclasses
 import enum
 import hashlib
@@ -45,6 +47,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import ssl
 import struct
 import sys
@@ -2290,7 +2293,435 @@ def client_address(peer: str, forwarded_for: str | None, trusted_proxies: Iterab
 
 
 # ---------------------------------------------------------------------------------------------
-# 12. The application: the chat room, the server, the client
+# 12. Redis: RESP2 by hand, for several processes
+# ---------------------------------------------------------------------------------------------
+#
+# One Python process is one core; with --redis several processes share one chat and one event
+# stream.  Redis is a service the user runs, not a package: this is its protocol, RESP2
+# ("REdis Serialization Protocol"), written out, and two small clients over it (an asyncio one
+# here, a blocking one in sse_server.py).  A command is an array of bulk strings; a reply is
+# one of five types, told apart by their first byte:
+#
+#   +OK\r\n                                  simple string
+#   -ERR unknown command 'asdf'\r\n          error
+#   :1000\r\n                                integer
+#   $5\r\nhello\r\n     $-1\r\n              bulk string, and the null bulk string
+#   *2\r\n$5\r\nhello\r\n:1\r\n   *-1\r\n    array (of any of these, nested), and the null array
+#
+# Both servers use Redis *streams* (XADD, XREAD): an append-only log with ids, which a reader
+# that was away can read from where it stopped.  Pub/sub (PUBLISH, SUBSCRIBE) would deliver to
+# whoever is subscribed at that instant and to nobody else ("at-most-once"): a process that is
+# reconnecting to Redis would silently miss what was published meanwhile.
+
+DEFAULT_REDIS_PORT = 6379
+DEFAULT_REDIS_TIMEOUT = 2.0  # --redis-timeout: seconds to connect, and for each command
+#: The bounds of a reply: a bulk string, the elements of an array, how deep arrays nest, a line.
+MAX_REDIS_BULK = 64 << 20
+MAX_REDIS_ELEMENTS = 1 << 20
+MAX_REDIS_DEPTH = 8
+MAX_REDIS_LINE = 64 * 1024
+
+
+class RedisError(WebSocketError):
+    """Redis could not be used: unreachable, too slow, or it answered something unreadable."""
+
+
+class RedisUnreachable(RedisError):
+    """No connection to Redis: the command was not sent, so it certainly did not happen.  (Any
+    other RedisError after a command was sent leaves its outcome unknown: Redis may have run
+    it and then failed to answer in time.)"""
+
+
+class RedisReplyError(RedisError):
+    """Redis answered a command with an error reply (`-ERR ...`): a value, raised by clients."""
+
+
+def encode_command(*arguments: bytes | str | int) -> bytes:
+    """A command as Redis reads it: an array of bulk strings.
+
+    >>> encode_command("LLEN", "mylist")
+    b'*2\\r\\n$4\\r\\nLLEN\\r\\n$6\\r\\nmylist\\r\\n'
+    """
+    parts = [b"*%d\r\n" % len(arguments)]
+    for argument in arguments:
+        data = argument if isinstance(argument, bytes) else str(argument).encode("utf-8")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+#: A reply: str (simple string), RedisReplyError, int, bytes or None (bulk), list or None (array).
+Reply = Union[str, int, bytes, list, None, RedisReplyError]
+
+_INCOMPLETE = object()  # "wait for more bytes"
+_ARRAY_STARTED = object()  # an array header was read; its elements follow
+
+
+class RESPParser:
+    """RESP2 replies, sans I/O: feed it bytes as they come, it returns the replies they complete.
+
+    Incremental (a reply may be split anywhere), linear in its input, and bounded: a bulk string
+    longer than `max_bulk`, an array of more than `max_elements`, arrays nested deeper than
+    `max_depth` or a line longer than `max_line` raise RedisError before anything that size is
+    kept.  Error replies are values (RedisReplyError), not raised: the client decides."""
+
+    def __init__(self, max_bulk: int = MAX_REDIS_BULK, max_elements: int = MAX_REDIS_ELEMENTS,
+                 max_depth: int = MAX_REDIS_DEPTH, max_line: int = MAX_REDIS_LINE) -> None:
+        self.max_bulk, self.max_elements, self.max_depth, self.max_line = max_bulk, max_elements, max_depth, max_line
+        self._buffer = bytearray()  # what arrived and was not parsed yet, from _position on
+        self._position = 0
+        self._arrays: list[list] = []  # the arrays being filled: [elements left, elements so far]
+
+    def feed(self, data: bytes) -> list[Reply]:
+        del self._buffer[:self._position]  # (cheap: a bytearray drops its head in place)
+        self._buffer += data
+        self._position = 0
+        replies: list[Reply] = []
+        while True:
+            item = self._item()
+            if item is _INCOMPLETE:
+                return replies
+            if item is _ARRAY_STARTED:
+                continue
+            while self._arrays:  # an element of the innermost array, which may now be complete
+                array = self._arrays[-1]
+                array[1].append(item)
+                array[0] -= 1
+                if array[0]:
+                    break
+                item = self._arrays.pop()[1]
+            else:
+                replies.append(item)
+
+    def _line(self) -> bytes | None:
+        end = self._buffer.find(b"\r\n", self._position)
+        if end < 0:
+            if len(self._buffer) - self._position > self.max_line:
+                raise RedisError(f"a reply line longer than {self.max_line} bytes")
+            return None
+        line, self._position = bytes(self._buffer[self._position:end]), end + 2
+        return line
+
+    def _item(self):
+        start = self._position
+        line = self._line()
+        if line is None:
+            return _INCOMPLETE
+        if not line:
+            raise RedisError("an empty reply line")
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode("utf-8", "replace")
+        if kind == b"-":
+            return RedisReplyError(rest.decode("utf-8", "replace"))
+        if kind == b":":
+            return self._integer(rest)
+        if kind == b"$":
+            length = self._integer(rest)
+            if length == -1:
+                return None
+            if not 0 <= length <= self.max_bulk:
+                raise RedisError(f"a bulk string of {length} bytes (the limit is {self.max_bulk})")
+            end = self._position + length
+            if len(self._buffer) < end + 2:
+                self._position = start  # the whole string, and its CRLF, first
+                return _INCOMPLETE
+            if self._buffer[end:end + 2] != b"\r\n":
+                raise RedisError("a bulk string not followed by CRLF")
+            data, self._position = bytes(self._buffer[self._position:end]), end + 2
+            return data
+        if kind == b"*":
+            count = self._integer(rest)
+            if count == -1:
+                return None
+            if not 0 <= count <= self.max_elements:
+                raise RedisError(f"an array of {count} elements (the limit is {self.max_elements})")
+            if count == 0:
+                return []
+            if len(self._arrays) >= self.max_depth:
+                raise RedisError(f"arrays nested deeper than {self.max_depth}")
+            self._arrays.append([count, []])
+            return _ARRAY_STARTED
+        raise RedisError(f"an unknown reply type {kind!r}")
+
+    @staticmethod
+    def _integer(text: bytes) -> int:
+        """`:[<+|->]<value>`: decimal digits with an optional sign, at most a signed 64-bit."""
+        digits = text[1:] if text[:1] in (b"-", b"+") else text
+        if not digits or len(digits) > 19 or not digits.isdigit():
+            raise RedisError(f"not an integer: {text[:30]!r}")
+        return int(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisAddress:
+    """Where Redis is, from `redis://[:password@]host[:port][/db]`."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_REDIS_PORT
+    password: str | None = None
+    db: int = 0
+
+    @classmethod
+    def parse(cls, url: str) -> RedisAddress:
+        """ValueError for anything but a redis:// URL."""
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError as error:
+            raise ValueError(f"not a redis:// URL: {url!r} ({error})") from None
+        path = parts.path.strip("/")
+        if parts.scheme != "redis" or not parts.hostname or (path and not path.isdigit()):
+            raise ValueError(f"not a redis://[:password@]host[:port][/db] URL: {url!r}")
+        password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+        return cls(parts.hostname, port or DEFAULT_REDIS_PORT, password, int(path or 0))
+
+    def setup_commands(self) -> list[tuple]:
+        """What a client says first on a new connection: AUTH and SELECT, when given."""
+        commands = []
+        if self.password is not None:
+            commands.append(("AUTH", self.password))
+        if self.db:
+            commands.append(("SELECT", self.db))
+        return commands
+
+
+class RESPConnection(asyncio.Protocol):
+    """The bytes of one connection to Redis: commands out; replies in, through a RESPParser,
+    each to the oldest command still waiting (Redis answers in order).  Once the connection
+    fails, so does every command waiting on it, with the same RedisError."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = RESPParser()
+        self.waiting: collections.deque[asyncio.Future] = collections.deque()
+        self.failure: RedisError | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def send(self, arguments: tuple) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self.transport.write(encode_command(*arguments))
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            replies = self.parser.feed(data)
+        except RedisError as error:
+            self.fail(error)
+            return
+        for reply in replies:
+            if not self.waiting:
+                self.fail(RedisError("Redis sent a reply to no command"))
+                return
+            future = self.waiting.popleft()
+            if not future.done():  # (a command whose task was cancelled still has its place)
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisError("Redis closed the connection" if exc is None else f"lost Redis: {exc}"))
+
+    def fail(self, error: RedisError) -> None:
+        if self.failure is None:
+            self.failure = error
+            self.transport.abort()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(self.failure)
+                future.exception()  # retrieved here: nobody else may be waiting any more
+
+
+class AsyncRedis:
+    """Commands to Redis from coroutines, pipelined on one connection (RESPConnection):
+    several coroutines may send at once; each gets the reply to its own command.
+
+    Every command has a deadline (`timeout`); when a reply is late the connection is given up
+    (it could no longer tell which reply is whose), failing the commands in flight, and the next
+    command connects again, no sooner than `backoff` after a failed attempt: a Redis that comes
+    back is used again without anyone restarting anything."""
+
+    def __init__(self, address: RedisAddress, timeout: float = DEFAULT_REDIS_TIMEOUT) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._connection: RESPConnection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._retry_at = 0.0
+        self.backoff = 0.1
+
+    async def command(self, *arguments: bytes | str | int) -> Reply:
+        """Send one command and wait for its reply; RedisReplyError for an error reply,
+        RedisUnreachable if it could not be sent, another RedisError if no reply came in time."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        connection = await self._connected(deadline)
+        reply = await self._reply(connection, arguments, deadline)
+        if isinstance(reply, RedisReplyError):
+            raise reply
+        return reply
+
+    async def _reply(self, connection: RESPConnection, arguments: tuple, deadline: float) -> Reply:
+        loop = asyncio.get_running_loop()
+        late = RedisError(f"Redis did not answer {arguments[0]} within {self.timeout:g} s")
+        timer = loop.call_at(deadline, connection.fail, late)
+        try:
+            return await connection.send(arguments)
+        finally:
+            timer.cancel()
+
+    async def _connected(self, deadline: float) -> RESPConnection:
+        if self._connection is not None and self._connection.failure is None:
+            return self._connection
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._connection is not None and self._connection.failure is None:
+                return self._connection
+            loop = asyncio.get_running_loop()
+            where = f"Redis at {self.address.host}:{self.address.port}"
+            if loop.time() < self._retry_at:
+                raise RedisUnreachable(f"{where} is unreachable (retrying)")
+            try:
+                _, connection = await asyncio.wait_for(
+                    loop.create_connection(RESPConnection, self.address.host, self.address.port),
+                    max(0.0, deadline - loop.time()))
+            except (OSError, asyncio.TimeoutError) as error:
+                self._retry_at = loop.time() + self.backoff
+                self.backoff = min(self.backoff * 2, 2.0)
+                raise RedisUnreachable(f"cannot reach {where}: {error or 'timed out'}") from None
+            self.backoff = 0.1
+            # AUTH and SELECT go first on the wire, before any command queued behind this lock.
+            for setup in self.address.setup_commands():
+                try:
+                    reply = await self._reply(connection, setup, deadline)
+                except RedisError as error:
+                    reply = error
+                if isinstance(reply, RedisError):
+                    connection.fail(RedisError(f"Redis refused {setup[0]}"))
+                    raise RedisUnreachable(f"{where} refused {setup[0]}: {reply}") from None
+            self._connection = connection
+            return connection
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection.fail(RedisError("the Redis client is closed"))
+            self._connection = None
+
+
+def stream_entries(reply: Reply) -> list[tuple[str, dict[bytes, bytes]]]:
+    """The entries of an XRANGE or XREVRANGE reply, or of one stream in an XREAD reply:
+    [(id, {field: value})].  RedisError if the reply is not of that shape."""
+    if reply is None:
+        return []
+    entries = []
+    try:
+        for entry_id, fields in reply:
+            entries.append((entry_id.decode("ascii"), dict(zip(fields[::2], fields[1::2]))))
+    except (TypeError, ValueError, AttributeError, UnicodeDecodeError):
+        raise RedisError("a stream reply of an unexpected shape") from None
+    return entries
+
+
+def read_entries(reply: Reply) -> list[tuple[str, dict[bytes, bytes]]]:
+    """The entries of an XREAD reply for one stream ([[key, entries]]), or [] for null."""
+    if reply is None:
+        return []
+    if not isinstance(reply, list) or len(reply) != 1 or not isinstance(reply[0], list) or len(reply[0]) != 2:
+        raise RedisError("an XREAD reply of an unexpected shape")
+    return stream_entries(reply[0][1])
+
+
+def stream_id(text: str) -> tuple[int, int] | None:
+    """A stream entry id, "milliseconds-sequence", as numbers to compare; None if it is not one."""
+    milliseconds, dash, sequence = text.partition("-")
+    first, second = parse_decimal(milliseconds, 20), parse_decimal(sequence, 20)
+    return None if not dash or first is None or second is None else (first, second)
+
+
+#: Every --redis process's chat goes through this stream, trimmed to about this many entries.
+CHAT_STREAM = "push:chat"
+CHAT_STREAM_LENGTH = 1000
+
+
+class RedisChatBus:
+    """The chat shared by every process with the same --redis (section 12's stream).
+
+    A message from a local client is added to the stream (XADD); one reader per process reads
+    the stream (XREAD BLOCK) and hands every entry to the local room, which broadcasts it.  So
+    every client of every process sees every message in the stream's order, once: the sender's
+    process does not broadcast it itself, it waits for it like everyone else.
+
+    While Redis is unreachable nothing is broadcast: a message the stream did not take is
+    refused to its sender (`publish` raises, and the server tells the sender it was not
+    delivered), never delivered to some clients and not others.  The reader reconnects by
+    itself, with backoff, and goes on from the last id it read: what was added while it was
+    away is read then, nothing skipped, nothing twice."""
+
+    def __init__(self, address: RedisAddress, deliver: Callable[[Message], None], *,
+                 timeout: float = DEFAULT_REDIS_TIMEOUT, stream: str = CHAT_STREAM) -> None:
+        self.address, self.deliver, self.timeout, self.stream = address, deliver, timeout, stream
+        self.commands = AsyncRedis(address, timeout)
+        self._reader_task: asyncio.Task | None = None
+        self.last_id: str | None = None  # of the last entry read; None before the first read
+
+    async def start(self) -> None:
+        """Find where the stream ends now, then read from there in a task of its own.  If Redis
+        cannot be reached yet, the reader keeps trying; the server starts anyway."""
+        reader = AsyncRedis(self.address, self.timeout + 5)  # its own connection: XREAD blocks it
+        try:
+            await self._find_the_end(reader)
+        except RedisError as error:
+            log.warning("the chat's Redis is unreachable: %s (retrying)", error)
+        self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+
+    async def _find_the_end(self, reader: AsyncRedis) -> None:
+        newest = stream_entries(await reader.command("XREVRANGE", self.stream, "+", "-", "COUNT", 1))
+        self.last_id = newest[0][0] if newest else "0-0"
+
+    async def publish(self, message: Message) -> str:
+        """Add a local client's message to the stream; its id.  RedisUnreachable if it was
+        certainly not added (also while this process is not reading the stream yet: it would
+        not know where its own message is), another RedisError if Redis did not confirm it."""
+        if self.last_id is None:
+            raise RedisUnreachable("this process has not reached the chat's Redis yet")
+        kind = b"text" if message.opcode == Opcode.TEXT else b"binary"
+        return (await self.commands.command("XADD", self.stream, "MAXLEN", "~", CHAT_STREAM_LENGTH, "*",
+                                            "type", kind, "data", bytes(message.payload))).decode("ascii")
+
+    async def _read(self, reader: AsyncRedis) -> None:
+        backoff = 0.1
+        unreachable = self.last_id is None
+        while True:
+            try:
+                if self.last_id is None:  # start after what is already there
+                    await self._find_the_end(reader)
+                reply = await reader.command("XREAD", "COUNT", 1000, "BLOCK", 5000, "STREAMS", self.stream, self.last_id)
+                if unreachable:
+                    log.info("Redis is back: the chat goes on from %s", self.last_id)
+                    unreachable, backoff = False, 0.1
+                for entry_id, fields in read_entries(reply):
+                    self.last_id = entry_id
+                    opcode = Opcode.TEXT if fields.get(b"type") == b"text" else Opcode.BINARY
+                    self.deliver(Message(opcode, fields.get(b"data", b"")))
+            except asyncio.CancelledError:
+                await reader.close()
+                raise
+            except RedisError as error:
+                if not unreachable:
+                    log.warning("the chat's Redis is unreachable: %s (reconnecting)", error)
+                    unreachable = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def close(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            await asyncio.gather(self._reader_task, return_exceptions=True)
+        await self.commands.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. The application: the chat room, the server, the client
 # ---------------------------------------------------------------------------------------------
 
 
@@ -2357,6 +2788,16 @@ class ServerConfig:
     compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD
     tls: ssl.SSLContext | None = None  # --certfile/--keyfile: https:// and wss://
     trusted_proxies: list[str] = dataclasses.field(default_factory=list)  # --trusted-proxy
+    redis: RedisAddress | None = None  # --redis: the chat shared by several processes
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT
+    reuse_port: bool = False  # --reuse-port: several processes listen on one port (SO_REUSEPORT)
+
+
+#: What the sender of a message that could not be shared (--redis) receives instead: either
+#: it certainly reached nobody, or Redis took it but did not say so in time (it may be shown to
+#: everyone a moment later, or to nobody; never to some and not others).
+NOT_DELIVERED = "[not delivered] (the chat's Redis is unreachable; try again)"
+NOT_CONFIRMED = "[not confirmed] (the chat's Redis did not answer in time: your message may still reach everyone, or no one)"
 
 
 class WebSocketServer:
@@ -2369,6 +2810,7 @@ class WebSocketServer:
         self._handlers: set[asyncio.Task] = set()
         self._handshaking: set[asyncio.Task] = set()  # handlers still reading a request head
         self._compressions: dict[DeflateParameters, Compression] = {}  # one per parameters agreed
+        self.bus: RedisChatBus | None = None  # with --redis, every message goes through it
 
     @property
     def port(self) -> int:
@@ -2378,7 +2820,11 @@ class WebSocketServer:
         settle_the_allocator()
         config = self.config
         tls = {} if config.tls is None else {"ssl": config.tls, "ssl_handshake_timeout": config.handshake_timeout}
-        self._server = await asyncio.start_server(self._handle, config.host, config.port, limit=READ_SIZE, **tls)
+        if config.redis is not None:
+            self.bus = RedisChatBus(config.redis, self.room.broadcast, timeout=config.redis_timeout)
+            await self.bus.start()
+        self._server = await asyncio.start_server(self._handle, config.host, config.port, limit=READ_SIZE,
+                                                  reuse_port=config.reuse_port or None, **tls)
 
     @property
     def scheme(self) -> str:
@@ -2401,6 +2847,8 @@ class WebSocketServer:
             await asyncio.wait(self._handlers, timeout=1)
         if self._server is not None:
             await self._server.wait_closed()
+        if self.bus is not None:
+            await self.bus.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -2471,7 +2919,11 @@ class WebSocketServer:
             if rest:
                 protocol.receive_data(rest)
             while True:
-                self.room.broadcast(await connection.recv_message())
+                message = await connection.recv_message()
+                if self.bus is None:
+                    self.room.broadcast(message)
+                else:
+                    await self._publish(connection, message)
         except ConnectionClosed:
             pass
         finally:
@@ -2481,6 +2933,17 @@ class WebSocketServer:
             failed = f", after failing it with {protocol.failure}" if protocol.failure else ""
             log.info("%s disconnected: close code %s %s%s (%d open)", connection.name, connection.close_code,
                      connection.close_reason, failed, len(self.room.clients))
+
+    async def _publish(self, connection: Connection, message: Message) -> None:
+        """With --redis, a message goes to the shared stream, and reaches every room (this one
+        too) from there.  If the stream did not take it, its sender is told, and nobody got it."""
+        try:
+            await self.bus.publish(message)
+        except RedisError as error:
+            unsent = isinstance(error, RedisUnreachable)
+            log.warning("%s: a message was %s: %s", connection.name, "not delivered" if unsent else "not confirmed", error)
+            if connection.state is State.OPEN:
+                connection.send_nowait(NOT_DELIVERED if unsent else NOT_CONFIRMED)
 
     def _compression(self, parameters: DeflateParameters | None) -> Compression | None:
         """The Compression shared by every connection that agreed these parameters: one
@@ -2550,7 +3013,7 @@ async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable
 
 
 # ---------------------------------------------------------------------------------------------
-# 13. The command line
+# 14. The command line
 # ---------------------------------------------------------------------------------------------
 
 
@@ -2685,11 +3148,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keyfile", metavar="FILE", help="the private key of --certfile, if not in it")
     parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
                         help="believe X-Forwarded-For from this proxy's address, for the logs (repeatable)")
+    parser.add_argument("--redis", metavar="URL",
+                        help="share the chat with every process using redis://[:password@]host[:port][/db]")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="let other processes listen on the same port (SO_REUSEPORT; the kernel "
+                             "spreads new connections over them; with --redis they share one chat)")
+    parser.add_argument("--redis-timeout", type=float, default=DEFAULT_REDIS_TIMEOUT, metavar="S",
+                        help=f"seconds to connect to Redis, and for each command (default: {DEFAULT_REDIS_TIMEOUT:g})")
     parser.add_argument("--trace", action="store_true", help="log the handshake and every frame, dissected")
     parser.add_argument("--connect", metavar="URL", help="run the terminal client against URL instead")
     parser.add_argument("--cafile", metavar="FILE",
                         help="with --connect wss://...: trust the CA certificates in FILE (default: the system's)")
     return parser
+
+
+def check_deployment_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The checks of the flags both servers share: TLS, Redis, --reuse-port."""
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
+    if args.redis_timeout <= 0:
+        parser.error("--redis-timeout must be above 0")
+    if args.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        parser.error("--reuse-port: this platform has no SO_REUSEPORT (run the processes on "
+                     "several ports behind a proxy instead)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -2706,10 +3187,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--ping-interval must be 0 (off) or more")
     if not 1 <= args.compression_level <= 9 or args.compression_threshold < 0:
         parser.error("--compression-level must be 1 to 9, --compression-threshold 0 or more")
-    if args.keyfile and not args.certfile:
-        parser.error("--keyfile needs --certfile")
+    check_deployment_arguments(parser, args)
     try:
         tls = server_tls_context(args.certfile, args.keyfile) if args.certfile else None
+        redis = RedisAddress.parse(args.redis) if args.redis else None
     except ValueError as error:  # a configuration the server cannot start with: one line, exit 2
         log.error("%s", error)
         return 2
@@ -2727,7 +3208,8 @@ def main(argv: list[str] | None = None) -> int:
                               compression=args.compression == "deflate",
                               compression_level=args.compression_level,
                               compression_threshold=args.compression_threshold,
-                              tls=tls, trusted_proxies=args.trusted_proxy)
+                              tls=tls, trusted_proxies=args.trusted_proxy, redis=redis,
+                              redis_timeout=args.redis_timeout, reuse_port=args.reuse_port)
         asyncio.run(run_server(config))
     except KeyboardInterrupt:  # Ctrl-C in the client, or a second one during the shutdown
         pass

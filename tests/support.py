@@ -15,10 +15,13 @@ import http.client
 import os
 import random
 import re
+import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import sse_server
 import ws_server
-from ws_server import Opcode, encode_frame
+from ws_server import encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 5.0  # every wait in the integration tests is bounded by this
@@ -59,14 +62,20 @@ async def async_wait_until(condition, timeout: float = TIMEOUT, message: str = "
 SERVING = re.compile(r"Serving .* on https?://[^:/]+:(\d+)/")
 
 
+def python_command(script: str, *args: str, prelude: str = "") -> list[str]:
+    """The command line of `python script ARGS`, with `prelude` (Python) run first in the child
+    (the Windows simulation uses it)."""
+    code = f"{prelude}\nimport runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"
+    return [sys.executable, "-c", code, str(ROOT / script), *args]
+
+
 def start_process(script: str, *args: str, prelude: str = "", timeout: float = 10.0,
                   stdin: int | None = None) -> tuple[subprocess.Popen, int]:
     """Start `python script --port 0 ARGS` and wait for its "Serving ..." line: (process, port).
 
-    `prelude` is Python run first in the child (the Windows simulation uses it).  The child's
-    stderr stays open for the caller (`process.stderr`, text); stop it with `stop_process`."""
-    code = f"{prelude}\nimport runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')"
-    process = subprocess.Popen([sys.executable, "-c", code, str(ROOT / script), "--port", "0", *args],
+    The child's stderr stays open for the caller (`process.stderr`, text); stop it with
+    `stop_process`."""
+    process = subprocess.Popen(python_command(script, "--port", "0", *args, prelude=prelude),
                                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.monotonic() + timeout
     seen = []
@@ -94,6 +103,110 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
     for stream in (process.stdin, process.stdout, process.stderr):
         if stream is not None:
             stream.close()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a child that cannot be told to bind port 0."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LogReader:
+    """Keeps every line a child process writes to stderr (its log), from a thread."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self.thread.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stderr:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis: Debian's redis-server, started by the tests
+# ---------------------------------------------------------------------------------------------
+
+REDIS_HINT = ("redis-server is not installed: the tests of several processes need a real Redis "
+              "(Debian: apt-get install redis-server; or set REDIS_SERVER to its path)")
+
+
+def find_redis_server() -> str | None:
+    explicit = os.environ.get("REDIS_SERVER")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    return shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(p, os.X_OK)), None)
+
+
+class RedisServer:
+    """redis-server as a child process on a free port of 127.0.0.1, saving nothing to disk
+    (`--save '' --appendonly no`), so that a restart starts empty, as an unpersisted Redis does.
+
+    `stop()` and `start()` again (same port) make a restart; `pause()` and `resume()`
+    (SIGSTOP, SIGCONT) make a Redis that is there but does not answer."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.folder = tempfile.TemporaryDirectory(prefix="redis-")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.address = ws_server.RedisAddress("127.0.0.1", self.port)
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.folder.name, "--logfile", os.path.join(self.folder.name, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + TIMEOUT * 2
+        while True:
+            try:
+                if self.command("PING") == "PONG":
+                    return
+            except ws_server.RedisError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start: {self.log()[-2000:]}")
+                time.sleep(0.02)
+
+    def command(self, *arguments):
+        """One command on a connection of its own (the project's blocking client)."""
+        client = sse_server.BlockingRedis(self.address, timeout=TIMEOUT)
+        try:
+            return client.command(*arguments)
+        finally:
+            client.close()
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self.folder.name, "redis.log"), encoding="utf-8", errors="replace") as file:
+                return file.read()
+        except OSError:
+            return ""
+
+    def pause(self) -> None:
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.resume()  # a stopped process would not see SIGTERM until continued
+            stop_process(self.process)
+            self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        self.folder.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +620,7 @@ for name in ("poll", "epoll", "kqueue", "devpoll"):
     if hasattr(select, name):
         delattr(select, name)
 import socket  # (it imports selectors, which now finds only select())
-del socket.MSG_DONTWAIT, os.fork
+del socket.MSG_DONTWAIT, socket.SO_REUSEPORT, os.fork
 sys.modules["fcntl"] = None  # import fcntl raises ImportError
 sys.modules["resource"] = None
 import asyncio, selectors

@@ -10,13 +10,12 @@ import socket
 import sqlite3
 import tempfile
 import threading
-import time
 import unittest
 
 import sse_server
 from sse_server import (ChunkedDecoder, History, HTTPError, Hub, ServerSentEvent, SQLiteHistory, StoredEvent,
                         StoreError, encode_chunk, format_comment, format_event, format_retry)
-from tests.support import TIMEOUT, fuzz, mutations, wait_until
+from tests.support import TIMEOUT, fuzz, mutations
 
 
 def parse(stream: bytes) -> list[ServerSentEvent]:
@@ -186,10 +185,11 @@ def stored(id: int) -> StoredEvent:
     return StoredEvent.from_payload(id, format_event(f"event {id}", id=str(id)).encode())
 
 
-def keep(history: History, id: int) -> None:
-    """What the hub does with each event: store it, then append it."""
-    history.store(stored(id))
-    history.append(stored(id))
+def keep(history: History, data: str) -> StoredEvent:
+    """What the hub does with each event: store it (which numbers it), then append it."""
+    event = history.store(data)
+    history.append(event)
+    return event
 
 
 class Test04TheHistoryForLastEventID(unittest.TestCase):
@@ -198,8 +198,7 @@ class Test04TheHistoryForLastEventID(unittest.TestCase):
     def test_01_every_event_after_the_last_id_in_order(self):
         """§9.2.4 Every event after the client's last event ID, in order, none twice."""
         history = History(10, first_id=1)
-        for id in range(1, 6):
-            keep(history, id)
+        self.assertEqual([keep(history, f"event {id}").id for id in range(1, 6)], [1, 2, 3, 4, 5])
         self.assertEqual([e.id for e in history.after(2)], [3, 4, 5])
         self.assertEqual(history.after(5), [])
         self.assertEqual([e.id for e in history.after(0)], [1, 2, 3, 4, 5])
@@ -208,7 +207,7 @@ class Test04TheHistoryForLastEventID(unittest.TestCase):
         """§9.2.4 A position that no longer exists is not guessed at: the client gets a reset."""
         history = History(3, first_id=1)
         for id in range(1, 8):
-            keep(history, id)  # keeps 5, 6, 7
+            keep(history, f"event {id}")  # keeps 5, 6, 7
         self.assertEqual([e.id for e in history.after(4)], [5, 6, 7])
         self.assertIsNone(history.after(3))  # event 4 is gone: a gap
         self.assertIsNone(history.after(8))  # not issued yet
@@ -216,7 +215,7 @@ class Test04TheHistoryForLastEventID(unittest.TestCase):
     def test_03_ids_of_an_earlier_run_in_memory_are_too_old_for_this_one(self):
         """§9.2.4 Ids never repeat across runs: kept in memory, they start at the start time in µs."""
         earlier = History(10)
-        keep(earlier, earlier.next_id)
+        keep(earlier, "from an earlier run")
         later = History(10, first_id=earlier.next_id + 1000)
         self.assertIsNone(later.after(earlier.next_id - 1))
 
@@ -244,7 +243,7 @@ class Test05TheSQLiteStore(unittest.TestCase):
         first = SQLiteHistory(self.path, maxlen=3)
         start = first.next_id
         for id in range(start, start + 5):
-            keep(first, id)
+            keep(first, f"event {id}")
         first.close()
         second = SQLiteHistory(self.path, maxlen=3)
         try:
@@ -288,12 +287,13 @@ class Test05TheSQLiteStore(unittest.TestCase):
         history = SQLiteHistory(self.path, maxlen=10)
         try:
             start = history.next_id
-            keep(history, start)
+            first = history.store("first")
             with self.assertRaises(StoreError) as caught:
-                history.store(stored(start))
+                history.store("again, before the first was appended: the same id")
             self.assertIn(self.path, str(caught.exception))
+            history.append(first)
             self.assertEqual(history.next_id, start + 1)
-            keep(history, start + 1)  # and the store goes on
+            keep(history, "second")  # and the store goes on
             self.assertEqual([e.id for e in history.after(start - 1)], [start, start + 1])
         finally:
             history.close()
@@ -302,7 +302,7 @@ class Test05TheSQLiteStore(unittest.TestCase):
 class FailingStore(History):
     """A history whose store refuses every event, as a full disk would."""
 
-    def store(self, event: StoredEvent) -> None:
+    def store(self, data: str, event: str | None = None) -> StoredEvent:
         raise StoreError("test.sqlite3: the event could not be stored (disk I/O error)")
 
 
@@ -313,9 +313,10 @@ class SlowStore(History):
         super().__init__(100, first_id=1)
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def store(self, event: StoredEvent) -> None:
+    def store(self, data: str, event: str | None = None) -> StoredEvent:
         self.entered.set()
         self.release.wait(TIMEOUT)
+        return super().store(data, event)
 
 
 class Test06TheHub(unittest.TestCase):

@@ -243,7 +243,9 @@ class Test05AStoreThatFails(SSEServerTestCase):
     def test_01_a_refused_event_is_a_503_with_a_reason_and_is_never_replayed(self):
         """RFC 9110 §15.6.4 503 with a one-line reason; nothing was sent, nothing will be replayed."""
         stream = self.subscribed(self.stream())
-        status, _, body = http_request(self.port, "POST", "/publish", b"lost")
+        with self.assertLogs("sse_server", "WARNING") as logged:
+            status, _, body = http_request(self.port, "POST", "/publish", b"lost")
+        self.assertIn("publish refused: test.sqlite3", logged.output[0])  # and the operator reads why
         self.assertEqual(status, 503)
         self.assertIn(b"test.sqlite3", body)
         self.assertEqual(body.count(b"\n"), 1)

@@ -7,7 +7,6 @@ The nginx tests start Debian's `nginx` as a foreground child process on free por
 
 import asyncio
 import http.client
-import json
 import os
 import re
 import shutil
@@ -19,11 +18,12 @@ import tempfile
 import threading
 import time
 import unittest
+from pathlib import Path
 
 import sse_server
 import ws_server
-from tests.support import (CA_FILE, CERT_FILE, KEY_FILE, ROOT, TIMEOUT, SSEServerTestCase, ServerTestCase,
-                           StreamClient, start_process, stop_process, wait_until)
+from tests.support import (CA_FILE, CERT_FILE, KEY_FILE, ROOT, TIMEOUT, LogReader, SSEServerTestCase, ServerTestCase,
+                           StreamClient, free_port, start_process, stop_process, wait_until)
 
 NGINX_HINT = "no nginx found: install it (Debian/Ubuntu: sudo apt-get install nginx) or set NGINX=/path/to/nginx"
 
@@ -67,7 +67,7 @@ class Test01TheContexts(unittest.TestCase):
         with tempfile.TemporaryDirectory() as folder:
             both = os.path.join(folder, "both.pem")
             with open(both, "w") as file:
-                file.write(open(CERT_FILE).read() + open(KEY_FILE).read())
+                file.write(Path(CERT_FILE).read_text() + Path(KEY_FILE).read_text())
             ws_server.server_tls_context(both)
 
     def test_03_a_certificate_that_cannot_be_loaded_is_one_clear_error_naming_the_file(self):
@@ -213,12 +213,6 @@ def readme_nginx_configuration() -> str:
     return re.search(r"```nginx\n(.*?)```", readme, re.S).group(1)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Nginx:
     """Debian's nginx in the foreground, in a folder of its own, with the README's configuration
     on a free port in front of the two servers."""
@@ -254,19 +248,6 @@ class Nginx:
     def close(self) -> None:
         stop_process(self.process)
         self.folder.cleanup()
-
-
-class LogReader:
-    """Keeps every line a child process writes to stderr (its log), from a thread."""
-
-    def __init__(self, process: subprocess.Popen) -> None:
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self.thread.start()
-
-    def _read(self, process: subprocess.Popen) -> None:
-        for line in process.stderr:
-            self.lines.append(line)
 
 
 class Test05BehindNginx(unittest.TestCase):

@@ -1,0 +1,612 @@
+"""Chapter 13. Several processes, one chat and one event stream: Redis.
+
+One Python process is one core.  With `--redis URL`, every `ws_server.py` and every
+`sse_server.py` on the same Redis share one chat and one event stream, through Redis streams
+(ws_server.py section 12, sse_server.py section 7).  First RESP2, the protocol, fed literal
+bytes from the Redis documentation; then the positions a shared history can resume from; then
+real processes on a real `redis-server` (Debian's, started here on a free port with nothing
+saved to disk, and skipped with an install hint when it is missing): the same order
+everywhere, resuming on another process, and what happens when Redis stops, stalls, or comes
+back empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import time
+import unittest
+
+import sse_server
+import ws_server
+from ws_server import RedisError, RedisReplyError, RedisUnreachable, RESPParser
+from tests.support import (REDIS_HINT, TIMEOUT, WINDOWS_PRELUDE, LogReader, RedisServer, StreamClient, find_redis_server,
+                           free_port, fuzz, http_request, mutations, python_command, start_process, stop_process,
+                           wait_until)
+
+# The examples of the Redis protocol specification ("RESP protocol spec", RESP2 types), each
+# with what the parser makes of it.
+DOCUMENTED_REPLIES = [
+    (b"+OK\r\n", "OK"),
+    (b"-Error message\r\n", RedisReplyError("Error message")),
+    (b"-ERR unknown command 'asdf'\r\n", RedisReplyError("ERR unknown command 'asdf'")),
+    (b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+     RedisReplyError("WRONGTYPE Operation against a key holding the wrong kind of value")),
+    (b":0\r\n", 0),
+    (b":1000\r\n", 1000),
+    (b":-42\r\n", -42),
+    (b"$5\r\nhello\r\n", b"hello"),
+    (b"$0\r\n\r\n", b""),
+    (b"$-1\r\n", None),
+    (b"*0\r\n", []),
+    (b"*2\r\n$5\r\nhello\r\n$5\r\nworld\r\n", [b"hello", b"world"]),
+    (b"*3\r\n:1\r\n:2\r\n:3\r\n", [1, 2, 3]),
+    (b"*5\r\n:1\r\n:2\r\n:3\r\n:4\r\n$5\r\nhello\r\n", [1, 2, 3, 4, b"hello"]),
+    (b"*-1\r\n", None),
+    (b"*2\r\n*3\r\n:1\r\n:2\r\n:3\r\n*2\r\n+Hello\r\n-World\r\n", [[1, 2, 3], ["Hello", RedisReplyError("World")]]),
+    (b"*3\r\n$5\r\nhello\r\n$-1\r\n$5\r\nworld\r\n", [b"hello", None, b"world"]),
+    (b"$12\r\nbinary\r\n\x00\xff\r\n\r\n", b"binary\r\n\x00\xff\r\n"),  # binary-safe: CRLF inside is data
+]
+
+
+def comparable(reply):
+    """Error replies are exceptions, which do not compare equal: compare their type and text."""
+    if isinstance(reply, RedisReplyError):
+        return ("error", str(reply))
+    if isinstance(reply, list):
+        return [comparable(item) for item in reply]
+    return reply
+
+
+class Test01RESP(unittest.TestCase):
+    """RESP2: commands are arrays of bulk strings; replies are five types told apart by their first byte."""
+
+    def test_01_a_command_is_an_array_of_bulk_strings(self):
+        """RESP "Sending commands": LLEN mylist is *2 $4 LLEN $6 mylist, with CRLF after each part."""
+        self.assertEqual(ws_server.encode_command("LLEN", "mylist"), b"*2\r\n$4\r\nLLEN\r\n$6\r\nmylist\r\n")
+        self.assertEqual(ws_server.encode_command("SET", "k", b"\r\n\x00", 7),
+                         b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\n\r\n\x00\r\n$1\r\n7\r\n")
+        self.assertEqual(ws_server.encode_command("ECHO", "é"), b"*2\r\n$4\r\nECHO\r\n$2\r\n\xc3\xa9\r\n")  # bytes, not characters
+
+    def test_02_every_documented_reply_is_parsed(self):
+        """RESP types: simple string, error, integer, bulk string, array, and the two nulls."""
+        for data, expected in DOCUMENTED_REPLIES:
+            with self.subTest(data=data):
+                self.assertEqual([comparable(r) for r in RESPParser().feed(data)], [comparable(expected)])
+
+    def test_03_replies_split_at_every_byte_come_out_the_same(self):
+        """RESP is a stream: a reply may arrive cut anywhere, or several in one read (pipelining)."""
+        stream = b"".join(data for data, _ in DOCUMENTED_REPLIES)
+        expected = [comparable(reply) for _, reply in DOCUMENTED_REPLIES]
+        for cut in range(len(stream) + 1):
+            parser = RESPParser()
+            replies = parser.feed(stream[:cut]) + parser.feed(stream[cut:])
+            self.assertEqual([comparable(r) for r in replies], expected, f"cut at {cut}")
+        parser = RESPParser()
+        one_by_one = [reply for i in range(len(stream)) for reply in parser.feed(stream[i:i + 1])]
+        self.assertEqual([comparable(r) for r in one_by_one], expected)
+
+    def test_04_a_reply_cannot_make_the_client_allocate_without_limit(self):
+        """Bounded reads: a length, a count, a depth or a line over its limit is refused before anything that size is kept."""
+        small = dict(max_bulk=1000, max_elements=10, max_depth=3, max_line=100)
+        for data in (b"$1001\r\n",  # announced, not sent: refused at once
+                     b"$9999999999999999999\r\n", b"*11\r\n", b"*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
+                     b"+" + b"x" * 200, b"$-2\r\n", b"*-2\r\n"):
+            with self.subTest(data=data[:30]), self.assertRaises(RedisError):
+                RESPParser(**small).feed(data)
+
+    def test_05_what_is_not_resp_is_an_error_not_a_guess(self):
+        """An unknown first byte, a length that is not a number, a bulk string not ended by CRLF: RedisError."""
+        for data in (b"!oops\r\n", b"\r\n", b":12a\r\n", b":\r\n", b"$x\r\n", b"$3\r\nabcd\r\n", b":1" + b"0" * 20 + b"\r\n"):
+            with self.subTest(data=data), self.assertRaises(RedisError):
+                RESPParser().feed(data)
+
+    def test_06_any_bytes_are_parsed_or_refused_with_a_redis_error(self):
+        """Fuzz: mutations of the documented replies give replies or RedisError, nothing else."""
+        seeds = [data for data, _ in DOCUMENTED_REPLIES]
+        fuzz(self, lambda data: RESPParser(max_bulk=1 << 16).feed(data), mutations(13, seeds), (RedisError,))
+
+    def test_07_a_redis_url_names_the_host_port_password_and_database(self):
+        """redis://[:password@]host[:port][/db]: AUTH and SELECT are sent first when given."""
+        address = ws_server.RedisAddress.parse("redis://:s%40cret@10.0.0.7:6380/2")
+        self.assertEqual((address.host, address.port, address.password, address.db), ("10.0.0.7", 6380, "s@cret", 2))
+        self.assertEqual(address.setup_commands(), [("AUTH", "s@cret"), ("SELECT", 2)])
+        plain = ws_server.RedisAddress.parse("redis://localhost")
+        self.assertEqual((plain.host, plain.port, plain.setup_commands()), ("localhost", 6379, []))
+        for url in ("http://localhost", "redis://", "redis://host/x", "redis://host:99999", "localhost:6379"):
+            with self.subTest(url=url), self.assertRaises(ValueError):
+                ws_server.RedisAddress.parse(url)
+
+    def test_08_stream_ids_and_stream_replies(self):
+        """Stream entry ids are "milliseconds-sequence", compared as numbers; XREAD replies have one shape."""
+        self.assertEqual(ws_server.stream_id("1733040000000-12"), (1733040000000, 12))
+        self.assertLess(ws_server.stream_id("99-1"), ws_server.stream_id("100-0"))  # not as text
+        for text in ("", "5", "5-", "-5", "a-1", "1-1-1", "١-١", "9" * 30 + "-0"):
+            with self.subTest(text=text):
+                self.assertIsNone(ws_server.stream_id(text))
+        reply = RESPParser().feed(b"*1\r\n*2\r\n$4\r\nchat\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$4\r\ndata\r\n$2\r\nhi\r\n")[0]
+        self.assertEqual(ws_server.read_entries(reply), [("1-0", {b"data": b"hi"})])
+        self.assertEqual(ws_server.read_entries(None), [])  # BLOCK timed out: nothing new
+        with self.assertRaises(RedisError):
+            ws_server.read_entries([b"chat"])
+
+
+def entry(id: str, data: str) -> sse_server.StoredEvent:
+    return sse_server.StoredEvent.numbered(id, data)
+
+
+class Test02ASharedHistory(unittest.TestCase):
+    """sse_server section 7: which Last-Event-IDs a shared history can resume from (no Redis needed)."""
+
+    def history(self, maxlen: int) -> sse_server.RedisHistory:
+        history = sse_server.RedisHistory(ws_server.RedisAddress("127.0.0.1", free_port()), maxlen, timeout=0.05)
+        self.addCleanup(history.close)
+        return history
+
+    def test_01_an_id_read_from_the_stream_is_resumed_after(self):
+        """§9.2.4 Every entry after the client's id, in the stream's order; ids compared as numbers."""
+        history = self.history(10)
+        for id in ("99-0", "99-1", "100-0"):
+            history.append(entry(id, f"event {id}"))
+        self.assertEqual([e.id for e in history.after((99, 0))], ["99-1", "100-0"])
+        self.assertEqual(history.after((100, 0)), [])
+        self.assertEqual(history.newest_id(), "100-0")
+
+    def test_02_a_well_formed_id_that_was_never_read_here_is_not_guessed_at(self):
+        """§9.2.4 An id between two entries, or older than the window, names no position: reset."""
+        history = self.history(2)
+        for id in ("1-0", "2-0", "3-0"):
+            history.append(entry(id, "x"))  # keeps 2-0 and 3-0; 1-0 fell out
+        self.assertEqual([e.id for e in history.after((1, 0))], ["2-0", "3-0"])  # 1-0 is where the window starts
+        self.assertIsNone(history.after((0, 5)))  # older than the window
+        self.assertIsNone(history.after((2, 5)))  # between two entries: no such entry
+        self.assertEqual(history.parse_id("2-0"), (2, 0))
+        self.assertIsNone(history.parse_id("2"))
+
+    def test_03_after_the_store_lost_entries_no_id_from_before_resumes(self):
+        """A Redis restarted empty reuses the same kind of ids: no id from before is trusted, only the reset's."""
+        history = self.history(10)
+        for id in ("1-0", "2-0"):
+            history.append(entry(id, "x"))
+        history.forget()
+        self.assertIsNone(history.after((1, 0)))
+        self.assertIsNone(history.after((2, 0)))  # not even the last one read: others may have read further
+        marker = history.newest_id()  # what the reset events carry
+        self.assertEqual(marker.split("-")[0], "0")  # "0-<ms>": no XADD * makes such an id
+        history.append(entry("5-0", "after the restart"))
+        self.assertEqual([e.id for e in history.after(history.parse_id(marker))], ["5-0"])
+
+    def test_04_a_client_ahead_of_this_process_waits_a_bounded_time_for_it(self):
+        """An id seen on another process a moment ago: this one's reader is waited for, not forever."""
+        history = self.history(10)
+        history.append(entry("1-0", "x"))
+        history.catch_up((1, 0))  # reached: returns at once
+        started = time.monotonic()
+        history.catch_up((9, 0))  # never reached: returns after the (tiny) timeout
+        self.assertIsNone(history.after((9, 0)))
+        self.assertLess(time.monotonic() - started, TIMEOUT)
+
+    def test_05_publishing_without_redis_is_a_store_error_saying_so(self):
+        """A publish is acknowledged only once Redis returned the entry's id: unreachable, it is a 503 with the reason."""
+        history = self.history(10)
+        with self.assertLogs("sse_server", "WARNING") as logged:
+            history.start_reading()  # nothing listens on that port
+        self.assertIn("unreachable", logged.output[0])
+        with self.assertRaises(sse_server.StoreError) as caught:
+            history.store("hello")
+        self.assertIn("not stored", str(caught.exception))
+
+
+class RedisTestCase(unittest.TestCase):
+    """A real redis-server for the class; each test starts from an empty one."""
+
+    redis: RedisServer
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        binary = find_redis_server()
+        if binary is None:
+            raise unittest.SkipTest(REDIS_HINT)
+        cls.redis = RedisServer(binary)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.redis.close()
+
+    def setUp(self) -> None:
+        if self.redis.process is None:  # a test stopped it
+            self.redis.start()
+        self.redis.resume()
+        self.redis.command("FLUSHALL")
+
+    def server(self, script: str, *args: str, prelude: str = "") -> int:
+        """A server process on this Redis; when the test ends, stopped, and its log checked.
+        Its log so far is in `self.logs` (one LogReader per process, in order)."""
+        process, port = start_process(script, "--redis", self.redis.url, *args, prelude=prelude)
+        logs = LogReader(process)
+        self.logs = getattr(self, "logs", []) + [logs]
+        self.addCleanup(self.stop_and_check, process, logs)
+        return port
+
+    def stop_and_check(self, process: subprocess.Popen, logs: LogReader) -> None:
+        process.terminate()
+        process.wait(TIMEOUT)
+        logs.thread.join(TIMEOUT)  # the whole log, up to the end
+        stop_process(process)
+        self.assertNotIn("Traceback", logs.text)
+        self.assertEqual(process.returncode, 0, logs.text[-2000:])
+
+
+class Test03TheClients(RedisTestCase):
+    """The two clients over RESP, against a real Redis: pipelining, AUTH and SELECT, timeouts, reconnection."""
+
+    def test_01_the_asyncio_client_pipelines_and_each_reply_finds_its_command(self):
+        """RESP pipelining: many commands in flight on one connection; replies come back in order."""
+        async def run():
+            client = ws_server.AsyncRedis(self.redis.address, timeout=TIMEOUT)
+            try:
+                replies = await asyncio.gather(*(client.command("ECHO", f"n{i}") for i in range(200)))
+                self.assertEqual(replies, [f"n{i}".encode() for i in range(200)])
+                with self.assertRaises(RedisReplyError):
+                    await client.command("NOSUCHCOMMAND")
+                self.assertEqual(await client.command("PING"), "PONG")  # an error reply leaves it usable
+            finally:
+                await client.close()
+        asyncio.run(run())
+
+    def test_02_auth_and_select_come_first_and_a_wrong_password_is_said(self):
+        """AUTH with the URL's password and SELECT its database, on every (re)connection."""
+        self.redis.command("CONFIG", "SET", "requirepass", "s3cret")
+        try:
+            right = ws_server.RedisAddress.parse(f"{self.redis.url.replace('//', '//:s3cret@')}/3")
+            blocking = sse_server.BlockingRedis(right, TIMEOUT)
+            self.addCleanup(blocking.close)
+            blocking.command("SET", "where", "db3")
+            self.assertEqual(blocking.command("GET", "where"), b"db3")
+
+            async def run():
+                client = ws_server.AsyncRedis(right, TIMEOUT)
+                try:
+                    self.assertEqual(await client.command("GET", "where"), b"db3")  # the same database
+                    wrong = ws_server.AsyncRedis(ws_server.RedisAddress("127.0.0.1", self.redis.port, "nope"), TIMEOUT)
+                    with self.assertRaises(RedisUnreachable) as caught:
+                        await wrong.command("PING")
+                    self.assertIn("refused AUTH", str(caught.exception))
+                    await wrong.close()
+                finally:
+                    await client.close()
+            asyncio.run(run())
+            wrong = sse_server.BlockingRedis(ws_server.RedisAddress("127.0.0.1", self.redis.port, "nope"), TIMEOUT)
+            self.addCleanup(wrong.close)
+            with self.assertRaises(RedisUnreachable):
+                wrong.command("PING")
+        finally:
+            admin = sse_server.BlockingRedis(ws_server.RedisAddress("127.0.0.1", self.redis.port, "s3cret"), TIMEOUT)
+            admin.command("CONFIG", "SET", "requirepass", "")
+            admin.close()
+
+    def test_03_a_redis_that_does_not_answer_is_a_timeout_and_one_that_is_gone_is_unreachable(self):
+        """Timeouts on every command: a stalled Redis is a RedisError within the timeout; then a reconnection."""
+        blocking = sse_server.BlockingRedis(self.redis.address, timeout=0.3)
+        self.addCleanup(blocking.close)
+        self.assertEqual(blocking.command("PING"), "PONG")
+        self.redis.pause()
+        try:
+            with self.assertRaises(RedisError) as caught:
+                blocking.command("PING")
+            self.assertNotIsInstance(caught.exception, RedisUnreachable)  # sent: its outcome is unknown
+        finally:
+            self.redis.resume()
+        self.assertEqual(blocking.command("PING"), "PONG")  # connected again by itself
+        self.redis.stop()
+        with self.assertRaises(RedisError):
+            blocking.command("PING")  # the connection it had is gone
+        with self.assertRaises(RedisUnreachable):
+            blocking.command("PING")  # and no new one can be made: certainly not sent
+
+
+def chat_message(client_index: int, number: int) -> str | bytes:
+    """Even numbers as text, odd as binary (with bytes that are not UTF-8)."""
+    return f"client {client_index} says {number}" if number % 2 == 0 else bytes([client_index, number, 0xFF, 0xFE])
+
+
+NOTICES = (ws_server.NOT_DELIVERED, ws_server.NOT_CONFIRMED)
+
+
+async def send_until_shared(test: unittest.TestCase, client: ws_server.Connection, text: str) -> list:
+    """Send `text` until it comes back through Redis (which may be coming back itself); return
+    what else the client received meanwhile.  Each try before is answered with a notice: a
+    message is never silently dropped."""
+    deadline = time.monotonic() + TIMEOUT
+    others = []
+    while True:
+        await client.send(text)
+        while (reply := await asyncio.wait_for(client.recv(), TIMEOUT)) not in (text, *NOTICES):
+            others.append(reply)
+        if reply == text:
+            return others
+        test.assertLess(time.monotonic(), deadline, "the chat did not reach Redis")
+        await asyncio.sleep(0.05)  # (paces the tries; what ends the loop is the message coming back)
+
+
+class Test04TheChatAcrossProcesses(RedisTestCase):
+    """python ws_server.py --redis URL, twice: one chat."""
+
+    def chat_servers(self, *args: str) -> list[int]:
+        # The second one without what Windows lacks (see WINDOWS_PRELUDE): the Redis client needs none of it.
+        return [self.server("ws_server.py", "--redis-timeout", "0.5", *args, prelude=prelude)
+                for prelude in ("", WINDOWS_PRELUDE)]
+
+    async def clients(self, ports: list[int], per_server: int) -> list[ws_server.Connection]:
+        return [await ws_server.connect(f"ws://127.0.0.1:{port}/") for port in ports for _ in range(per_server)]
+
+    @staticmethod
+    async def receive(client: ws_server.Connection, count: int) -> list:
+        return [await asyncio.wait_for(client.recv(), TIMEOUT) for _ in range(count)]
+
+    def test_01_every_client_of_every_process_sees_every_message_once_in_the_same_order(self):
+        """Redis's order everywhere; text stays text, binary stays binary; nothing shown twice."""
+        ports = self.chat_servers()
+
+        async def run():
+            clients = await self.clients(ports, 2)
+            try:
+                senders = [asyncio.gather(*(c.send(chat_message(i, n)) for n in range(20))) for i, c in enumerate(clients)]
+                await asyncio.gather(*senders)
+                received = await asyncio.gather(*(self.receive(c, 20 * len(clients)) for c in clients))
+            finally:
+                for client in clients:
+                    await client.close()
+            sent = sorted(map(repr, (chat_message(i, n) for i in range(len(clients)) for n in range(20))))
+            for seen in received:
+                self.assertEqual(seen, received[0])  # the same order for everyone
+                self.assertEqual(sorted(map(repr, seen)), sent)  # every message once, with its type
+            for i in range(len(clients)):  # and each sender's messages in the order it sent them
+                self.assertEqual([m for m in received[0] if m in [chat_message(i, n) for n in range(20)]],
+                                 [chat_message(i, n) for n in range(20)])
+        asyncio.run(run())
+
+    def test_02_while_redis_is_gone_the_sender_is_told_and_nobody_gets_the_message(self):
+        """No silent loss: a message Redis did not take reaches no one, and its sender reads [not delivered]."""
+        ports = self.chat_servers()
+
+        async def run():
+            sender, other = await self.clients(ports, 1)
+            try:
+                self.assertEqual(await send_until_shared(self, sender, "before"), [])
+                self.assertEqual(await self.receive(other, 1), ["before"])
+                self.redis.stop()
+                # The first try may be written into the connection Redis just closed, before the
+                # server has read that it is closed: that one is "not confirmed".  The next are
+                # certainly refused.  Either way, nobody gets them.
+                deadline = time.monotonic() + TIMEOUT
+                while True:
+                    await sender.send("while Redis is gone")
+                    reply = await asyncio.wait_for(sender.recv(), TIMEOUT)
+                    self.assertIn(reply, NOTICES)
+                    if reply == ws_server.NOT_DELIVERED:
+                        break
+                    self.assertLess(time.monotonic(), deadline)
+                self.redis.start()  # empty, on the same port: the servers reconnect by themselves
+                self.assertEqual(await send_until_shared(self, sender, "after"), [])
+                self.assertEqual(await self.receive(other, 1), ["after"])  # kept connected; never the lost one
+            finally:
+                await sender.close()
+                await other.close()
+        asyncio.run(run())
+
+    def test_03_a_redis_that_stalls_is_not_confirmed_and_then_everyone_or_no_one_sees_the_message(self):
+        """A Redis that took the message but did not answer in time: [not confirmed]; never some clients and not others."""
+        if not hasattr(signal, "SIGSTOP"):
+            self.skipTest("pausing redis-server needs SIGSTOP")
+        ports = self.chat_servers()
+
+        async def run():
+            sender, other = await self.clients(ports, 1)
+            try:
+                self.redis.pause()
+                try:
+                    await sender.send("while Redis stalls")
+                    self.assertEqual(await self.receive(sender, 1), [ws_server.NOT_CONFIRMED])
+                finally:
+                    self.redis.resume()
+                seen_by_other = await send_until_shared(self, other, "after")
+                seen_by_sender = []
+                while (message := await asyncio.wait_for(sender.recv(), TIMEOUT)) != "after":
+                    seen_by_sender.append(message)
+                self.assertEqual(seen_by_sender, seen_by_other)
+                self.assertIn(seen_by_other, ([], ["while Redis stalls"]))
+            finally:
+                await sender.close()
+                await other.close()
+        asyncio.run(run())
+
+    def test_04_a_server_started_while_redis_is_down_serves_and_uses_redis_once_it_is_there(self):
+        """Started without Redis, both servers serve; a message or event is refused until Redis comes, then shared."""
+        self.redis.stop()
+        chat = self.server("ws_server.py", "--redis-timeout", "0.5")
+        events = self.server("sse_server.py", "--clock", "0", "--heartbeat", "0", "--redis-timeout", "0.5")
+        stream = StreamClient(events)
+        self.addCleanup(stream.close)
+        self.assertEqual(http_request(events, "POST", "/publish", b"too early")[0], 503)
+
+        async def run():
+            client = await ws_server.connect(f"ws://127.0.0.1:{chat}/")
+            try:
+                await client.send("too early")
+                self.assertEqual(await asyncio.wait_for(client.recv(), TIMEOUT), ws_server.NOT_DELIVERED)
+                self.redis.start()
+                self.assertEqual(await send_until_shared(self, client, "now"), [])
+            finally:
+                await client.close()
+        asyncio.run(run())
+        wait_until(lambda: http_request(events, "POST", "/publish", b"now")[0] == 204, message="a publish acknowledged")
+        self.assertEqual([e.data for e in stream.next_events(1)], ["now"])
+
+    def test_05_a_configuration_that_cannot_work_is_one_line_and_exit_status_2(self):
+        """The command line: a redis:// URL, a timeout above 0, SO_REUSEPORT for --reuse-port, one place for a history."""
+        cases = [(script, args, prelude, said) for script in ("ws_server.py", "sse_server.py")
+                 for args, prelude, said in ((("--redis", "http://x"), "", "redis://"),
+                                             (("--reuse-port",), WINDOWS_PRELUDE, "SO_REUSEPORT"),
+                                             (("--redis", self.redis.url, "--redis-timeout", "0"), "", "above 0"))]
+        cases.append(("sse_server.py", ("--redis", self.redis.url, "--store", "events.sqlite3"), "", "choose one"))
+        for script, args, prelude, said in cases:
+            with self.subTest(script=script, args=args):
+                result = subprocess.run(python_command(script, "--port", "0", *args, prelude=prelude),
+                                        capture_output=True, text=True, timeout=TIMEOUT * 2)
+                self.assertEqual(result.returncode, 2)
+                self.assertIn(said, result.stderr)
+                self.assertNotIn("Traceback", result.stderr)
+
+
+class Test05TheEventStreamAcrossProcesses(RedisTestCase):
+    """python sse_server.py --redis URL, twice: one event stream, resumable on either."""
+
+    def event_servers(self, *args: str) -> list[int]:
+        return [self.server("sse_server.py", "--clock", "0", "--heartbeat", "0", "--redis-timeout", "0.5", *args,
+                            prelude=prelude) for prelude in ("", WINDOWS_PRELUDE)]
+
+    def stream(self, port: int, last_event_id: str | None = None) -> StreamClient:
+        stream = StreamClient(port, headers={"Last-Event-ID": last_event_id} if last_event_id is not None else {})
+        self.addCleanup(stream.close)
+        stream.wait_until(lambda: stream.parser.retry is not None)  # subscribed
+        return stream
+
+    @staticmethod
+    def publish(port: int, text: str) -> tuple[int, bytes]:
+        status, _, body = http_request(port, "POST", "/publish", text.encode())
+        return status, body
+
+    def test_01_published_on_one_process_received_on_the_other_and_resumed_on_either(self):
+        """§9.2.4 Ids are the stream's: a client resumes on any process after the last id it saw, no gap, no duplicate."""
+        first, second = self.event_servers()
+        watcher = self.stream(second)
+        published = [f"event {n}" for n in range(3)]
+        for text in published:
+            self.assertEqual(self.publish(first, text)[0], 204)
+        seen = watcher.next_events(3)
+        self.assertEqual([e.data for e in seen], published)
+        self.assertTrue(all(ws_server.stream_id(e.last_event_id) for e in seen))  # stream ids
+        watcher.close()
+        for n in range(3, 6):  # published while it is away
+            published.append(f"event {n}")
+            self.assertEqual(self.publish(second, published[-1])[0], 204)
+        for port in (first, second):  # it may come back to either
+            with self.subTest(port=port):
+                back = self.stream(port, seen[1].last_event_id)
+                missed = published[2:]
+                self.assertEqual([e.data for e in back.next_events(len(missed))], missed)
+                published.append(f"live on {port}")
+                self.publish(first, published[-1])
+                self.assertEqual([e.data for e in back.next_events(1)], [published[-1]])  # nothing between
+                back.close()
+
+    def test_02_an_id_redis_trimmed_or_never_had_gets_a_reset(self):
+        """§9.2.4 The position must still exist: trimmed away (--history) or unknown, the client gets `reset`, not a gap."""
+        first, second = self.event_servers("--history", "5")
+        watchers = [self.stream(first), self.stream(second)]
+        self.publish(first, "oldest")
+        oldest = watchers[0].next_events(1)[0].last_event_id
+        for n in range(30):
+            self.publish(second, f"event {n}")
+        newest = {watcher.next_events(31)[-1].last_event_id for watcher in watchers[1:]}
+        newest.add(watchers[0].next_events(30)[-1].last_event_id)
+        self.assertEqual(len(newest), 1)  # both have read everything
+        newest = newest.pop()
+        for port in (first, second):
+            for last_event_id in (oldest, "1-0", "99999999999999-0"):
+                with self.subTest(port=port, last_event_id=last_event_id):
+                    back = self.stream(port, last_event_id)
+                    reset = back.next_events(1)[0]
+                    self.assertEqual(reset.type, "reset")
+                    self.assertEqual(reset.last_event_id, newest)  # current again after it
+                    back.close()
+
+    def test_03_redis_stopped_is_503_with_a_reason_and_started_again_empty_is_a_reset(self):
+        """No acknowledged event is missing: 503 while Redis is gone, subscribers kept, then `reset` and events again."""
+        first, second = self.event_servers()
+        watcher = self.stream(second)
+        self.assertEqual(self.publish(first, "before")[0], 204)
+        before = watcher.next_events(1)[0]
+        self.redis.stop()
+        status, body = self.publish(first, "while Redis is gone")
+        self.assertEqual(status, 503)
+        self.assertIn(b"not stored", body)
+        self.redis.start()  # empty
+        acknowledged = []
+
+        def publish_until_three_are_acknowledged() -> bool:  # each is refused (503) or acknowledged
+            text = f"after {len(acknowledged)}"
+            status, _ = self.publish(first if len(acknowledged) % 2 else second, text)
+            self.assertIn(status, (204, 503))
+            if status == 204:
+                acknowledged.append(text)
+            return len(acknowledged) == 3
+        wait_until(publish_until_three_are_acknowledged, message="publishing to come back")
+        watcher.wait_until(lambda: [e.data for e in watcher.events if e.type == "message"] == acknowledged)
+        self.assertEqual(watcher.events[0].type, "reset")  # the kept subscriber is told first
+        self.assertIn("lost its history", json.loads(watcher.events[0].data)["message"])
+        for port in (first, second):  # and the old id, which a new stream could reuse, is not guessed at
+            with self.subTest(port=port):
+                self.assertEqual(self.stream(port, before.last_event_id).next_events(1)[0].type, "reset")
+
+    def test_04_the_clock_ticks_once_a_second_per_subscriber_whatever_the_number_of_processes(self):
+        """Each process ticks for its own subscribers, with no id, not through Redis: no process sends another's ticks."""
+        quiet = self.server("sse_server.py", "--clock", "0", "--heartbeat", "0")
+        ticking = self.server("sse_server.py", "--clock", "0.05", "--heartbeat", "0")
+        near, far = self.stream(ticking), self.stream(quiet)
+        ticks = near.next_events(3)
+        self.assertTrue(all(e.data.startswith('{"message": "Current time:') and e.last_event_id == "" for e in ticks))
+        self.publish(ticking, "marker")
+        near.wait_until(lambda: any(e.data == "marker" for e in near.events))
+        self.assertEqual([e.data for e in far.next_events(1)], ["marker"])  # the first thing it saw: no ticks
+        self.assertEqual(self.redis.command("XLEN", sse_server.EVENT_STREAM), 1)  # ticks are not in the stream
+
+
+
+@unittest.skipUnless(hasattr(socket, "SO_REUSEPORT"), "this platform has no SO_REUSEPORT")
+class Test06TwoProcessesOnOnePort(RedisTestCase):
+    """--reuse-port: two processes listen on one port, the kernel spreads the clients, Redis makes them one service."""
+
+    CLIENTS = 20  # all on one process by chance: 2 ** -19
+
+    def two_on_one_port(self, script: str, *args: str) -> int:
+        port = free_port()
+        for _ in range(2):
+            self.assertEqual(self.server(script, "--port", str(port), "--reuse-port", *args), port)
+        return port
+
+    def test_01_two_chat_processes_on_one_port_are_one_chat(self):
+        """Every client, whichever process the kernel gave it to, gets every message."""
+        port = self.two_on_one_port("ws_server.py")
+
+        async def run():
+            clients = [await ws_server.connect(f"ws://127.0.0.1:{port}/") for _ in range(self.CLIENTS)]
+            try:
+                await clients[0].send("to everyone")
+                for client in clients:
+                    self.assertEqual(await asyncio.wait_for(client.recv(), TIMEOUT), "to everyone")
+            finally:
+                for client in clients:
+                    await client.close()
+        asyncio.run(run())
+        wait_until(lambda: all(" connected (" in logs.text for logs in self.logs), message="clients on both processes")
+
+    def test_02_two_event_processes_on_one_port_are_one_stream(self):
+        """Every subscriber, whichever process holds its stream, gets every event."""
+        port = self.two_on_one_port("sse_server.py", "--clock", "0", "--heartbeat", "0")
+        streams = [StreamClient(port) for _ in range(self.CLIENTS)]
+        for stream in streams:
+            self.addCleanup(stream.close)
+            stream.wait_until(lambda: stream.parser.retry is not None)
+        self.assertEqual(http_request(port, "POST", "/publish", b"to everyone")[0], 204)
+        for stream in streams:
+            self.assertEqual([e.data for e in stream.next_events(1)], ["to everyone"])
+        wait_until(lambda: all(" joined" in logs.text for logs in self.logs), message="subscribers on both processes")
+
+
+if __name__ == "__main__":
+    unittest.main()
