@@ -9,6 +9,11 @@ Modes (each starts a fresh `sse_server.py` subprocess on 127.0.0.1, clock and he
           with --rate)
   idle    N subscribers that only listen -> server RSS per subscriber; then they leave, and the
           server's thread count must come back to its baseline
+  shared  the fanout, 1000 subscribers x 40 events back to back, then x 15 events at 5/s,
+          three ways: one process alone; one process with --redis; the subscribers spread over
+          two processes on one Redis (the events published to the first).  Needs redis-server
+          (started here, on a free port); not in the default run.  CPU per delivery counts
+          every server process; Redis's own CPU is given apart.
 
 Why the generator is faster than the server: subscribers are asyncio protocols that find the
 events in each read with `bytes.count` and read one timestamp per read (the oldest event in it,
@@ -22,7 +27,7 @@ import argparse
 import asyncio
 import time
 
-from tests.benchtools import RawHTTPClient, Server, machine, print_table, raise_fd_limit
+from tests.benchtools import RawHTTPClient, Server, machine, print_table, process_cpu_seconds, raise_fd_limit
 
 MARK = b'data: {"t":'  # the start of every published event's data line
 
@@ -67,12 +72,19 @@ async def subscribe(port: int, count: int, expected: int, finished: list, concur
     return await asyncio.gather(*(one() for _ in range(count)))
 
 
-async def fanout(server: Server, clients: int, messages: int, rate: float) -> dict:
+async def fanout(server: Server | list[Server], clients: int, messages: int, rate: float,
+                 redis_pid: int | None = None) -> dict:
+    """Subscribers spread over the servers given (round robin); events published to the first."""
+    servers = server if isinstance(server, list) else [server]
     finished: list[float] = []
-    subscribers = await subscribe(server.port, clients, messages, finished)
+    subscribers = []
+    for index, each in enumerate(servers):
+        share = clients // len(servers) + (index < clients % len(servers))
+        subscribers += await subscribe(each.port, share, messages, finished)
     await asyncio.sleep(1.0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    cpu_server, cpu_client, started = server.cpu_seconds(), time.process_time(), time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", servers[0].port)
+    cpu_redis = process_cpu_seconds(redis_pid) if redis_pid else 0.0
+    cpu_server, cpu_client, started = sum(s.cpu_seconds() for s in servers), time.process_time(), time.perf_counter()
     for seq in range(messages):
         if rate:
             await asyncio.sleep(max(0.0, started + seq / rate - time.perf_counter()))
@@ -84,16 +96,54 @@ async def fanout(server: Server, clients: int, messages: int, rate: float) -> di
     while len(finished) < clients and time.perf_counter() < deadline:
         await asyncio.sleep(0.005)
     elapsed = max(finished) - started if len(finished) == clients else float("nan")
-    cpu = server.cpu_seconds() - cpu_server, time.process_time() - cpu_client
+    cpu = sum(s.cpu_seconds() for s in servers) - cpu_server, time.process_time() - cpu_client
+    cpu_redis = process_cpu_seconds(redis_pid) - cpu_redis if redis_pid else float("nan")
     writer.close()
     samples = sorted(s for subscriber in subscribers for s in subscriber.samples)
     for subscriber in subscribers:
         subscriber.transport.close()
     pace = f"{rate:g}/s" if rate else "back to back"
-    return {"mode": f"fanout, {clients} subscribers x {messages} events, {pace}",
-            "deliveries/s": clients * messages / elapsed,
-            "p50 ms": weighted(samples, 0.5) * 1e3, "p99 ms": weighted(samples, 0.99) * 1e3,
-            "server CPU s": cpu[0], "generator CPU s": cpu[1]}
+    row = {"mode": f"fanout, {clients} subscribers x {messages} events, {pace}",
+           "deliveries/s": clients * messages / elapsed,
+           "p50 ms": weighted(samples, 0.5) * 1e3, "p99 ms": weighted(samples, 0.99) * 1e3,
+           "server CPU s": cpu[0], "generator CPU s": cpu[1]}
+    if redis_pid is not None:
+        row["µs server CPU / delivery"] = cpu[0] / (clients * messages) * 1e6
+        row["Redis CPU s"] = cpu_redis
+    return row
+
+
+def shared(clients: int = 1000, messages: int = 40, rate: float = 0, repeat: int = 3) -> list[dict]:
+    """The same fanout from one process, one process on Redis, and two processes on Redis."""
+    from tests.support import RedisServer, find_redis_server  # (only this mode needs Redis)
+    binary = find_redis_server()
+    if binary is None:
+        raise SystemExit("the shared mode needs redis-server (Debian: apt-get install redis-server)")
+    redis = RedisServer(binary)
+    rows = []
+    try:
+        for label, processes, use_redis in (("1 process", 1, False), ("1 process, --redis", 1, True),
+                                            ("2 processes, --redis", 2, True)):
+            runs = []
+            for _ in range(repeat):
+                redis.command("FLUSHALL")
+                extra = ("--redis", redis.url) if use_redis else ()
+                servers = [Server("sse_server.py", "--max-clients", "100000", *extra) for _ in range(processes)]
+                try:
+                    runs.append(asyncio.run(fanout(servers, clients, messages, rate, redis.process.pid)))
+                finally:
+                    for server in servers:
+                        server.stop()
+            middle = sorted(runs, key=lambda row: row["deliveries/s"])[len(runs) // 2]  # the median run
+            rows.append({"setup": label, "events": f"{messages}, " + (f"{rate:g}/s" if rate else "back to back"),
+                         "deliveries/s": middle["deliveries/s"],
+                         "µs server CPU / delivery": middle["µs server CPU / delivery"],
+                         "Redis CPU s": middle["Redis CPU s"] if use_redis else float("nan"),
+                         "p50 ms": middle["p50 ms"], "p99 ms": middle["p99 ms"],
+                         "deliveries/s of each run": " / ".join(f"{row['deliveries/s']:,.0f}" for row in runs)})
+    finally:
+        redis.close()
+    return rows
 
 
 def weighted(samples: list[tuple[float, int]], fraction: float) -> float:
@@ -156,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
         print_table(f"sse_server.py fanout ({machine()})", fanout_rows)
     if idle_rows:
         print_table("sse_server.py idle subscribers", idle_rows)
+    if "shared" in modes:
+        print_table(f"sse_server.py fanout through Redis, median of 3 ({machine()})",
+                    shared() + shared(messages=15, rate=5.0))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ Modes (each starts a fresh `ws_server.py` subprocess on 127.0.0.1):
               peak RSS (what --max-buffer bounds); not in the default run
   bomb        16 MiB of zeros, compressed to 16 KiB, to the default --max-size -> the close
               code and the growth of the server's peak RSS; not in the default run
+  redis       the latency of one chat message, one at a time: one process alone; one process
+              with --redis; sent on one of two --redis processes, received on the other ->
+              p50/p99 and what Redis adds.  Needs redis-server (started here); not in the default run
 
 Why the generator is faster than the server: its frames are built and masked once, before the
 clock starts; echoes have a known size, so it counts bytes instead of parsing frames; fanout
@@ -379,6 +382,56 @@ def bomb(server: Server, size: int = 16 << 20) -> dict:
 
 # -- main ------------------------------------------------------------------------------------------
 
+# -- redis -----------------------------------------------------------------------------------------
+
+def chat_latency(sender_port: int, receiver_port: int, count: int) -> list[float]:
+    """One 64-byte message at a time: the time from its send to its arrival at a client of
+    `receiver_port` (the sender itself when both are one server)."""
+    sender = open_blocking(sender_port)
+    receiver = sender if receiver_port == sender_port else open_blocking(receiver_port)
+    frame, buffer = client_frame(Opcode.TEXT, b"x" * 64), bytearray(server_frame_size(64))
+    times = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            sender.sendall(frame)
+            receive_exactly(receiver, buffer)
+            times.append(time.perf_counter() - started)
+            if receiver is not sender:
+                receive_exactly(sender, buffer)  # its own copy of the broadcast
+    finally:
+        sender.close()
+        receiver.close()
+    return times
+
+
+def redis_latency(count: int) -> list[dict]:
+    from tests.support import RedisServer, find_redis_server  # (only this mode needs Redis)
+    binary = find_redis_server()
+    if binary is None:
+        raise SystemExit("the redis mode needs redis-server (Debian: apt-get install redis-server)")
+    redis = RedisServer(binary)
+    rows, alone = [], None
+    try:
+        for label, processes, extra in (("1 process", 1, ()), ("1 process, --redis", 1, ("--redis", redis.url)),
+                                        ("2 processes, --redis: sent on one, received on the other", 2,
+                                         ("--redis", redis.url))):
+            servers = [Server("ws_server.py", *extra) for _ in range(processes)]
+            try:
+                chat_latency(servers[0].port, servers[-1].port, 200)  # warm up
+                times = chat_latency(servers[0].port, servers[-1].port, count)
+            finally:
+                for server in servers:
+                    server.stop()
+            p50, p99 = median(times) * 1e6, percentile(times, 0.99) * 1e6
+            alone = alone or (p50, p99)
+            rows.append({"chat message, one at a time": label, "p50 µs": p50, "p99 µs": p99,
+                         "p50 added µs": p50 - alone[0], "p99 added µs": p99 - alone[1]})
+    finally:
+        redis.close()
+    return rows
+
+
 def with_server(rows: list, measure, *server_args: str) -> None:
     server = Server("ws_server.py", *server_args)
     try:
@@ -391,7 +444,7 @@ def with_server(rows: list, measure, *server_args: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", default="echo_small,echo_large,fanout,idle",
-                        help="comma list of echo_small, echo_large, fanout, idle, slow_readers, bomb")
+                        help="comma list of echo_small, echo_large, fanout, idle, slow_readers, bomb, redis")
     parser.add_argument("--messages", type=int, default=200_000, help="echo_small messages")
     parser.add_argument("--pings", type=int, default=5000, help="ping-pong round trips")
     parser.add_argument("--large-count", type=lambda s: [int(x) for x in s.split(",")], default=[150, 10],
@@ -427,6 +480,8 @@ def run(args) -> list[dict]:
     if "slow_readers" in modes:
         with_server(rows, lambda s: asyncio.to_thread(slow_readers, s, args.slow_clients, args.slow_messages),
                     "--max-size", str(2 << 20))
+    if "redis" in modes:
+        print_table(f"ws_server.py chat through Redis ({machine()})", redis_latency(args.pings))
     if "idle" in modes:
         raise_fd_limit(max(args.idle_clients) * 2 + 1000)
         tls_args = ("--certfile", CERT_FILE, "--keyfile", KEY_FILE) if args.tls else ()

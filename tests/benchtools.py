@@ -12,7 +12,6 @@ import resource
 import statistics
 import sys
 import threading
-import time
 from pathlib import Path
 
 from tests.support import split_head, start_process, stop_process
@@ -46,11 +45,16 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the whole process (every thread, the ended ones too)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        return process_cpu_seconds(self.pid)
 
     def stop(self) -> None:
         stop_process(self.process)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 class RawHTTPClient(asyncio.Protocol):
