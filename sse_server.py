@@ -1812,14 +1812,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"events kept for Last-Event-ID replay (default: {DEFAULT_HISTORY})")
     parser.add_argument("--store", metavar="FILE",
                         help="keep the history in this SQLite file, owned by this process (default: memory)")
-    parser.add_argument("--redis", metavar="URL",
-                        help="share the events with every server on this Redis, "
-                             "redis://[:password@]host[:port][/db] (default: this process alone)")
-    parser.add_argument("--reuse-port", action="store_true",
-                        help="let other processes listen on the same port (SO_REUSEPORT; the kernel "
-                             "spreads new connections over them; with --redis they share one stream)")
-    parser.add_argument("--redis-timeout", type=float, default=ws_server.DEFAULT_REDIS_TIMEOUT, metavar="S",
-                        help=f"seconds Redis may take to connect or answer (default: {ws_server.DEFAULT_REDIS_TIMEOUT:g})")
     parser.add_argument("--allow-origin", action="append", metavar="ORIGIN",
                         help="origin allowed by CORS (repeatable; default: *)")
     parser.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS, metavar="N",
@@ -1837,11 +1829,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"largest request head (default: {DEFAULT_MAX_HEADER_BYTES})")
     parser.add_argument("--max-header-lines", type=int, default=DEFAULT_MAX_HEADER_LINES, metavar="N",
                         help=f"most header lines in a request (default: {DEFAULT_MAX_HEADER_LINES})")
-    parser.add_argument("--certfile", metavar="FILE",
-                        help="serve https://: the certificate chain, PEM (the key may be in it)")
-    parser.add_argument("--keyfile", metavar="FILE", help="the private key of --certfile, if not in it")
-    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
-                        help="believe X-Forwarded-For from this proxy's address, for the logs (repeatable)")
+    ws_server.add_deployment_arguments(parser, "https://", "event stream")
     parser.add_argument("--trace", action="store_true", help="log every request and every event")
     parser.add_argument("--connect", metavar="URL", help="print the events of URL instead (reconnects)")
     parser.add_argument("--cafile", metavar="FILE",

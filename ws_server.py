@@ -3143,23 +3143,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compression-threshold", type=int, default=DEFAULT_COMPRESSION_THRESHOLD, metavar="N",
                         help="messages shorter than N bytes go uncompressed "
                              f"(default: {DEFAULT_COMPRESSION_THRESHOLD})")
-    parser.add_argument("--certfile", metavar="FILE",
-                        help="serve https:// and wss://: the certificate chain, PEM (the key may be in it)")
-    parser.add_argument("--keyfile", metavar="FILE", help="the private key of --certfile, if not in it")
-    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
-                        help="believe X-Forwarded-For from this proxy's address, for the logs (repeatable)")
-    parser.add_argument("--redis", metavar="URL",
-                        help="share the chat with every process using redis://[:password@]host[:port][/db]")
-    parser.add_argument("--reuse-port", action="store_true",
-                        help="let other processes listen on the same port (SO_REUSEPORT; the kernel "
-                             "spreads new connections over them; with --redis they share one chat)")
-    parser.add_argument("--redis-timeout", type=float, default=DEFAULT_REDIS_TIMEOUT, metavar="S",
-                        help=f"seconds to connect to Redis, and for each command (default: {DEFAULT_REDIS_TIMEOUT:g})")
+    add_deployment_arguments(parser, "https:// and wss://", "chat")
     parser.add_argument("--trace", action="store_true", help="log the handshake and every frame, dissected")
     parser.add_argument("--connect", metavar="URL", help="run the terminal client against URL instead")
     parser.add_argument("--cafile", metavar="FILE",
                         help="with --connect wss://...: trust the CA certificates in FILE (default: the system's)")
     return parser
+
+
+def add_deployment_arguments(parser: argparse.ArgumentParser, serves: str, shares: str) -> None:
+    """The flags both servers share: TLS, a proxy in front, several processes."""
+    parser.add_argument("--certfile", metavar="FILE",
+                        help=f"serve {serves}: the certificate chain, PEM (the key may be in it)")
+    parser.add_argument("--keyfile", metavar="FILE", help="the private key of --certfile, if not in it")
+    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                        help="believe X-Forwarded-For from this proxy's address, for the logs (repeatable)")
+    parser.add_argument("--redis", metavar="URL",
+                        help=f"share the {shares} with every server on this Redis, "
+                             "redis://[:password@]host[:port][/db] (default: this process alone)")
+    parser.add_argument("--redis-timeout", type=float, default=DEFAULT_REDIS_TIMEOUT, metavar="S",
+                        help=f"seconds Redis may take to connect or to answer (default: {DEFAULT_REDIS_TIMEOUT:g})")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="let other processes listen on the same port (SO_REUSEPORT; the kernel "
+                             f"spreads new connections over them; with --redis they share one {shares})")
 
 
 def check_deployment_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -348,6 +348,7 @@ class Test06TheHub(unittest.TestCase):
             joiner.join(TIMEOUT)
             self.assertFalse(joiner.is_alive())  # it did not wait for the store
             subscriber, first = joined[0]
+            self.addCleanup(hub.unsubscribe, subscriber)  # (before the hub closes: it has no thread to end)
             self.assertEqual(first, [])  # nothing stored yet: nothing to replay
         finally:
             history.release.set()

@@ -23,7 +23,7 @@ from pathlib import Path
 import sse_server
 import ws_server
 from tests.support import (CA_FILE, CERT_FILE, KEY_FILE, ROOT, TIMEOUT, LogReader, SSEServerTestCase, ServerTestCase,
-                           StreamClient, free_port, start_process, stop_process, wait_until)
+                           StreamClient, async_wait_until, free_port, start_process, stop_process, wait_until)
 
 NGINX_HINT = "no nginx found: install it (Debian/Ubuntu: sudo apt-get install nginx) or set NGINX=/path/to/nginx"
 
@@ -126,7 +126,8 @@ class Test02TheChatOverTLS(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         with self.assertLogs("ws_server", "INFO") as logs:
             for data in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello, not TLS at all"):
                 self.assertTrue(await asyncio.to_thread(closed_without_answer, self.port, data))
-            await asyncio.sleep(0)
+            await async_wait_until(lambda: sum("TLS handshake failed" in line for line in logs.output) == 2,
+                                   message="two log lines")
         failures = [line for line in logs.output if "TLS handshake failed" in line]
         self.assertEqual(len(failures), 2)
         self.assertIn("plain HTTP", failures[0])
