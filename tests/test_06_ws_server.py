@@ -211,6 +211,33 @@ class Test03TheChat(ServerTestCase, unittest.IsolatedAsyncioTestCase):
                 await ws_server.connect(f"ws://127.0.0.1:{port}/", subprotocols=["chat"])
             self.assertIn("mqtt", caught.exception.reason)
 
+    async def test_08_a_broadcast_leaves_at_the_end_of_the_turn_and_one_failing_write_holds_no_one_back(self):
+        """§5.6 A broadcast's frames leave in one callback at the end of the loop's turn, client by client in order; a client whose write fails is dropped, and the clients after it still get theirs."""
+        flushed = []
+
+        class StandIn:  # what EndOfTurnWrites asks of a connection
+            def __init__(self, name, fails=False):
+                self.name, self.fails, self.aborted = name, fails, False
+
+            def flush(self):
+                flushed.append(self.name)
+                if self.fails:
+                    raise RuntimeError("the socket refused the write")
+
+            def abort(self):
+                self.aborted = True
+
+        writes = ws_server.EndOfTurnWrites(asyncio.get_running_loop())
+        first, failing, last = StandIn("first"), StandIn("failing", fails=True), StandIn("last")
+        for connection in (first, failing, last):
+            writes.add(connection)
+        self.assertEqual(flushed, [])  # nothing written before the turn ends
+        with self.assertLogs(ws_server.log, "ERROR") as logged:
+            await asyncio.sleep(0)  # the end of this turn
+        self.assertEqual(flushed, ["first", "failing", "last"])
+        self.assertEqual((first.aborted, failing.aborted, last.aborted), (False, True, False))
+        self.assertIn("failing: writing failed", logged.output[0])
+
 
 class Test04Compression(ServerTestCase, unittest.IsolatedAsyncioTestCase):
     """RFC 7692 on the wire: negotiated, compressed once per message, bombs refused."""
