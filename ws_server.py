@@ -2893,9 +2893,9 @@ class WebSocketServer:
         self._handlers.add(task)
         self._handshaking.add(task)
         try:
-            accepted = await self._handshake(reader, writer)
-            if accepted is not None:  # the request head and its parse are gone: idle clients are small
-                await self._chat(reader, writer, *accepted)
+            connection = await self._handshake(reader, writer)
+            if connection is not None:  # the request head, its parse and the handshake are gone:
+                await self._chat(connection)  # an idle client holds only its connection
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except ssl.SSLError as error:  # e.g. a client that refused our certificate after the handshake
@@ -2910,10 +2910,8 @@ class WebSocketServer:
             if not writer.transport.is_closing():
                 writer.transport.abort()
 
-    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                         ) -> tuple[Handshake, bytes, str] | None:
-        """Read and answer the request: a static file, a refusal, or 101 (then the handshake,
-        the bytes that came after the head, and the client's name for the logs)."""
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Connection | None:
+        """Read and answer the request: a static file, a refusal, or 101 and the connection."""
         config = self.config
         peer = writer.get_extra_info("peername")
         name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -2943,26 +2941,29 @@ class WebSocketServer:
         if config.trace:
             log.info("handshake response:\n%s", response.decode("latin-1").rstrip())
         writer.write(response)
-        return handshake, rest, name
+        return self._open(reader, writer, handshake, rest, name)
 
-    async def _chat(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    handshake: Handshake, rest: bytes, name: str) -> None:
+    def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handshake: Handshake,
+              rest: bytes, name: str) -> Connection:
+        """The connection the handshake agreed, with the frames that came right after the head."""
         config = self.config
         protocol = Protocol(max_size=config.limits.max_size, compression=self._compression(handshake.deflate))
         protocol.subprotocol = handshake.subprotocol
-        connection = Connection(reader, writer, protocol, limits=config.limits, trace=config.trace, name=name,
-                                end_of_turn=self._end_of_turn)
+        if rest:
+            protocol.receive_data(rest)
+        return Connection(reader, writer, protocol, limits=config.limits, trace=config.trace, name=name,
+                          end_of_turn=self._end_of_turn)
+
+    async def _chat(self, connection: Connection) -> None:
+        protocol = connection.protocol
         self.room.join(connection)
         log.info("%s connected (%d open)", connection.name, len(self.room.clients))
         try:
-            if rest:
-                protocol.receive_data(rest)
-            while True:
-                message = await connection.recv_message()
+            while True:  # (no local name holds the last message while the client is idle)
                 if self.bus is None:
-                    self.room.broadcast(message)
+                    self.room.broadcast(await connection.recv_message())
                 else:
-                    await self._publish(connection, message)
+                    await self._publish(connection, await connection.recv_message())
         except ConnectionClosed:
             pass
         finally:

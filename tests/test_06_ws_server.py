@@ -211,7 +211,20 @@ class Test03TheChat(ServerTestCase, unittest.IsolatedAsyncioTestCase):
                 await ws_server.connect(f"ws://127.0.0.1:{port}/", subprotocols=["chat"])
             self.assertIn("mqtt", caught.exception.reason)
 
-    async def test_08_a_broadcast_leaves_at_the_end_of_the_turn_and_one_failing_write_holds_no_one_back(self):
+    async def test_08_frames_sent_with_the_request_head_are_read_after_the_handshake(self):
+        """§4.1 A client MUST wait for the answer before sending frames; from one that does not, frames in the same packet as the head are still read, in order."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        frames = b"".join(ws_server.encode_frame(Opcode.TEXT, text, masking_key=os.urandom(4)) for text in (b"one", b"two"))
+        writer.write(handshake_request() + frames)  # one write: the head and two messages
+        status, _, after_head = await read_response(reader)
+        self.assertEqual(status, 101)
+        raw = RawClient(reader, writer)
+        self.clients.append(raw)
+        raw.events.extend(raw.receiver.feed(after_head))  # the answers may come in the same packet
+        self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, b"one"))
+        self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, b"two"))
+
+    async def test_09_a_broadcast_leaves_at_the_end_of_the_turn_and_one_failing_write_holds_no_one_back(self):
         """§5.6 A broadcast's frames leave in one callback at the end of the loop's turn, client by client in order; a client whose write fails is dropped, and the clients after it still get theirs."""
         flushed = []
 
