@@ -1903,9 +1903,9 @@ class Connection:
 
     Writing never waits.  Frames leave in one write per batch: those queued by the task that
     handles a received message when that task next waits for the peer, those queued from
-    elsewhere (a broadcast) at the end of the event loop's turn (`EndOfTurnWrites`).  When a peer stops reading,
-    its socket buffer fills and frames wait in the protocol's queue, still shared with the
-    other clients.  What one client holds, queue plus socket buffer, is bounded by
+    elsewhere (a broadcast) at the end of the event loop's turn (`EndOfTurnWrites`).  When a
+    peer stops reading, its socket buffer fills and frames wait in the protocol's queue, still
+    shared with the other clients.  What one client holds, queue plus socket buffer, is bounded by
     `max_buffer` bytes (plus the one frame that crossed it): past that the client is dropped
     with 1008, policy violation (1013, "try again later", would tell a client that did nothing
     wrong to blame the server's load), and the others never notice.

@@ -240,13 +240,16 @@ class Test03TheChat(ServerTestCase, unittest.IsolatedAsyncioTestCase):
             def abort(self):
                 self.aborted = True
 
-        writes = ws_server.EndOfTurnWrites(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        writes = ws_server.EndOfTurnWrites(loop)
         first, failing, last = StandIn("first"), StandIn("failing", fails=True), StandIn("last")
         for connection in (first, failing, last):
             writes.add(connection)
         self.assertEqual(flushed, [])  # nothing written before the turn ends
+        after_the_writes = loop.create_future()
+        loop.call_soon(after_the_writes.set_result, None)  # runs once the writes' callback has
         with self.assertLogs(ws_server.log, "ERROR") as logged:
-            await asyncio.sleep(0)  # the end of this turn
+            await asyncio.wait_for(after_the_writes, TIMEOUT)
         self.assertEqual(flushed, ["first", "failing", "last"])
         self.assertEqual((first.aborted, failing.aborted, last.aborted), (False, True, False))
         self.assertIn("failing: writing failed", logged.output[0])
