@@ -49,6 +49,20 @@ def wait_until(condition, timeout: float = TIMEOUT, message: str = "a condition"
         time.sleep(0.01)
 
 
+def wait_for_service(process: subprocess.Popen, ready, timeout: float = 2 * TIMEOUT) -> bool:
+    """Poll `ready()` while a service we started comes up (an OSError or RedisError from it
+    means "not yet"): True once it is ready; False once the process ended or `timeout` passed."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if ready():
+                return True
+        except (OSError, ws_server.RedisError):
+            pass
+        time.sleep(0.02)
+    return False
+
+
 async def async_wait_until(condition, timeout: float = TIMEOUT, message: str = "a condition") -> None:
     """`wait_until` for coroutines: the event loop runs while it waits."""
     deadline = time.monotonic() + timeout
@@ -166,16 +180,9 @@ class RedisServer:
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.folder.name, "--logfile", os.path.join(self.folder.name, "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + TIMEOUT * 2
-        while True:
-            try:
-                if self.command("PING") == "PONG":
-                    return
-            except ws_server.RedisError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not start: {self.log()[-2000:]}")
-                time.sleep(0.02)
+        if not wait_for_service(self.process, lambda: self.command("PING") == "PONG"):
+            self.stop()
+            raise RuntimeError(f"redis-server did not start: {self.log()[-2000:]}")
 
     def command(self, *arguments):
         """One command on a connection of its own (the project's blocking client)."""

@@ -16,14 +16,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import unittest
 from pathlib import Path
 
 import sse_server
 import ws_server
 from tests.support import (CA_FILE, CERT_FILE, KEY_FILE, ROOT, TIMEOUT, LogReader, SSEServerTestCase, ServerTestCase,
-                           StreamClient, async_wait_until, free_port, start_process, stop_process, wait_until)
+                           StreamClient, async_wait_until, free_port, start_process, stop_process, wait_for_service,
+                           wait_until)
 
 NGINX_HINT = "no nginx found: install it (Debian/Ubuntu: sudo apt-get install nginx) or set NGINX=/path/to/nginx"
 
@@ -234,17 +234,14 @@ class Nginx:
             file.write(config)
         self.process = subprocess.Popen([binary, "-p", folder, "-c", path], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + TIMEOUT * 2
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    error = self.process.stderr.read() if self.process.poll() is not None else "no answer"
-                    self.close()
-                    raise RuntimeError(f"nginx did not start: {error}")
-                time.sleep(0.05)
+        if not wait_for_service(self.process, self.answers):
+            error = self.process.stderr.read() if self.process.poll() is not None else "no answer"
+            self.close()
+            raise RuntimeError(f"nginx did not start: {error}")
+
+    def answers(self) -> bool:
+        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        return True
 
     def close(self) -> None:
         stop_process(self.process)
