@@ -5,29 +5,33 @@
     python ws_server.py --trace              # ... and log every frame, dissected
     python ws_server.py --connect ws://127.0.0.1:8080/    # terminal client
 
-Every message a client sends is broadcast to every open client, the sender included: the
-chat of the tutorial this project rebuilds.  With one client connected it is an echo server.
-Standard library only; every platform Python runs on.  The module reads top to bottom like
-the RFCs:
+The tutorial this project rebuilds is a chat of twenty lines of Node `ws`: every message a
+client sends goes to every open client, the sender included.  This module is that chat with
+every byte of the protocol written out.  Standard library only; every platform Python runs on.
 
-1. Constants from the spec: the GUID (§1.3), opcodes (§5.2), close codes (§7.4), limits.
-2. Errors: one family; each error carries its HTTP status or its close code.
-3. HTTP/1.1 (RFC 9110, RFC 9112): the strict request parser both servers share.  Pure.
-4. The opening handshake (§4): the server's checks and answer, the client's request and its
-   checks of the answer.  Pure.
-5. Static files on the same port, with traversal protection.
-6. Framing (§5): masking (§5.3), encoding (§5.2), and `Receiver`, a decoder you feed bytes
-   and that returns messages and control frames (§5.4, §5.5).  Pure: no sockets.
-7. Compression (RFC 7692): permessage-deflate, negotiated, bounded, compressed once for all.
-8. Closing (§5.5.1, §7.4): the close payload's rules.
-9. `Protocol`: the connection's state machine (§4, §5.5, §7), sans I/O: bytes in, events and
-   bytes out, and the decisions "close TCP now" and "expect the peer to close" as values.
-10. `Connection`: the pump between an asyncio stream and a `Protocol`: reads, writes with a
-    budget in bytes, the timers (keepalive, closing).  I/O and time only.
-11. TLS: the contexts of https:// and wss://, and the one address a trusted proxy may give.
-12. Redis (RESP2 by hand): the codec, a client, and the chat shared by several processes.
-13. The application: `ChatRoom` and `WebSocketServer`; `connect()`, the client.
-14. The command line.
+How to read it
+--------------
+Part I, "The tutorial's protocol", is what a connection meets, in that order, and it is the
+code that runs (nothing in it is a simplified copy):
+
+  I.1  The opening handshake (§4): an HTTP GET, and the 101 answer with its accept key.
+  I.2  The frame (§5.2): the diagram, its bit masks, one header decoder, the encoder.
+  I.3  Masking (§5.3), written as its definition.
+  I.4  What frames carry: messages (§5.4, §5.6) and control frames (§5.5).
+  I.5  The decoder, `Receiver`: bytes in, messages and control frames out, every rule checked.
+  I.6  Closing (§5.5.1, §7.4): the close frame's payload and its status codes.
+  I.7  `Protocol`: one connection's state machine, sans I/O: ping → pong, the closing handshake.
+  I.8  The broadcast: the tutorial's `server.clients.forEach(...)`.
+  I.9  The server's main path: accept, handshake, read messages, broadcast them, close.
+
+Part II, "For real use", is what a server exposed to the Internet needs besides: strict HTTP,
+static files, compression, byte budgets and batched writes, the client, TLS, Redis, speed, the
+command line.  Part I calls into Part II where it must (Python looks names up when a function
+runs), and says at each such call what it is for; it defines nothing of Part II.
+
+Sans I/O: everything up to `Protocol` is pure (bytes in, bytes and decisions out); the
+walkthrough (`python -m unittest -v`) feeds it literal bytes.  Only `Connection` (Part II) and
+the server touch sockets and clocks.
 """
 
 from __future__ import annotations
@@ -59,9 +63,53 @@ from typing import Callable, Iterable, Union
 
 log = logging.getLogger("ws_server")
 
+
+# =============================================================================================
+# PART I — THE TUTORIAL'S PROTOCOL
+# =============================================================================================
+
 # ---------------------------------------------------------------------------------------------
-# 1. Constants from the spec
+# I.1 The opening handshake (§4)
 # ---------------------------------------------------------------------------------------------
+#
+# The browser's `new WebSocket("ws://host/")` sends an HTTP request; the server answers 101, and
+# from then on the same TCP connection carries frames (I.2).  §1.2 and §1.3, side by side:
+#
+# The client:                                   The server:
+#   GET /chat HTTP/1.1                            HTTP/1.1 101 Switching Protocols
+#   Host: server.example.com                      Upgrade: websocket
+#   Upgrade: websocket                            Connection: Upgrade
+#   Connection: Upgrade                           Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
+#   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==   Sec-WebSocket-Protocol: chat
+#   Sec-WebSocket-Version: 13
+#   Sec-WebSocket-Protocol: chat, superchat
+#
+# The request head is read by the strict HTTP/1.1 parser of Part II (`parse_request`, RFC 9112),
+# which also serves the pages on the same port; the functions here check what makes it a
+# WebSocket handshake.  Every refusal is an `HTTPError`, answered in one place (I.9).
+
+
+class WebSocketError(Exception):
+    """Base of every error this module raises on purpose: one family, each error carrying
+    the HTTP status or the close code it is answered with."""
+
+
+class HTTPError(WebSocketError):
+    """A request refused: answered with `status`, a one-line `reason` and maybe `headers`.
+
+    Raised by pure functions (here and in Part II) and turned into a response in one place
+    (`WebSocketServer._handshake`, and `sse_server`'s handler)."""
+
+    def __init__(self, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.headers = list(headers)
+
+
+class HandshakeError(HTTPError):
+    """§4.2.1: the server refuses a client's opening handshake."""
+
 
 #: §1.3: the server appends this GUID to the client's key before hashing (see `accept_key`).
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -70,29 +118,548 @@ GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WEBSOCKET_VERSION = "13"
 
 
-class Opcode(enum.IntEnum):
-    """§5.2 "Opcode: 4 bits", as registered in §11.8."""
+def accept_key(key: str) -> str:
+    """§4.2.2 /key/: base64(SHA-1(key + GUID)), the proof that the server read the request.
 
-    CONTINUATION = 0x0
+    >>> accept_key("dGhlIHNhbXBsZSBub25jZQ==")   # the example of §1.3
+    's3pPLMBiTxaQ9kYGzzhZRbK+xOo='
+    """
+    return base64.b64encode(hashlib.sha1((key + GUID).encode("ascii")).digest()).decode("ascii")
+
+
+def is_websocket_request(request: Request) -> bool:
+    """Does the client ask for a WebSocket?  Anything else on this port is plain HTTP.
+
+    An `Upgrade` that names another protocol (h2c, say) may be ignored (RFC 9110 §7.8).
+    """
+    return "websocket" in request.tokens("upgrade") or "sec-websocket-key" in request.headers
+
+
+@dataclasses.dataclass
+class Handshake:
+    """What both sides agreed to: the `Sec-WebSocket-Accept` value, the subprotocol, and the
+    permessage-deflate parameters (Part II), if any."""
+
+    accept: str
+    subprotocol: str | None = None
+    deflate: DeflateParameters | None = None
+
+
+def check_request(request: Request, *, allowed_origins: Iterable[str] | None = None,
+                  subprotocols: Iterable[str] = (), compression: bool = False) -> Handshake:
+    """§4.2.1: check the client's opening handshake; raise `HandshakeError` to refuse it.
+
+    Item 2, exactly one Host, is checked for every request by `parse_request` (RFC 9112 §3.2).
+    """
+    if request.method != "GET":  # §4.2.1 item 1
+        raise HandshakeError(400, "the WebSocket handshake must use GET")
+    if request.version < (1, 1):  # §4.2.1 item 1: "HTTP/1.1 or higher"
+        raise HandshakeError(400, "the WebSocket handshake needs HTTP/1.1 or later")
+    if "websocket" not in request.tokens("upgrade"):  # item 3, case-insensitive
+        raise HandshakeError(400, "Upgrade: websocket is required")
+    if "upgrade" not in request.tokens("connection"):  # item 4: a token in a list
+        raise HandshakeError(400, "Connection: Upgrade is required")
+    if body_length(request) != 0:  # a GET has no body; bytes after the head are frames
+        raise HandshakeError(400, "the WebSocket handshake has no body")
+    keys = request.headers.get("sec-websocket-key", [])
+    if len(keys) != 1:  # item 5
+        raise HandshakeError(400, "exactly one Sec-WebSocket-Key is required")
+    try:
+        nonce = base64.b64decode(keys[0].encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        nonce = b""
+    if len(nonce) != 16:
+        raise HandshakeError(400, "Sec-WebSocket-Key must be 16 bytes in base64")
+    version = request.header("sec-websocket-version")  # item 6
+    if version is None:
+        raise HandshakeError(400, "Sec-WebSocket-Version is required")
+    if version.strip() != WEBSOCKET_VERSION:
+        # §4.4: say which version we speak.  RFC 9110 §15.5.22: a 426 names the protocol to
+        # upgrade to, and whoever sends Upgrade also sends Connection: upgrade (§7.8).
+        raise HandshakeError(426, f"unsupported WebSocket version {version[:20]!r}",
+                             [("Upgrade", "websocket"), ("Connection", "Upgrade, close"),
+                              ("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
+    check_origin(request, allowed_origins)
+    # §9.1: extensions are negotiated here too; one this server cannot honour is declined,
+    # never refused (permessage-deflate, Part II).
+    deflate = negotiate_deflate(request.header("sec-websocket-extensions")) if compression else None
+    return Handshake(accept_key(keys[0]), choose_subprotocol(request, subprotocols), deflate)
+
+
+def check_origin(request: Request, allowed_origins: Iterable[str] | None) -> None:
+    """§10.2: refuse a browser page from another site (403) when an allow-list is given.
+
+    Cross-site WebSocket hijacking: a WebSocket is not bound by the same-origin policy, and
+    the browser sends the user's cookies with the handshake.  Any page the user visits could
+    open a socket to this server and act as the user.  Browsers always send `Origin`, and a
+    page cannot forge it, so checking it is the defence.  A request with no `Origin` comes
+    from a program, not a browser page, and is not refused: nothing is hijacked there.
+    """
+    if not allowed_origins:
+        return
+    origin = request.header("origin")
+    if origin is not None and origin.lower() not in {o.lower() for o in allowed_origins}:
+        raise HandshakeError(403, f"origin {origin[:100]!r} is not allowed")
+
+
+def choose_subprotocol(request: Request, supported: Iterable[str]) -> str | None:
+    """§4.2.2 /subprotocol/: the first protocol the client offers that we speak, or None.
+
+    Subprotocol names are compared exactly: unlike header names, they are case-sensitive.
+    """
+    supported = set(supported)
+    offered = (request.header("sec-websocket-protocol") or "").split(",")
+    return next((name.strip() for name in offered if name.strip() in supported), None)
+
+
+def build_switching_protocols(handshake: Handshake) -> bytes:
+    """§4.2.2 item 5: the server's answer that opens the WebSocket."""
+    headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+               ("Sec-WebSocket-Accept", handshake.accept)]
+    if handshake.subprotocol:  # omitted when nothing matched (§4.2.2 /subprotocol/)
+        headers.append(("Sec-WebSocket-Protocol", handshake.subprotocol))
+    if handshake.deflate:  # §4.2.2 /extensions/: only what the client offered and we accept
+        headers.append(("Sec-WebSocket-Extensions", handshake.deflate.header()))
+    return build_response(101, headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# I.2 The frame (§5.2)
+# ---------------------------------------------------------------------------------------------
+#
+# After the 101, everything on the connection is frames, in both directions:
+#
+#      0                   1                   2                   3
+#      0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+#     +-+-+-+-+-------+-+-------------+-------------------------------+
+#     |F|R|R|R| opcode|M| Payload len |    Extended payload length    |
+#     |I|S|S|S|  (4)  |A|     (7)     |             (16/64)           |
+#     |N|V|V|V|       |S|             |   (if payload len==126/127)   |
+#     | |1|2|3|       |K|             |                               |
+#     +-+-+-+-+-------+-+-------------+ - - - - - - - - - - - - - - - +
+#     |     Extended payload length continued, if payload len == 127  |
+#     + - - - - - - - - - - - - - - - +-------------------------------+
+#     |                               |Masking-key, if MASK set to 1  |
+#     +-------------------------------+-------------------------------+
+#     | Masking-key (continued)       |          Payload Data         |
+#     +-------------------------------- - - - - - - - - - - - - - - - +
+#     :                     Payload Data continued ...                :
+#     + - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - +
+#     |                     Payload Data continued ...                |
+#     +---------------------------------------------------------------+
+#
+# The bits of the first two bytes, named as the diagram names them:
+
+FIN = 0b1000_0000  # byte 0: this is the last frame of its message (§5.4)
+RSV1 = 0b0100_0000  # byte 0: reserved for extensions; permessage-deflate's "compressed" bit
+RSV2 = 0b0010_0000  # byte 0: reserved
+RSV3 = 0b0001_0000  # byte 0: reserved
+OPCODE = 0b0000_1111  # byte 0: what the payload is (`Opcode`)
+MASK = 0b1000_0000  # byte 1: the payload is masked, and a masking key follows (§5.3)
+PAYLOAD_LEN = 0b0111_1111  # byte 1: the length, or 126 / 127: a 16-bit / 64-bit length follows
+
+#: Payload len values that announce an extended length (§5.2).
+LENGTH_16_BITS, LENGTH_64_BITS = 126, 127
+
+
+class Opcode:
+    """§5.2 "Opcode: 4 bits", as registered in §11.8.  Plain numbers, as the RFC writes them
+    (%x1 "denotes a text frame"): an enum would print its names, but on Python 3.11 each lookup
+    of a member costs about 70 ns, and the decoder makes a few per frame (README, Performance)."""
+
+    CONTINUATION = 0x0  # the next fragment of a message (§5.4)
     TEXT = 0x1
     BINARY = 0x2
-    CLOSE = 0x8
+    CLOSE = 0x8  # control frames (§5.5) from here: the opcode's most significant bit is set
     PING = 0x9
     PONG = 0xA
 
 
-KNOWN_OPCODES = frozenset(Opcode)  # §5.2: every other value is reserved
-DATA_OPCODES = frozenset({Opcode.CONTINUATION, Opcode.TEXT, Opcode.BINARY})
-#: §5.5: control frames have an opcode whose most significant bit is 1.
-CONTROL_OPCODES = frozenset({Opcode.CLOSE, Opcode.PING, Opcode.PONG})
+#: §5.2: "If an unknown opcode is received, the receiving endpoint MUST _Fail the WebSocket
+#: Connection_": every value not in this table, which names the others for --trace.
+OPCODE_NAMES = {Opcode.CONTINUATION: "CONTINUATION", Opcode.TEXT: "TEXT", Opcode.BINARY: "BINARY",
+                Opcode.CLOSE: "CLOSE", Opcode.PING: "PING", Opcode.PONG: "PONG"}
+
+#: §5.5: "Control frames are identified by opcodes where the most significant bit of the
+#: opcode is 1": this bit of the opcode.
+CONTROL = 0b1000
+
 #: §5.5: "All control frames MUST have a payload length of 125 bytes or less".
 MAX_CONTROL_PAYLOAD = 125
 
-# The per-frame code runs for every frame of every client.  An enum member looked up through
-# its class costs about 100 ns on Python 3.11, and `Opcode(n)` a call: these are the same
-# members, reached through a module name or a dict instead.
-_CONTINUATION, _TEXT, _PING, _PONG = Opcode.CONTINUATION, Opcode.TEXT, Opcode.PING, Opcode.PONG
-_OPCODE_BY_NUMBER = {int(opcode): opcode for opcode in Opcode}
+
+@dataclasses.dataclass(slots=True)
+class FrameHeader:
+    """A frame's header, field by field in the diagram's order."""
+
+    fin: bool
+    rsv1: bool
+    rsv2: bool
+    rsv3: bool
+    opcode: int
+    masked: bool
+    length: int  # of the payload, whichever of the three forms carried it
+    masking_key: bytes | None
+
+    def describe(self, payload: bytes = b"", inflated: bool = False) -> str:
+        """A packet-dissector line for --trace: FIN, RSV1-3, opcode by name, MASK, length, key
+        and payload (for a compressed message, `inflated`: the payload after inflation)."""
+        name = OPCODE_NAMES.get(self.opcode, "RESERVED")
+        key = self.masking_key.hex() if self.masking_key else "-"
+        more = "..." if len(payload) > 40 else ""
+        return (f"FIN={int(self.fin)} RSV={int(self.rsv1)}{int(self.rsv2)}{int(self.rsv3)} "
+                f"opcode={self.opcode:#x} {name} MASK={int(self.masked)} len={self.length}"
+                f"{f' inflated={len(payload)}' if inflated else ''} key={key} payload={payload[:40]!r}{more}")
+
+
+def parse_frame_header(data: bytes, start: int = 0) -> tuple[FrameHeader, int] | None:
+    """§5.2: decode the header that begins at `start` in `data`; return it and the position
+    of its payload, or None while the header is incomplete.
+
+    The one header decoder: the server's `Receiver` runs it on every frame it reads, and
+    --trace on every frame the server writes."""
+    available = len(data) - start
+    if available < 2:
+        return None
+    first, second = data[start], data[start + 1]
+    fin, rsv1, rsv2, rsv3 = first & FIN != 0, first & RSV1 != 0, first & RSV2 != 0, first & RSV3 != 0
+    opcode, masked, length = first & OPCODE, second & MASK != 0, second & PAYLOAD_LEN
+    extended = 2 if length == LENGTH_16_BITS else 8 if length == LENGTH_64_BITS else 0
+    if available < 2 + extended + (4 if masked else 0):
+        return None
+    position = start + 2
+    if extended:  # "the following 2 (8) bytes interpreted as a 16-bit (64-bit) unsigned integer"
+        length = int.from_bytes(data[position:position + extended], "big")
+        position += extended
+        if length >> 63:  # "(the most significant bit MUST be 0)"
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "64-bit length with its top bit set")
+    masking_key = None
+    if masked:
+        masking_key = data[position:position + 4]
+        position += 4
+    return FrameHeader(fin, rsv1, rsv2, rsv3, opcode, masked, length, masking_key), position
+
+
+def frame_header(opcode: int, length: int, *, fin: bool = True, masked: bool = False,
+                 rsv1: bool = False) -> bytes:
+    """§5.2, the other way: the first two bytes and the extended payload length (not the
+    masking key), with "the minimal number of bytes" for the length."""
+    first = (FIN if fin else 0) | (RSV1 if rsv1 else 0) | opcode
+    mask_bit = MASK if masked else 0
+    if length < LENGTH_16_BITS:
+        return bytes((first, mask_bit | length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", first, mask_bit | LENGTH_16_BITS, length)
+    return struct.pack("!BBQ", first, mask_bit | LENGTH_64_BITS, length)
+
+
+def encode_frame(opcode: int, payload: bytes, *, fin: bool = True,
+                 masking_key: bytes | None = None, rsv1: bool = False) -> bytes:
+    """§5.2: one frame, header and payload.
+
+    A server never masks (§5.1); a client always does, with a fresh key per frame (§5.3).
+    """
+    header = frame_header(opcode, len(payload), fin=fin, masked=masking_key is not None, rsv1=rsv1)
+    if masking_key is not None:
+        return header + masking_key + apply_mask(payload, masking_key)
+    return header + payload
+
+
+# ---------------------------------------------------------------------------------------------
+# I.3 Masking (§5.3)
+# ---------------------------------------------------------------------------------------------
+#
+# Every frame a browser sends is masked with a fresh random key, so that its bytes cannot be
+# chosen by a page's script: a proxy that does not know WebSocket can then never be made to
+# read them as an HTTP request of the page's making (§10.3, cache poisoning).  The server
+# unmasks; it never masks (§5.1).
+
+
+def apply_mask(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytes | bytearray:
+    """§5.3: mask or unmask (the same operation) `data` with the 4-byte `masking_key`:
+
+        transformed-octet-i = original-octet-i XOR masking-key-octet-(i MOD 4)
+
+    Written here for the whole payload at once: the key repeated to the payload's length,
+    XORed with it as two big integers (one XOR in C instead of a Python loop per byte).
+    From `MASK_LANES_FROM` bytes up, `mask_lanes` (Part II) gives the same bytes faster.
+    """
+    n = len(data)
+    if n >= MASK_LANES_FROM:
+        return mask_lanes(data, masking_key)
+    repeated_key = (masking_key * (n // 4 + 1))[:n]  # masking_key[i MOD 4] for every i
+    return (int.from_bytes(data, "big") ^ int.from_bytes(repeated_key, "big")).to_bytes(n, "big")
+
+
+# ---------------------------------------------------------------------------------------------
+# I.4 What frames carry: messages and control frames (§5.4-§5.6)
+# ---------------------------------------------------------------------------------------------
+#
+# A message (text or binary) is one frame, or several: the first has its opcode and FIN clear,
+# the next are CONTINUATION frames, the last has FIN set (§5.4).  Control frames (Ping, Pong,
+# Close) are never fragmented but may come between two fragments.  The decoder turns frames
+# into these events:
+
+
+@dataclasses.dataclass(slots=True)
+class Message:
+    """A complete data message (§5.6): text (`opcode` TEXT, UTF-8 payload) or binary."""
+
+    opcode: int  # Opcode.TEXT or Opcode.BINARY
+    payload: bytes | bytearray  # as received: not copied again
+
+    @property
+    def data(self) -> str | bytes:
+        return self.payload.decode("utf-8") if self.opcode == Opcode.TEXT else bytes(self.payload)
+
+
+@dataclasses.dataclass(slots=True)
+class Ping:
+    """§5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in response"."""
+
+    payload: bytes
+
+
+@dataclasses.dataclass(slots=True)
+class Pong:
+    """§5.5.3: a Pong, in answer to a Ping or unsolicited (a heartbeat)."""
+
+    payload: bytes
+
+
+@dataclasses.dataclass(slots=True)
+class Close:
+    """A close frame (§5.5.1); `code` is None when the frame carried no status code."""
+
+    code: int | None
+    reason: str = ""
+
+
+class ProtocolError(WebSocketError):
+    """The peer broke the protocol: the connection is failed with close `code` (§7.1.7)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+#: What the decoder returns: the last event is a ProtocolError when the peer broke a rule.
+Event = Union[Message, Ping, Pong, Close, ProtocolError]
+
+
+# ---------------------------------------------------------------------------------------------
+# I.5 The decoder: frames in, messages and control frames out
+# ---------------------------------------------------------------------------------------------
+
+#: §10.4: "implementations SHOULD impose a limit on frame sizes and the total message size".
+DEFAULT_MAX_SIZE = 1 << 20  # --max-size: bytes in one message
+
+
+class Receiver:
+    """The frame decoder, sans I/O: `feed(bytes)` returns the events those bytes complete.
+
+    Each frame, in the order of the diagram (I.2): its header (`parse_frame_header`), the rules
+    the header alone decides (`_check_header`), then its payload, unmasked (§5.3).  A control
+    frame (at most 125 bytes) is taken whole; a data frame's payload is taken piece by piece as
+    it arrives, so that a 16 MiB message is not waited for before its first byte is checked,
+    and the pieces of a fragmented message (§5.4) are joined when its last frame ends.
+
+    The events are `Message`, `Ping`, `Pong`, `Close` and, last of all when the peer broke a
+    rule, the `ProtocolError` that says which close code to fail the connection with.  Events
+    before the error are returned with it: a message that arrived complete before a bad frame
+    is still delivered.
+
+    UTF-8 (§5.6, §8.1): text is checked as each piece of payload arrives, so an invalid byte
+    fails the connection with 1007 at once, even in the middle of a frame.
+
+    Limits (§10.4).  A data frame's length is checked from its header, before its payload is
+    read: a message over `max_size` is refused with 1009 without buffering it.  A flood of empty
+    continuation frames would never grow the message yet cost work for each frame, forever;
+    capping the number of fragments instead refuses honest messages sent in many small pieces
+    (Autobahn 9.3.1: 4 MiB in 65,536 frames of 64 bytes).  So each continuation frame is charged
+    `FRAGMENT_CHARGE` bytes of the same budget (Part II).
+
+    Compression (RFC 7692, Part II), when negotiated, sits between frames and messages: RSV1 on
+    the first frame marks a compressed message, whose pieces are inflated as they arrive, before
+    their UTF-8 is checked; `max_size` then bounds the inflated message too.
+    """
+
+    __slots__ = ("_buffer", "_compressed", "_cost", "_decoder", "_frame", "_frame_start", "_inflater",
+                 "_opcode", "_parts", "_remaining", "compression", "failed", "mask_expected", "max_size",
+                 "on_frame")
+
+    def __init__(self, *, mask_expected: bool = True, max_size: int = DEFAULT_MAX_SIZE,
+                 on_frame: Callable[[FrameHeader, bytes, bool], None] | None = None,
+                 compression: Compression | None = None) -> None:
+        self.mask_expected = mask_expected  # §5.1: True for a server, False for a client
+        self.max_size = max_size
+        self.on_frame = on_frame  # for --trace: called with each frame, its payload, and "inflated?"
+        self.compression = compression  # permessage-deflate, if negotiated
+        self.failed: ProtocolError | None = None
+        self._buffer = b""  # the start of a header that has not arrived whole
+        # The data frame whose payload is being read: its header, what is left of its payload,
+        # and where its pieces start among the message's.
+        self._frame: FrameHeader | None = None
+        self._remaining = 0
+        self._frame_start = 0
+        # The data message in progress, perhaps over several frames (§5.4).
+        self._opcode: int | None = None  # Opcode.TEXT or Opcode.BINARY; None between messages
+        self._parts: list[bytes | bytearray] | tuple = NOTHING  # its payload so far, piece by piece
+        self._cost = 0  # what it has cost of max_size
+        self._decoder: codecs.IncrementalDecoder | None = None  # its UTF-8 so far, if text
+        self._compressed = False  # RSV1 on its first frame (RFC 7692 §6)
+        self._inflater: MessageInflater | None = None
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Take the next bytes from the peer; return the events they complete."""
+        events: list[Event] = []
+        if self.failed is not None:  # after an error the stream means nothing any more
+            return events
+        buffer = self._buffer + data if self._buffer else data
+        position, end = 0, len(buffer)
+        try:
+            while True:
+                if self._frame is not None:  # in the middle of a data frame's payload
+                    if position == end:
+                        break
+                    position = self._read_payload(buffer, position, end, events)
+                    continue
+                parsed = parse_frame_header(buffer, position)
+                if parsed is None:
+                    break  # wait for the rest of the header
+                header, payload_start = parsed
+                self._check_header(header)
+                if header.opcode & CONTROL:  # read whole: at most 125 bytes (§5.5)
+                    payload_end = payload_start + header.length
+                    if payload_end > end:
+                        break  # wait for the whole control frame
+                    events.append(self._control_frame(header, buffer[payload_start:payload_end]))
+                    position = payload_end
+                else:
+                    self._start_data_frame(header)
+                    position = self._read_payload(buffer, payload_start, end, events)
+        except ProtocolError as error:
+            self.failed = error
+            events.append(error)
+            self._buffer = b""
+            return events
+        self._buffer = buffer[position:] if position < end else b""
+        return events
+
+    def _check_header(self, header: FrameHeader) -> None:
+        """The rules that a frame's header alone decides (§5.1, §5.2, §5.4, §5.5, RFC 7692)."""
+        if header.rsv1 or header.rsv2 or header.rsv3:
+            # §5.2: "MUST be 0 unless an extension is negotiated that defines meanings"
+            if header.rsv2 or header.rsv3 or self.compression is None:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set, no extension negotiated")
+            if header.opcode not in (Opcode.TEXT, Opcode.BINARY):
+                # RFC 7692 §6.1: RSV1 only on the first frame of a data message
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 on a control or continuation frame")
+        if header.opcode not in OPCODE_NAMES:  # §5.2: "MUST _Fail the WebSocket Connection_"
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {header.opcode:#x}")
+        if header.masked != self.mask_expected:
+            # §5.1: a client masks every frame it sends; a server masks none.
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR,
+                                "unmasked frame from a client" if self.mask_expected
+                                else "masked frame from a server")
+        if header.opcode & CONTROL:
+            if not header.fin:  # §5.5: "Control frames themselves MUST NOT be fragmented."
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
+            if header.length > MAX_CONTROL_PAYLOAD:  # §5.5
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame longer than 125 bytes")
+        elif header.opcode == Opcode.CONTINUATION:
+            if self._opcode is None:  # §5.4: a continuation continues something
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation frame with no message started")
+        elif self._opcode is not None:  # §5.4: fragments of two messages never interleave
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "new data frame inside a fragmented message")
+
+    def _control_frame(self, header: FrameHeader, payload: bytes) -> Event:
+        """§5.5: a whole control frame, unmasked, as its event."""
+        if header.masking_key is not None:
+            payload = apply_mask(payload, header.masking_key)
+        payload = bytes(payload)
+        if self.on_frame is not None:
+            self.on_frame(header, payload, False)
+        if header.opcode == Opcode.PING:
+            return Ping(payload)
+        if header.opcode == Opcode.PONG:
+            return Pong(payload)
+        return parse_close_payload(payload)  # I.6
+
+    def _start_data_frame(self, header: FrameHeader) -> None:
+        """Charge the frame against the message's budget before reading its payload (§10.4)."""
+        if header.opcode == Opcode.CONTINUATION:
+            self._cost += FRAGMENT_CHARGE + header.length
+        else:  # the first frame of a message
+            self._opcode, self._cost, self._compressed = header.opcode, header.length, header.rsv1
+            if header.rsv1 and self._inflater is None:
+                self._inflater = self.compression.inflater(self.max_size)
+        if self._cost > self.max_size:
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message over the limit of {self.max_size} bytes")
+        self._frame, self._remaining = header, header.length
+        self._frame_start = len(self._parts)
+
+    def _read_payload(self, buffer: bytes, position: int, end: int, events: list[Event]) -> int:
+        """Take what has arrived of the current data frame's payload; return the new position.
+        At the end of the frame, the end of the message if FIN is set (§5.4)."""
+        frame, remaining = self._frame, self._remaining
+        take = remaining if remaining <= end - position else end - position
+        if take == 0 and remaining:
+            return position  # nothing of the payload yet
+        piece = buffer[position:position + take]
+        if frame.masking_key is not None:  # §5.3: payload byte i uses key[i MOD 4]
+            key, phase = frame.masking_key, (frame.length - remaining) & 3  # this piece starts at i
+            piece = apply_mask(piece, key[phase:] + key[:phase] if phase else key)
+        self._remaining = remaining = remaining - take
+        last = remaining == 0 and frame.fin  # the message's last bytes
+        if self._compressed:  # RFC 7692 §7.2.2: inflated as it arrives, within max_size
+            piece = self._inflater.inflate(piece)
+            if last:
+                piece += self._inflater.finish()
+        if self._opcode == Opcode.TEXT:
+            self._check_utf8(piece, last)
+        parts = self._parts
+        if parts:
+            parts.append(piece)
+        else:
+            self._parts = parts = [piece]
+        if remaining:
+            return position + take
+        # The end of the frame.
+        self._frame = None
+        if self.on_frame is not None:  # this frame's own payload: its pieces, unmasked (inflated)
+            self.on_frame(frame, b"".join(parts[self._frame_start:]), self._compressed)
+        if last:  # and of the message
+            events.append(Message(self._opcode, parts[0] if len(parts) == 1 else b"".join(parts)))
+            if self._compressed and not self._inflater.keep_context:
+                self._inflater = None
+            self._opcode, self._parts, self._decoder, self._compressed = None, NOTHING, None, False
+        return position + take
+
+    def _check_utf8(self, piece: bytes, last: bool) -> None:
+        """§8.1: a text message is UTF-8, checked as it arrives ("fail fast")."""
+        try:
+            if self._decoder is None and last:  # the whole text is this piece
+                piece.decode("utf-8")
+                return
+            if self._decoder is None:
+                self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+            self._decoder.decode(piece, last)
+        except UnicodeDecodeError:
+            raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "text message is not valid UTF-8") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# I.6 Closing (§5.5.1, §7.4)
+# ---------------------------------------------------------------------------------------------
+#
+# Either side may start the closing handshake with a Close frame; the other answers with its
+# own, and then the server ends TCP (§7.1.1).  A Close carries a status code and a reason:
+#
+#     +--------+--------+--------------------------------------------+
+#     | status code     | reason: UTF-8, up to 123 bytes (125 - 2)   |
+#     +--------+--------+--------------------------------------------+
 
 
 class CloseCode(enum.IntEnum):
@@ -127,8 +694,595 @@ def is_sendable_close_code(code: int) -> bool:
     return code in SENDABLE_CLOSE_CODES or 3000 <= code <= 4999
 
 
-# Default limits.  Each one is also a command-line flag and a constructor argument.
-DEFAULT_MAX_SIZE = 1 << 20  # --max-size: bytes in one message
+def parse_close_payload(payload: bytes) -> Close:
+    """§5.5.1: a close payload is empty, or a 2-byte status code then a UTF-8 reason."""
+    if not payload:
+        return Close(None)
+    if len(payload) == 1:
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "close payload of 1 byte")
+    code = int.from_bytes(payload[:2], "big")
+    if not is_sendable_close_code(code):  # §7.4.1, §7.4.2
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"close code {code} is not allowed on the wire")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "close reason is not valid UTF-8") from None
+    return Close(code, reason)
+
+
+def build_close_payload(code: int | None, reason: str = "") -> bytes:
+    """The payload of a close frame; the reason is trimmed (on a character boundary) so that
+    the frame stays within 125 bytes (§5.5).  ValueError for a code that may not be sent."""
+    if code is None:
+        if reason:
+            raise ValueError("a close reason needs a close code (§5.5.1)")
+        return b""
+    if not is_sendable_close_code(code):
+        raise ValueError(f"close code {code} may not be sent (§7.4.1, §7.4.2)")
+    data = reason.encode("utf-8")[:MAX_CONTROL_PAYLOAD - 2]
+    return code.to_bytes(2, "big") + data.decode("utf-8", "ignore").encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# I.7 The protocol: one connection's state machine, sans I/O (§4, §5.5, §7)
+# ---------------------------------------------------------------------------------------------
+
+
+class ConnectionClosed(WebSocketError):
+    """The connection is closed; `code` and `reason` say how (1006: no close frame at all)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"connection closed: {code} {reason}".rstrip())
+        self.code = code
+        self.reason = reason
+
+
+class State:
+    """The states of a connection: the numbers of the browser's `readyState` (WHATWG WebSockets:
+    CONNECTING 0, OPEN 1, CLOSING 2, CLOSED 3), which the tutorial compares with
+    `WebSocket.OPEN`.  Plain numbers, like `Opcode`: the broadcast checks the state of every
+    client for every message, and an enum member costs about 70 ns a lookup on Python 3.11."""
+
+    CONNECTING = 0  # §4.1: the client waits for the answer to its opening handshake
+    OPEN = 1  # §4.1 "_The WebSocket Connection is Established_": messages flow both ways
+    CLOSING = 2  # §7.1.3 "_The WebSocket Closing Handshake is Started_": we sent a Close
+    # No frame goes either way any more: the peer's Close came and ours went (§7.1.3's handshake
+    # is over), or TCP ended (§7.1.4).  What is left is ending TCP, which `close_transport` and
+    # `close_expected` decide (§7.1.1); the browser says CLOSED only once that is done too.
+    CLOSED = 3
+
+
+class Protocol:
+    """One WebSocket connection as a state machine, sans I/O: bytes in, events and bytes out.
+
+    Feed it what the peer sent (`receive_data`, `receive_eof`), take the events it decoded one
+    at a time (`next_event`), tell it what to send (`send_text`, `send_close`, ...), then write
+    what `data_to_send()` returns and act on its three decisions:
+
+    - `close_transport`: close the TCP connection now (after writing what is queued);
+    - `half_close_transport`: send EOF now but go on reading (after failing the connection);
+    - `close_expected`: the peer should end the connection soon; give up after a timeout.
+
+    It never touches a socket or a clock: the walkthrough drives it with literal bytes, and
+    `Connection` drives it with an asyncio stream and timers.
+
+    The closing handshake (§7), from either side:
+
+                     send_close(), or failing the connection (§7.1.7)
+           OPEN ─────────────────────────────────────────────────────► CLOSING
+             │            our Close frame goes out                        │
+             │                                                            │ the peer's Close
+             │ the peer's Close arrives: answer it, echoing its code      ▼ arrives
+             └──────────────────────────────────────────────────────► CLOSED ◄── receive_eof(),
+                                                                                 from any state
+    Then §7.1.1: the server closes TCP first, the client waits for that.  A client starts in
+    CONNECTING: the first bytes it receives are the server's answer to its handshake (§4.1).
+
+    Events are handled in the order they arrived, when `next_event` hands them out: a Ping is
+    answered then (§5.5.2), a Close answered then (§5.5.1), a broken rule fails the connection
+    then (§7.1.7).  So a message that arrived before a Close is delivered, and may be answered,
+    before the Close is: nothing overtakes what came first.
+    """
+
+    __slots__ = ("client", "state", "receiver", "subprotocol", "compression", "close_received",
+                 "close_sent", "failure", "handshake_failure", "close_transport",
+                 "half_close_transport", "close_expected", "pending_bytes", "_events", "_next",
+                 "_outgoing", "_opening", "_head")
+
+    def __init__(self, *, client: bool = False, max_size: int = DEFAULT_MAX_SIZE,
+                 opening: OpeningHandshake | None = None, compression: Compression | None = None,
+                 on_frame: Callable[[FrameHeader, bytes, bool], None] | None = None) -> None:
+        self.client = client
+        self.state = State.CONNECTING if opening is not None else State.OPEN
+        # §5.1: a server expects every frame masked, a client expects none masked.
+        self.receiver = Receiver(mask_expected=not client, max_size=max_size, on_frame=on_frame,
+                                 compression=compression)
+        self.compression = compression  # permessage-deflate, if negotiated (II.4)
+        self.subprotocol: str | None = None
+        self.close_received: Close | None = None  # the peer's Close frame, once it came
+        self.close_sent: Close | None = None  # ours
+        self.failure: ProtocolError | None = None  # why this side failed the connection
+        self.handshake_failure: HandshakeFailed | None = None  # a client's failed handshake
+        self.close_transport = False
+        self.half_close_transport = False
+        self.close_expected = False
+        self.pending_bytes = 0  # what the queued frames cost, QUEUED_FRAME_CHARGE each included
+        self._events: list[Event] | tuple = NOTHING  # received, not handed out yet; a list and an
+        self._next = 0  # index: a deque would cost 600 bytes for every idle connection
+        self._outgoing: list[Frame] | tuple = NOTHING
+        self._opening = opening
+        self._head = b""  # a client's part of the server's answer, until its end
+
+    # -- bytes in ----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Take the next bytes from the peer; their events wait for `next_event`."""
+        if self.state == State.CONNECTING:
+            self._receive_handshake_answer(data)
+        elif self.close_received is None:  # §1.4: what follows a Close is discarded
+            events = self.receiver.feed(data)
+            if not events:
+                return
+            if self._next >= len(self._events):
+                self._events, self._next = events, 0
+            else:
+                self._events.extend(events)
+
+    def receive_eof(self) -> None:
+        """The peer ended the TCP connection (or it broke): §7.1.4, the connection is closed."""
+        if self.state == State.CONNECTING:
+            self.handshake_failure = HandshakeFailed("the connection closed before the server answered")
+        self.state = State.CLOSED
+        self.close_transport = True
+        self.close_expected = False
+
+    def _receive_handshake_answer(self, data: bytes) -> None:
+        """§4.1: a client reads the server's answer (bounded), checks it, and is then OPEN."""
+        start = max(0, len(self._head) - 3)
+        self._head += data
+        found = find_end_of_head(self._head, start)
+        if found is None:
+            if len(self._head) > DEFAULT_MAX_HEADER_BYTES:
+                self._fail_handshake(HandshakeFailed(f"response head over {DEFAULT_MAX_HEADER_BYTES} bytes"))
+            return
+        head, rest = self._head[:found[0]], self._head[found[1]:]
+        self._head = b""
+        try:
+            opening = self._opening
+            agreed = check_response(parse_response(head), opening.key, opening.subprotocols, opening.extensions)
+        except HandshakeFailed as failure:
+            self._fail_handshake(failure)
+            return
+        self.subprotocol = agreed.subprotocol
+        if agreed.deflate is not None:
+            self.compression = self.receiver.compression = client_compression(agreed.deflate)
+        self.state = State.OPEN
+        if rest:  # frames the server sent right after its answer
+            self.receive_data(rest)
+
+    def _fail_handshake(self, failure: HandshakeFailed) -> None:
+        self.handshake_failure = failure
+        self.state = State.CLOSED
+        self.close_transport = True
+
+    # -- events out --------------------------------------------------------------------------
+
+    def next_event(self) -> Event | None:
+        """The next event received, reacted to as the rules say; None when none is waiting.
+
+        `Message`, `Ping`, `Pong` or `Close` as they arrived, or the `ProtocolError` with which
+        this side has just failed the connection."""
+        events = self._events
+        if self._next >= len(events):
+            return None
+        event = events[self._next]
+        self._next += 1
+        if self._next == len(events):
+            self._events, self._next = NOTHING, 0
+        kind = type(event)
+        if kind is Message:
+            return event
+        if kind is Ping:
+            if self.close_received is None:  # §5.5.2: a Pong, unless a Close was received
+                self._queue(self._frame(Opcode.PONG, event.payload))  # the same Application data
+        elif kind is Close:
+            self._close_received(event)
+        elif kind is ProtocolError:
+            self.fail(event.code, event.reason)
+        return event  # a Pong needs nothing from the protocol (§5.5.3): keepalive looks at it
+
+    def _close_received(self, close: Close) -> None:
+        self.close_received = close
+        self._events, self._next = NOTHING, 0  # §1.4: "a peer discards any further data received"
+        if self.state == State.OPEN:  # §5.5.1: answer with a Close, echoing the status code
+            self._send_close_frame(close.code, "")
+        self.state = State.CLOSED
+        if self.client:
+            self.close_expected = True  # §7.1.1: the client waits for the server to end TCP
+        else:
+            self.close_transport = True  # §7.1.1: the server ends TCP first, at once
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send_text(self, text: str) -> None:
+        """Queue a text message (§5.6: its payload is UTF-8)."""
+        self.send_message(Opcode.TEXT, text.encode("utf-8"))
+
+    def send_binary(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue a binary message."""
+        self.send_message(Opcode.BINARY, bytes(data))
+
+    def send_message(self, opcode: int, payload: bytes) -> None:
+        """Queue one data message as one frame; ConnectionClosed unless OPEN (§5.5.1: no data
+        after this side's Close; §1.4: none after the peer's)."""
+        if self.state != State.OPEN:
+            raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+        compression = self.compression
+        if compression is not None and len(payload) >= compression.threshold:  # RFC 7692 §6
+            self._queue(self._frame(opcode, compression.deflater.compress(payload), rsv1=True))
+        else:
+            self._queue(self._frame(opcode, payload))
+
+    def send_frame(self, frame: Frame, cost: int) -> bool:
+        """Queue a server frame encoded once for many connections (a broadcast); False, and
+        nothing queued, unless OPEN.  `cost` is `frame_size(frame) + QUEUED_FRAME_CHARGE`."""
+        if self.state != State.OPEN:  # the tutorial's `readyState === WebSocket.OPEN`
+            return False
+        outgoing = self._outgoing
+        if outgoing:
+            outgoing.append(frame)
+        else:
+            self._outgoing = [frame]
+        self.pending_bytes += cost
+        return True
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """§5.5.2: a Ping; the peer answers with a Pong carrying the same payload."""
+        if self.state == State.CLOSED or self.close_received is not None:
+            raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+        self._queue(self._frame(Opcode.PING, payload[:MAX_CONTROL_PAYLOAD]))
+
+    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """§7.1.2 Start the WebSocket Closing Handshake: queue a Close, then wait for the peer's.
+
+        ValueError for a code that may not be sent (1005, 1006, 1015, or out of range)."""
+        payload = build_close_payload(code, reason)  # checks the code before anything changes
+        if self.state != State.OPEN:
+            return
+        self._queue(self._frame(Opcode.CLOSE, payload))
+        self.close_sent = Close(code, reason)
+        self.state = State.CLOSING
+        self.close_expected = True
+
+    def fail(self, code: int, reason: str, *, discard_queued: bool = False) -> None:
+        """§7.1.7 Fail the WebSocket Connection: a Close with `code`, then end TCP.
+
+        Called for a broken rule (through `next_event`) and by the I/O layer for its own
+        reasons (a client too slow to read, a keepalive timeout).  Nothing more is decoded:
+        "the endpoint MUST NOT continue to attempt to process data (including a responding
+        Close frame)".  TCP is half-closed at once, and the connection is closed when the peer
+        ends it or the close timeout does; closing a socket with unread bytes would send a
+        reset, which can destroy the Close frame before the peer reads it.  `discard_queued`
+        drops the frames still waiting, so that the Close does not wait behind them.
+        """
+        if self.failure is not None or self.state == State.CLOSED:
+            return
+        self.failure = ProtocolError(code, reason)
+        self.receiver.failed = self.failure
+        self._events, self._next = NOTHING, 0
+        if discard_queued:
+            self._outgoing, self.pending_bytes = NOTHING, 0
+        if self.state == State.OPEN:
+            self._send_close_frame(code, reason)
+            self.state = State.CLOSING
+        self.half_close_transport = True
+        self.close_expected = True
+
+    def _send_close_frame(self, code: int | None, reason: str) -> None:
+        self._queue(self._frame(Opcode.CLOSE, build_close_payload(code, reason)))
+        self.close_sent = Close(code, reason)
+
+    def _frame(self, opcode: int, payload: bytes, rsv1: bool = False) -> Frame:
+        if self.client:  # §5.3: a fresh, unpredictable masking key for every frame
+            return encode_frame(opcode, payload, masking_key=os.urandom(4), rsv1=rsv1)
+        return encode_server_frame(opcode, payload, rsv1)
+
+    def _queue(self, frame: Frame) -> None:
+        if self._outgoing:
+            self._outgoing.append(frame)
+        else:
+            self._outgoing = [frame]
+        self.pending_bytes += frame_size(frame) + QUEUED_FRAME_CHARGE
+
+    # -- bytes out ---------------------------------------------------------------------------
+
+    def data_to_send(self, limit: int | None = None) -> list[Frame] | tuple:
+        """The frames to write now, in order, taken off the queue.  With `limit`, only as many
+        as fit in that many bytes (always at least one); the others wait for the next call."""
+        outgoing = self._outgoing
+        if limit is None or self.pending_bytes <= limit:
+            self._outgoing, self.pending_bytes = NOTHING, 0
+            return outgoing
+        taken, size = 0, 0
+        while taken < len(outgoing):
+            cost = frame_size(outgoing[taken]) + QUEUED_FRAME_CHARGE
+            if taken and size + cost > limit:
+                break
+            size, taken = size + cost, taken + 1
+        self._outgoing = outgoing[taken:] or NOTHING
+        self.pending_bytes -= size
+        return outgoing[:taken]
+
+    # -- how it ended (§7.1.5, §7.1.6) -------------------------------------------------------
+
+    @property
+    def close_code(self) -> int | None:
+        """§7.1.5 "The WebSocket Connection Close Code": the code of the Close frame received,
+        1005 if it had none; 1006 once the connection is closed and none was received (also
+        after this side failed it: its own code is in `failure`).  None until then."""
+        if self.close_received is not None:
+            code = self.close_received.code
+            return CloseCode.NO_STATUS_RCVD if code is None else code
+        return CloseCode.ABNORMAL_CLOSURE if self.state == State.CLOSED else None
+
+    @property
+    def close_reason(self) -> str:
+        """§7.1.6 "The WebSocket Connection Close Reason": the reason in the Close received."""
+        return self.close_received.reason if self.close_received is not None else ""
+
+
+
+# ---------------------------------------------------------------------------------------------
+# I.8 The broadcast
+# ---------------------------------------------------------------------------------------------
+#
+# The tutorial's server, in Node `ws`:
+#
+#     socket.on('message', function(message) {
+#         server.clients.forEach(function(client) {
+#             if (client.readyState === WebSocket.OPEN) {
+#                 client.send(message);
+#             }
+#         });
+#     });
+
+
+class ChatRoom:
+    """The tutorial's chat: every message goes to every open client, the sender too.
+
+    `server.clients` is `clients`; `client.readyState === WebSocket.OPEN` is checked by
+    `Protocol.send_frame`, which queues nothing for a client that is not OPEN; `client.send`
+    is `Connection.send_frame_bytes` (Part II), which queues and never waits, so no client's
+    socket holds up the next client.
+
+    Two differences, both on purpose.  Text stays text and binary stays binary: the tutorial
+    passes the `Buffer` it received to `send()`, which `ws` 8 sends as binary, and browsers then
+    show "[object Blob]" for every chat line.  And the frame is encoded once, the same bytes
+    queued for every client: with permessage-deflate (Part II), the clients that agreed the same
+    parameters (in practice every browser) share one `Compression`, and the room keeps them
+    grouped by it, so a message is compressed once per group, not once per client.
+    """
+
+    def __init__(self) -> None:
+        self.clients: set[Connection] = set()
+        self._groups: dict[Compression | None, set[Connection]] = {}
+
+    def join(self, client: Connection) -> None:
+        self.clients.add(client)
+        self._groups.setdefault(client.protocol.compression, set()).add(client)
+
+    def leave(self, client: Connection) -> None:
+        self.clients.discard(client)
+        group = self._groups.get(client.protocol.compression)
+        if group is not None:
+            group.discard(client)
+            if not group:
+                del self._groups[client.protocol.compression]
+
+    def broadcast(self, message: Message) -> None:
+        """Send `message` to every open client (the tutorial's `server.clients.forEach`)."""
+        plain = None  # the uncompressed frame, encoded at most once for every group
+        for compression, group in tuple(self._groups.items()):
+            if compression is None or len(message.payload) < compression.threshold:
+                plain = plain or encode_server_frame(message.opcode, message.payload)
+                frame = plain
+            else:  # RFC 7692 §6: compressed once for the whole group, RSV1 on its (only) frame
+                frame = encode_server_frame(message.opcode, compression.deflater.compress(message.payload), rsv1=True)
+            cost = frame_size(frame) + QUEUED_FRAME_CHARGE  # what it costs each client's budget (Part II)
+            for client in tuple(group):
+                client.send_frame_bytes(frame, cost)
+
+
+# ---------------------------------------------------------------------------------------------
+# I.9 The server's main path
+# ---------------------------------------------------------------------------------------------
+#
+# `new WebSocket.Server({ port: 8080 })` and `server.on('connection', ...)`: for each TCP
+# connection, read the request head, answer it (a page, a refusal, or 101), then read messages
+# and broadcast each one until the connection closes.
+
+
+class WebSocketServer:
+    """The chat server: WebSocket on any path, static files for plain GET and HEAD."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.room = ChatRoom()
+        self._server: asyncio.base_events.Server | None = None
+        self._handlers: set[asyncio.Task] = set()
+        self._handshaking: set[asyncio.Task] = set()  # handlers still reading a request head
+        self._compressions: dict[DeflateParameters, Compression] = {}  # one per parameters agreed
+        self.bus: RedisChatBus | None = None  # with --redis, every message goes through it
+        self._end_of_turn: EndOfTurnWrites | None = None  # shared by every connection, once started
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.config.tls else "http"
+
+    async def start(self) -> None:
+        """Listen; each connection is handled by `_handle`, in a task of its own."""
+        settle_the_allocator()  # Part II: speed
+        config = self.config
+        self._end_of_turn = EndOfTurnWrites(asyncio.get_running_loop())  # Part II: batched writes
+        tls = {} if config.tls is None else {"ssl": config.tls, "ssl_handshake_timeout": config.handshake_timeout}
+        if config.redis is not None:  # Part II: one chat for several processes
+            self.bus = RedisChatBus(config.redis, self.room.broadcast, timeout=config.redis_timeout)
+            await self.bus.start()
+        self._server = await asyncio.start_server(self._handle, config.host, config.port, limit=READ_SIZE,
+                                                  reuse_port=config.reuse_port or None, **tls)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One TCP connection, from its first byte to its end; nothing it does reaches the others."""
+        task = asyncio.current_task()
+        self._handlers.add(task)
+        self._handshaking.add(task)
+        try:
+            connection = await self._handshake(reader, writer)
+            if connection is not None:  # the request head, its parse and the handshake are gone:
+                await self._chat(connection)  # an idle client holds only its connection
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except ssl.SSLError as error:  # e.g. a client that refused our certificate after the handshake
+            log.info("TLS error from %s: %s", writer.get_extra_info("peername"), tls_failure(error))
+        except asyncio.CancelledError:  # shutdown() ends connections it cannot close politely
+            pass
+        except Exception:  # a bug: log it, keep serving everyone else
+            log.exception("unexpected error")
+        finally:
+            self._handlers.discard(task)
+            self._handshaking.discard(task)
+            if not writer.transport.is_closing():
+                writer.transport.abort()
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Connection | None:
+        """Read and answer the request: a static file, a refusal, or 101 and the connection."""
+        config = self.config
+        peer = writer.get_extra_info("peername")
+        name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        try:
+            received = await read_http_head(reader, config.max_header_bytes, config.handshake_timeout)
+            if received is None:  # nothing was asked (an idle preconnect): nothing to answer
+                writer.close()
+                return None
+            head, rest = received
+            if config.trace:
+                log.info("handshake request:\n%s", head.decode("latin-1"))
+            request = parse_request(head, config.max_header_lines)  # Part II: strict HTTP/1.1
+            if isinstance(peer, tuple):
+                name = f"{client_address(peer[0], request.header('x-forwarded-for'), config.trusted_proxies)}:{peer[1]}"
+            body_length(request)  # framing that two readers could read two ways is refused (400)
+            if not is_websocket_request(request):  # the pages, on the same port (Part II)
+                await self._answer_http(writer, static_response(config.static_dir, request, config.index))
+                return None
+            handshake = check_request(request, allowed_origins=config.allowed_origins,
+                                      subprotocols=config.subprotocols, compression=config.compression)
+        except HTTPError as error:  # the one place a refusal becomes a response
+            log.info("refused %s: %s %s", name, error.status, error.reason)
+            await self._answer_http(writer, build_error_response(error.status, error.reason, error.headers))
+            return None
+        self._handshaking.discard(asyncio.current_task())
+        response = build_switching_protocols(handshake)
+        if config.trace:
+            log.info("handshake response:\n%s", response.decode("latin-1").rstrip())
+        writer.write(response)
+        return self._open(reader, writer, handshake, rest, name)
+
+    def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handshake: Handshake,
+              rest: bytes, name: str) -> Connection:
+        """The connection the handshake agreed, with the frames that came right after the head."""
+        config = self.config
+        protocol = Protocol(max_size=config.limits.max_size, compression=self._compression(handshake.deflate))
+        protocol.subprotocol = handshake.subprotocol
+        if rest:
+            protocol.receive_data(rest)
+        return Connection(reader, writer, protocol, limits=config.limits, trace=config.trace, name=name,
+                          end_of_turn=self._end_of_turn)
+
+    async def _chat(self, connection: Connection) -> None:
+        """The tutorial's `socket.on('message', ...)` and `socket.on('close', ...)`."""
+        protocol = connection.protocol
+        self.room.join(connection)
+        log.info("%s connected (%d open)", connection.name, len(self.room.clients))
+        try:
+            while True:  # (no local name holds the last message while the client is idle)
+                if self.bus is None:
+                    self.room.broadcast(await connection.recv_message())
+                else:  # --redis: through the shared stream, to every process's room (Part II)
+                    await self.bus.publish_from(connection, await connection.recv_message())
+        except ConnectionClosed:
+            pass
+        finally:
+            self.room.leave(connection)
+            if connection.state != State.CLOSED:
+                connection.abort()
+            failed = f", after failing it with {protocol.failure}" if protocol.failure else ""
+            log.info("%s disconnected: close code %s %s%s (%d open)", connection.name, connection.close_code,
+                     connection.close_reason, failed, len(self.room.clients))
+
+    async def shutdown(self, code: int = CloseCode.GOING_AWAY) -> None:
+        """Stop accepting, close every client with `code` (1001, going away), wait for them."""
+        if self._server is not None:
+            self._server.close()
+        for task in tuple(self._handshaking):  # idle or half-sent requests: nothing to wait for
+            task.cancel()
+        for client in tuple(self.room.clients):
+            if client.state == State.OPEN:
+                client.start_close(code, "server shutting down")
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=self.config.limits.close_timeout + 1)
+        for task in tuple(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=1)
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self.bus is not None:
+            await self.bus.close()
+
+    def _compression(self, parameters: DeflateParameters | None) -> Compression | None:
+        """The Compression shared by every connection that agreed these parameters: one
+        deflater for all of them, so that a broadcast is compressed once (Part II)."""
+        if parameters is None:
+            return None
+        compression = self._compressions.get(parameters)
+        if compression is None:
+            deflater = MessageDeflater(parameters.server_max_window_bits or 15, self.config.compression_level)
+            compression = Compression(parameters, deflater, self.config.compression_threshold)
+            self._compressions[parameters] = compression
+        return compression
+
+    @staticmethod
+    async def _answer_http(writer: asyncio.StreamWriter, response: bytes) -> None:
+        """Send a plain HTTP answer, then close; a short linger lets the client finish sending."""
+        writer.write(response)
+        try:
+            await asyncio.wait_for(writer.drain(), 5)
+            if writer.can_write_eof():
+                writer.write_eof()
+        except (asyncio.TimeoutError, OSError):
+            pass
+        writer.close()
+
+
+# =============================================================================================
+# PART II — FOR REAL USE
+# =============================================================================================
+#
+# Everything below is what a server exposed to real clients needs besides the protocol: HTTP
+# read as strictly as frames, the pages on the same port, compression, limits and budgets in
+# bytes, batched writes, the client, TLS, Redis for several processes, speed, the command line.
+# Part I calls into it; nothing here changes a rule of Part I.
+
+# ---------------------------------------------------------------------------------------------
+# II.1 Limits, budgets and speed
+# ---------------------------------------------------------------------------------------------
+
+# Default limits.  Each one is also a command-line flag and a constructor argument (and
+# DEFAULT_MAX_SIZE, in I.5, too).
 DEFAULT_MAX_BUFFER = 4 << 20  # --max-buffer: bytes waiting to be sent to one client
 DEFAULT_PING_INTERVAL = 20.0  # --ping-interval: seconds between keepalive pings
 DEFAULT_PING_TIMEOUT = 20.0  # --ping-timeout: seconds to wait for the pong
@@ -138,7 +1292,8 @@ DEFAULT_MAX_HEADER_BYTES = 16 * 1024  # --max-header-bytes: request line + heade
 DEFAULT_MAX_HEADER_LINES = 100  # --max-header-lines
 
 #: A continuation frame costs this many bytes of the --max-size budget on top of its payload:
-#: see `Receiver` for why.
+#: any flood of empty fragments ends after at most max_size / FRAGMENT_CHARGE frames, and a
+#: message of N fragments may carry max_size minus (N - 1) x 64 bytes (`Receiver`).
 FRAGMENT_CHARGE = 64
 
 #: A frame waiting to be sent costs this many bytes of the --max-buffer budget on top of its
@@ -148,6 +1303,10 @@ QUEUED_FRAME_CHARGE = 64
 
 #: How much one read asks of the stream; also the StreamReader's limit.
 READ_SIZE = 256 * 1024
+
+#: What an idle connection holds instead of empty lists of its own (56 bytes each): its queues
+#: become lists when something is put in them, and this shared empty tuple again when emptied.
+NOTHING: tuple = ()
 
 
 def settle_the_allocator() -> None:
@@ -163,62 +1322,55 @@ def settle_the_allocator() -> None:
     first, which is why runs of the same code differed by half."""
     bytes(2 * READ_SIZE)
 
-# ---------------------------------------------------------------------------------------------
-# 2. Errors
-# ---------------------------------------------------------------------------------------------
+
+# -- masking large payloads faster than I.3's definition (`python -m tests.bench_mask`) --------
+
+#: From this size up, `apply_mask` hands the work to `mask_lanes`: the four-lane
+#: `bytes.translate` technique is faster than the integer XOR there (README, Performance).
+MASK_LANES_FROM = 2 * 1024
+
+#: XOR with a constant byte k, as a `bytes.translate` table: _XOR_TABLES[k][b] == b ^ k.
+_XOR_TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
 
 
-class WebSocketError(Exception):
-    """Base of every error this module raises on purpose."""
+def mask_lanes(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytearray:
+    """§5.3 for large payloads, the same bytes as `apply_mask`'s definition (the walkthrough
+    checks them byte for byte).  Bytes 0, 4, 8, ... are all XORed with masking_key[0]; bytes
+    1, 5, 9, ... with masking_key[1]; and so on.  So the payload is four strided lanes, and XOR
+    with one constant byte is a 256-entry lookup table: `bytes.translate` maps a whole lane in C."""
+    out = bytearray(data)
+    for lane in range(4):
+        out[lane::4] = out[lane::4].translate(_XOR_TABLES[masking_key[lane]])
+    return out
 
 
-class HTTPError(WebSocketError):
-    """A request refused: answered with `status`, a one-line `reason` and maybe `headers`.
+# -- frames queued for writing -----------------------------------------------------------------
 
-    Raised by the pure functions of sections 3-5 and turned into a response in one place
-    (`WebSocketServer._answer_http`, and `sse_server.SSERequestHandler.refuse`)."""
+#: From this payload size up, a server frame is queued as (header, payload) and the two are
+#: written one after the other: joining them would copy the whole payload once more.
+LARGE_PAYLOAD = 64 * 1024
 
-    def __init__(self, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
-        self.headers = list(headers)
+#: A frame ready to write: its bytes, or for a large payload its header and its payload.
+Frame = Union[bytes, tuple]
 
 
-class HandshakeError(HTTPError):
-    """§4.2.1: the server refuses a client's opening handshake."""
+def encode_server_frame(opcode: int, payload: bytes | bytearray, rsv1: bool = False) -> Frame:
+    """An unmasked frame (`encode_frame`, I.2), ready to queue; a large payload is not copied
+    into it."""
+    header = frame_header(opcode, len(payload), rsv1=rsv1)
+    if len(payload) < LARGE_PAYLOAD:
+        return header + payload
+    return header, payload
 
 
-class HandshakeFailed(WebSocketError):
-    """§4.1: the client fails the connection, because the server's answer to its opening
-    handshake is not an acceptance; `status` is the status the server answered, if any."""
+def frame_size(frame: Frame) -> int:
+    """How many bytes a frame takes on the wire."""
+    return len(frame) if type(frame) is bytes else len(frame[0]) + len(frame[1])
 
-    def __init__(self, reason: str, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-
-
-class ProtocolError(WebSocketError):
-    """The peer broke the protocol: the connection is failed with close `code` (§7.1.7)."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"{code} {reason}")
-        self.code = code
-        self.reason = reason
-
-
-class ConnectionClosed(WebSocketError):
-    """The connection is closed; `code` and `reason` say how (1006: no close frame at all)."""
-
-    def __init__(self, code: int, reason: str = "") -> None:
-        super().__init__(f"connection closed: {code} {reason}".rstrip())
-        self.code = code
-        self.reason = reason
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. HTTP/1.1 (RFC 9110 semantics, RFC 9112 syntax): the request head both servers read
+# II.2 HTTP/1.1 (RFC 9110 semantics, RFC 9112 syntax): the request head both servers read
 # ---------------------------------------------------------------------------------------------
 #
 #   request-head = request-line *( field-line CRLF ) CRLF          ; RFC 9112 §2.1
@@ -482,201 +1634,7 @@ def build_error_response(status: int, reason: str, headers: Iterable[tuple[str, 
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. The opening handshake (§4)
-# ---------------------------------------------------------------------------------------------
-#
-# The client:                                   The server:
-#   GET /chat HTTP/1.1                            HTTP/1.1 101 Switching Protocols
-#   Host: server.example.com                      Upgrade: websocket
-#   Upgrade: websocket                            Connection: Upgrade
-#   Connection: Upgrade                           Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
-#   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==   Sec-WebSocket-Protocol: chat
-#   Sec-WebSocket-Version: 13
-#   Sec-WebSocket-Protocol: chat, superchat                                (§1.2, §1.3)
-
-
-def accept_key(key: str) -> str:
-    """§4.2.2 /key/: base64(SHA-1(key + GUID)), the proof that the server read the request.
-
-    >>> accept_key("dGhlIHNhbXBsZSBub25jZQ==")   # the example of §1.3
-    's3pPLMBiTxaQ9kYGzzhZRbK+xOo='
-    """
-    return base64.b64encode(hashlib.sha1((key + GUID).encode("ascii")).digest()).decode("ascii")
-
-
-def is_websocket_request(request: Request) -> bool:
-    """Does the client ask for a WebSocket?  Anything else on this port is plain HTTP.
-
-    An `Upgrade` that names another protocol (h2c, say) may be ignored (RFC 9110 §7.8).
-    """
-    return "websocket" in request.tokens("upgrade") or "sec-websocket-key" in request.headers
-
-
-@dataclasses.dataclass
-class Handshake:
-    """What both sides agreed to: the `Sec-WebSocket-Accept` value, the subprotocol, and the
-    permessage-deflate parameters (section 7), if any."""
-
-    accept: str
-    subprotocol: str | None = None
-    deflate: DeflateParameters | None = None
-
-
-def check_request(request: Request, *, allowed_origins: Iterable[str] | None = None,
-                  subprotocols: Iterable[str] = (), compression: bool = False) -> Handshake:
-    """§4.2.1: check the client's opening handshake; raise `HandshakeError` to refuse it.
-
-    Item 2, exactly one Host, is checked for every request by `parse_request` (RFC 9112 §3.2).
-    """
-    if request.method != "GET":  # §4.2.1 item 1
-        raise HandshakeError(400, "the WebSocket handshake must use GET")
-    if request.version < (1, 1):  # §4.2.1 item 1: "HTTP/1.1 or higher"
-        raise HandshakeError(400, "the WebSocket handshake needs HTTP/1.1 or later")
-    if "websocket" not in request.tokens("upgrade"):  # item 3, case-insensitive
-        raise HandshakeError(400, "Upgrade: websocket is required")
-    if "upgrade" not in request.tokens("connection"):  # item 4: a token in a list
-        raise HandshakeError(400, "Connection: Upgrade is required")
-    if body_length(request) != 0:  # a GET has no body; bytes after the head are frames
-        raise HandshakeError(400, "the WebSocket handshake has no body")
-    keys = request.headers.get("sec-websocket-key", [])
-    if len(keys) != 1:  # item 5
-        raise HandshakeError(400, "exactly one Sec-WebSocket-Key is required")
-    try:
-        nonce = base64.b64decode(keys[0].encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        nonce = b""
-    if len(nonce) != 16:
-        raise HandshakeError(400, "Sec-WebSocket-Key must be 16 bytes in base64")
-    version = request.header("sec-websocket-version")  # item 6
-    if version is None:
-        raise HandshakeError(400, "Sec-WebSocket-Version is required")
-    if version.strip() != WEBSOCKET_VERSION:
-        # §4.4: say which version we speak.  RFC 9110 §15.5.22: a 426 names the protocol to
-        # upgrade to, and whoever sends Upgrade also sends Connection: upgrade (§7.8).
-        raise HandshakeError(426, f"unsupported WebSocket version {version[:20]!r}",
-                             [("Upgrade", "websocket"), ("Connection", "Upgrade, close"),
-                              ("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
-    check_origin(request, allowed_origins)
-    # §9.1: extensions are negotiated here too; one this server cannot honour is declined,
-    # never refused (see section 7).
-    deflate = negotiate_deflate(request.header("sec-websocket-extensions")) if compression else None
-    return Handshake(accept_key(keys[0]), choose_subprotocol(request, subprotocols), deflate)
-
-
-def check_origin(request: Request, allowed_origins: Iterable[str] | None) -> None:
-    """§10.2: refuse a browser page from another site (403) when an allow-list is given.
-
-    Cross-site WebSocket hijacking: a WebSocket is not bound by the same-origin policy, and
-    the browser sends the user's cookies with the handshake.  Any page the user visits could
-    open a socket to this server and act as the user.  Browsers always send `Origin`, and a
-    page cannot forge it, so checking it is the defence.  A request with no `Origin` comes
-    from a program, not a browser page, and is not refused: nothing is hijacked there.
-    """
-    if not allowed_origins:
-        return
-    origin = request.header("origin")
-    if origin is not None and origin.lower() not in {o.lower() for o in allowed_origins}:
-        raise HandshakeError(403, f"origin {origin[:100]!r} is not allowed")
-
-
-def choose_subprotocol(request: Request, supported: Iterable[str]) -> str | None:
-    """§4.2.2 /subprotocol/: the first protocol the client offers that we speak, or None.
-
-    Subprotocol names are compared exactly: unlike header names, they are case-sensitive.
-    """
-    supported = set(supported)
-    offered = (request.header("sec-websocket-protocol") or "").split(",")
-    return next((name.strip() for name in offered if name.strip() in supported), None)
-
-
-def build_switching_protocols(handshake: Handshake) -> bytes:
-    """§4.2.2 item 5: the server's answer that opens the WebSocket."""
-    headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
-               ("Sec-WebSocket-Accept", handshake.accept)]
-    if handshake.subprotocol:  # omitted when nothing matched (§4.2.2 /subprotocol/)
-        headers.append(("Sec-WebSocket-Protocol", handshake.subprotocol))
-    if handshake.deflate:  # §4.2.2 /extensions/: only what the client offered and we accept
-        headers.append(("Sec-WebSocket-Extensions", handshake.deflate.header()))
-    return build_response(101, headers)
-
-
-# -- the client's side of the handshake (§4.1) -------------------------------------------------
-
-
-def new_key() -> str:
-    """§4.1 item 7: "a nonce consisting of a randomly selected 16-byte value", in base64."""
-    return base64.b64encode(secrets.token_bytes(16)).decode("ascii")
-
-
-def parse_ws_url(url: str) -> tuple[bool, str, int, str]:
-    """§3: ws-URI = "ws:" "//" host [ ":" port ] path [ "?" query ]; wss: for TLS.  Returns
-    (secure, host, port, resource name); ValueError for anything else (a fragment too)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError as error:
-        raise ValueError(f"not a WebSocket URL: {url!r} ({error})") from None
-    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.fragment:
-        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
-    secure = parts.scheme == "wss"
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return secure, parts.hostname, port or (443 if secure else 80), resource
-
-
-def build_client_request(host: str, port: int, resource: str, key: str, *, secure: bool = False,
-                         origin: str | None = None, subprotocols: Iterable[str] = (),
-                         extensions: str | None = None) -> bytes:
-    """§4.1: the client's opening handshake, the request of §1.2."""
-    authority = f"[{host}]" if ":" in host else host
-    if port != (443 if secure else 80):  # §4.1 item 4: the port only when not the default
-        authority += f":{port}"
-    lines = [f"GET {resource} HTTP/1.1", f"Host: {authority}", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}"]
-    if origin:  # §4.1 item 8: browsers always send it; other clients may
-        lines.append(f"Origin: {origin}")
-    subprotocols = list(subprotocols)
-    if subprotocols:  # item 10, in order of preference
-        lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
-    lines.append(f"Sec-WebSocket-Version: {WEBSOCKET_VERSION}")  # item 9
-    if extensions:  # item 11
-        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-
-
-def check_response(response: Response, key: str, offered_subprotocols: Iterable[str] = (),
-                   offered_extensions: Iterable[str] = ()) -> Handshake:
-    """§4.1, the client's checks of the server's answer; returns what was agreed.
-
-    Each broken rule is a `HandshakeFailed`: "the client MUST _Fail the WebSocket Connection_".
-    """
-    if response.status != 101:  # item 1: anything else is not an upgrade
-        raise HandshakeFailed(f"the server answered {response.status} {response.reason}", response.status)
-    if "websocket" not in response.tokens("upgrade"):  # item 2
-        raise HandshakeFailed("the 101 answer lacks Upgrade: websocket", 101)
-    if "upgrade" not in response.tokens("connection"):  # item 3
-        raise HandshakeFailed("the 101 answer lacks Connection: Upgrade", 101)
-    if response.header("sec-websocket-accept") != accept_key(key):  # item 4
-        raise HandshakeFailed("wrong Sec-WebSocket-Accept: the server did not read our key", 101)
-    offered, deflate = set(offered_extensions), None
-    try:
-        extensions = parse_extensions(response.header("sec-websocket-extensions") or "")
-    except ValueError as error:
-        raise HandshakeFailed(f"malformed Sec-WebSocket-Extensions: {error}", 101) from None
-    for name, parameters in extensions:  # item 5
-        if name not in offered:
-            raise HandshakeFailed(f"the server chose the extension {name!r}, which was not offered", 101)
-        if name == PERMESSAGE_DEFLATE:
-            if deflate is not None:
-                raise HandshakeFailed("the server chose permessage-deflate twice", 101)
-            deflate = check_deflate_answer(parameters)
-    subprotocol = response.header("sec-websocket-protocol")  # item 6
-    if subprotocol is not None and subprotocol not in set(offered_subprotocols):
-        raise HandshakeFailed(f"the server chose the subprotocol {subprotocol!r}, which was not offered", 101)
-    return Handshake(response.header("sec-websocket-accept"), subprotocol, deflate)
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. Static files on the same port
+# II.3 Static files on the same port
 # ---------------------------------------------------------------------------------------------
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -744,452 +1702,7 @@ def static_response(root: str | os.PathLike, request: Request, index: str) -> by
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Framing (§5)
-# ---------------------------------------------------------------------------------------------
-
-#: Integer masking works on blocks of this size: large enough that Python's per-call cost
-#: vanishes, small enough for the CPU caches (measured: 16-256 KiB best).  A multiple of 4, so
-#: every block starts at the same position in the key.
-MASK_BLOCK = 64 * 1024
-
-#: From this size up, the four-lane `bytes.translate` technique is faster than integer XOR
-#: (`python -m tests.bench_mask` measures both; see the README's Performance section).
-MASK_LANES_FROM = 2 * 1024
-
-#: XOR with a constant byte k, as a `bytes.translate` table: _XOR_TABLES[k][b] == b ^ k.
-_XOR_TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
-
-
-def apply_mask(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytes | bytearray:
-    """§5.3: mask or unmask (the same operation) `data` with the 4-byte `masking_key`.
-
-    The definition, one byte at a time:
-
-        transformed[i] = original[i] XOR masking_key[i MOD 4]
-
-    A Python loop over bytes runs at a few MB/s.  Two ways do the work in C instead, and the
-    faster one is chosen by size: `mask_int_blocks` for small payloads, `mask_lanes` from
-    `MASK_LANES_FROM` bytes up (which returns its working bytearray: one copy less).
-    """
-    if len(data) < MASK_LANES_FROM:
-        return mask_int_blocks(data, masking_key)
-    return mask_lanes(data, masking_key)
-
-
-def mask_int_blocks(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytes:
-    """The buffer as one integer, XORed with the key repeated to the same length: C does it
-    one machine word at a time.  Large buffers go in `MASK_BLOCK` slices, which stay in cache."""
-    n = len(data)
-    if n <= MASK_BLOCK:
-        key = int.from_bytes((masking_key * ((n >> 2) + 1))[:n], "little")
-        return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
-    key = int.from_bytes(masking_key * (MASK_BLOCK >> 2), "little")
-    view = memoryview(data)
-    blocks = []
-    whole = n - n % MASK_BLOCK
-    for start in range(0, whole, MASK_BLOCK):
-        block = int.from_bytes(view[start:start + MASK_BLOCK], "little") ^ key
-        blocks.append(block.to_bytes(MASK_BLOCK, "little"))
-    if whole < n:
-        blocks.append(mask_int_blocks(view[whole:], masking_key))
-    return b"".join(blocks)
-
-
-def mask_lanes(data: bytes | bytearray | memoryview, masking_key: bytes) -> bytearray:
-    """Bytes 0, 4, 8, ... are all XORed with masking_key[0]; bytes 1, 5, 9, ... with
-    masking_key[1]; and so on.  So the payload is four strided lanes, and XOR with one constant
-    byte is a 256-entry lookup table: `bytes.translate` maps a whole lane in C."""
-    out = bytearray(data)
-    for lane in range(4):
-        out[lane::4] = out[lane::4].translate(_XOR_TABLES[masking_key[lane]])
-    return out
-
-
-#: From this payload size up, a server frame is queued as (header, payload) and the two are
-#: written one after the other: joining them would copy the whole payload once more.
-LARGE_PAYLOAD = 64 * 1024
-
-#: A frame ready to write: its bytes, or for a large payload its header and its payload.
-Frame = Union[bytes, tuple]
-
-#: What an idle connection holds instead of empty lists of its own (56 bytes each): its queues
-#: become lists when something is put in them, and this shared empty tuple again when emptied.
-NOTHING: tuple = ()
-
-
-#: §5.2: the first reserved bit, which permessage-deflate uses as "Per-Message Compressed"
-#: (RFC 7692 §6): set on the first frame of a compressed message.
-RSV1 = 0x40
-
-
-def encode_frame(opcode: int, payload: bytes, *, fin: bool = True,
-                 masking_key: bytes | None = None, rsv1: bool = False) -> bytes:
-    """§5.2: one frame, header and payload, with the minimal length encoding.
-
-    A server never masks (§5.1); a client always does, with a fresh key per frame (§5.3).
-    """
-    header = frame_header(opcode, len(payload), fin=fin, masked=masking_key is not None, rsv1=rsv1)
-    if masking_key:
-        return header + masking_key + apply_mask(payload, masking_key)
-    return header + payload
-
-
-def frame_header(opcode: int, length: int, *, fin: bool = True, masked: bool = False,
-                 rsv1: bool = False) -> bytes:
-    """§5.2: the first two bytes and the extended payload length (not the masking key)."""
-    first = (0x80 if fin else 0) | (RSV1 if rsv1 else 0) | opcode
-    mask_bit = 0x80 if masked else 0
-    if length < 126:
-        return bytes((first, mask_bit | length))
-    if length < 1 << 16:
-        return struct.pack("!BBH", first, mask_bit | 126, length)
-    return struct.pack("!BBQ", first, mask_bit | 127, length)
-
-
-def encode_server_frame(opcode: int, payload: bytes | bytearray, rsv1: bool = False) -> Frame:
-    """An unmasked frame, ready to queue; a large payload is not copied into it."""
-    length = len(payload)
-    if length < 126 and not rsv1:  # the common case, written out: FIN and opcode, then length
-        return bytes((0x80 | opcode, length)) + payload
-    if length < LARGE_PAYLOAD:
-        return frame_header(opcode, length, rsv1=rsv1) + payload
-    return frame_header(opcode, length, rsv1=rsv1), payload
-
-
-def frame_size(frame: Frame) -> int:
-    """How many bytes a frame takes on the wire."""
-    return len(frame) if type(frame) is bytes else len(frame[0]) + len(frame[1])
-
-
-@dataclasses.dataclass(slots=True)
-class Message:
-    """A complete data message (§5.6): text (`opcode` TEXT, UTF-8 payload) or binary."""
-
-    opcode: Opcode
-    payload: bytes | bytearray  # as received: not copied again
-
-    @property
-    def data(self) -> str | bytes:
-        return self.payload.decode("utf-8") if self.opcode == Opcode.TEXT else bytes(self.payload)
-
-
-@dataclasses.dataclass(slots=True)
-class Ping:
-    payload: bytes
-
-
-@dataclasses.dataclass(slots=True)
-class Pong:
-    payload: bytes
-
-
-@dataclasses.dataclass(slots=True)
-class Close:
-    """A close frame (§5.5.1); `code` is None when the frame carried no status code."""
-
-    code: int | None
-    reason: str = ""
-
-
-Event = Union[Message, Ping, Pong, Close, ProtocolError]
-
-
-@dataclasses.dataclass(frozen=True)
-class FrameHeader:
-    """The fixed part of a frame, decoded; used by `--trace` and by the tests."""
-
-    fin: bool
-    rsv: int  # RSV1, RSV2, RSV3 as 3 bits
-    opcode: int
-    masked: bool
-    length: int
-    masking_key: bytes | None
-
-    def describe(self, payload: bytes = b"") -> str:
-        """A packet-dissector line: FIN, RSV1-3, opcode by name, MASK, length, key, payload
-        (for a compressed frame, RSV1 set: its inflated length and payload too)."""
-        name = Opcode(self.opcode).name if self.opcode in KNOWN_OPCODES else "RESERVED"
-        key = self.masking_key.hex() if self.masking_key else "-"
-        preview = payload[:40]
-        more = "..." if len(payload) > 40 else ""
-        inflated = f" inflated={len(payload)}" if self.rsv & 4 else ""
-        return (f"FIN={int(self.fin)} RSV={self.rsv:03b} opcode={self.opcode:#x} {name} "
-                f"MASK={int(self.masked)} len={self.length}{inflated} key={key} payload={preview!r}{more}")
-
-
-def parse_frame_header(data: bytes) -> tuple[FrameHeader, int] | None:
-    """Decode the header at the start of `data`: (header, its size), or None if incomplete."""
-    if len(data) < 2:
-        return None
-    first, second = data[0], data[1]
-    length = second & 0x7F
-    size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if second & 0x80 else 0)
-    if len(data) < size:
-        return None
-    if length == 126:
-        length = int.from_bytes(data[2:4], "big")
-    elif length == 127:
-        length = int.from_bytes(data[2:10], "big")
-    key = bytes(data[size - 4:size]) if second & 0x80 else None
-    return FrameHeader(bool(first & 0x80), (first >> 4) & 7, first & 0x0F, bool(second & 0x80),
-                       length, key), size
-
-
-class Receiver:
-    """The frame decoder, sans I/O: `feed(bytes)` returns the events those bytes complete.
-
-    §5.2, the base framing protocol:
-
-         0                   1                   2                   3
-         0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
-        +-+-+-+-+-------+-+-------------+-------------------------------+
-        |F|R|R|R| opcode|M| Payload len |    Extended payload length    |
-        |I|S|S|S|  (4)  |A|     (7)     |             (16/64)           |
-        |N|V|V|V|       |S|             |   (if payload len==126/127)   |
-        | |1|2|3|       |K|             |                               |
-        +-+-+-+-+-------+-+-------------+ - - - - - - - - - - - - - - - +
-        |     Extended payload length continued, if payload len == 127  |
-        + - - - - - - - - - - - - - - - +-------------------------------+
-        |                               |Masking-key, if MASK set to 1  |
-        +-------------------------------+-------------------------------+
-        | Masking-key (continued)       |          Payload Data         |
-        +-------------------------------- - - - - - - - - - - - - - - - +
-        :                     Payload Data continued ...                :
-        + - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - +
-        |                     Payload Data continued ...                |
-        +---------------------------------------------------------------+
-
-    The events are `Message` (a whole data message, fragments joined, §5.4), `Ping`, `Pong`,
-    `Close` and, last of all when the peer broke a rule, the `ProtocolError` that says which
-    close code to fail the connection with.  Events before the error are returned with it:
-    a message that arrived complete before a bad frame is still delivered.
-
-    Limits.  A data frame's length is checked from its header, before its payload is read:
-    a message over `max_size` is refused with 1009 without buffering it.  A flood of empty
-    continuation frames would never grow the message yet cost work for each frame, forever;
-    capping the number of fragments instead refuses honest messages sent in many small
-    pieces (Autobahn 9.3.1: 4 MiB in 65,536 frames of 64 bytes).  So each continuation frame
-    is charged `FRAGMENT_CHARGE` bytes of the same budget: any flood ends after at most
-    max_size / FRAGMENT_CHARGE frames, and a message of N fragments may carry max_size minus
-    (N - 1) x 64 bytes (4 MiB in 65,536 fragments needs a budget of 8 MiB).
-
-    UTF-8 (§5.6, §8.1): text is checked incrementally, as each piece of payload arrives, so
-    an invalid byte fails the connection with 1007 at once, even in the middle of a frame.
-
-    Compression (RFC 7692), when negotiated, sits between frames and messages: RSV1 on the
-    first frame marks a compressed message, whose pieces are inflated as they arrive, before
-    their UTF-8 is checked; --max-size then bounds the inflated message too (section 7).
-    """
-
-    __slots__ = ("_buffer", "_compressed", "_cost", "_decoder", "_header", "_inflater", "_opcode", "_parts",
-                 "_received", "_remaining", "compression", "failed", "mask_expected", "max_size",
-                 "on_frame")
-
-    def __init__(self, *, mask_expected: bool = True, max_size: int = DEFAULT_MAX_SIZE,
-                 on_frame: Callable[[FrameHeader, bytes], None] | None = None,
-                 compression: Compression | None = None) -> None:
-        self.mask_expected = mask_expected  # §5.1: True for a server, False for a client
-        self.max_size = max_size
-        self.on_frame = on_frame  # called with each frame, for --trace
-        self.compression = compression  # permessage-deflate, if negotiated
-        self._inflater: MessageInflater | None = None  # the compressed message's, while one arrives
-        self._compressed = False  # is the message in progress compressed (RSV1 on its first frame)?
-        self._buffer = b""
-        self.failed: ProtocolError | None = None
-        # The frame whose payload is being streamed: its header and what is left to read.
-        self._header: FrameHeader | None = None
-        self._remaining = 0
-        self._received = 0  # payload bytes of this frame already read (masking key phase)
-        # The data message in progress, perhaps over several fragments (§5.4).
-        self._opcode: int | None = None
-        self._parts: list[bytes | bytearray] | tuple = NOTHING  # its payload so far, piece by piece
-        self._cost = 0
-        self._decoder: codecs.IncrementalDecoder | None = None
-
-    def feed(self, data: bytes) -> list[Event]:
-        """Take the next bytes from the peer; return the events they complete."""
-        events: list[Event] = []
-        if self.failed is not None:  # after an error the stream means nothing any more
-            return events
-        buf = self._buffer + data if self._buffer else data
-        pos, end = 0, len(buf)
-        try:
-            while pos < end:
-                if self._header is not None:  # in the middle of a data frame's payload
-                    pos = self._stream_payload(buf, pos, end, events)
-                    continue
-                if end - pos < 2:
-                    break
-                first, second = buf[pos], buf[pos + 1]
-                fin, opcode, length = first & 0x80, first & 0x0F, second & 0x7F
-                self._check_first_bytes(first, second, opcode, fin, length)
-                size = 2
-                if length == 126:
-                    size = 4
-                elif length == 127:
-                    size = 10
-                masked = second & 0x80
-                if end - pos < size + (4 if masked else 0):
-                    break
-                if length == 126:
-                    length = (buf[pos + 2] << 8) | buf[pos + 3]
-                elif length == 127:
-                    length = int.from_bytes(buf[pos + 2:pos + 10], "big")
-                    if length >> 63:  # §5.2: "the most significant bit MUST be 0"
-                        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "64-bit length with top bit set")
-                key = buf[pos + size:pos + size + 4] if masked else None
-                size += 4 if masked else 0
-                if opcode >= 0x8:  # control frame: small, read whole (§5.5)
-                    if end - pos - size < length:
-                        break
-                    payload = buf[pos + size:pos + size + length]
-                    if key:
-                        payload = apply_mask(payload, key)
-                    pos += size + length
-                    if self.on_frame:
-                        self.on_frame(FrameHeader(True, 0, opcode, bool(masked), length, key), payload)
-                    events.append(self._control_event(opcode, payload))
-                    continue
-                self._start_data_frame(opcode, length, first & RSV1)
-                pos += size
-                if fin and opcode and end - pos >= length:  # fast path: a whole message here
-                    payload = buf[pos:pos + length]
-                    pos += length
-                    if key:
-                        payload = apply_mask(payload, key)
-                    if first & RSV1:  # RFC 7692 §7.2.2: inflated, within --max-size
-                        inflater = self._inflater
-                        payload = inflater.inflate(payload) + inflater.finish()
-                        self._inflater = inflater if inflater.keep_context else None
-                    if self.on_frame:
-                        self.on_frame(FrameHeader(True, (first >> 4) & 7, opcode, bool(masked), length, key), payload)
-                    if opcode == _TEXT:
-                        self._check_utf8(payload)
-                    self._opcode = None
-                    events.append(Message(_OPCODE_BY_NUMBER[opcode], payload))
-                    continue
-                header = FrameHeader(bool(fin), (first >> 4) & 7, opcode, bool(masked), length, key)
-                self._header, self._remaining, self._received = header, length, 0
-                if length == 0:
-                    self._finish_frame(events)
-        except ProtocolError as error:
-            self.failed = error
-            events.append(error)
-            self._buffer = b""
-            return events
-        self._buffer = buf[pos:] if pos < end else b""
-        return events
-
-    def _check_first_bytes(self, first: int, second: int, opcode: int, fin: int, length: int) -> None:
-        """The rules that the first two bytes alone decide (§5.1, §5.2, §5.4, §5.5)."""
-        if first & 0x70:  # §5.2: RSV1-3 "MUST be 0 unless an extension is negotiated"
-            if first & 0x70 != RSV1 or self.compression is None:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set, no extension negotiated")
-            if not 1 <= opcode <= 2:  # RFC 7692 §6.1: only on the first frame of a data message
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 on a control or continuation frame")
-        if opcode not in KNOWN_OPCODES:  # §5.2: "MUST Fail the WebSocket Connection"
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
-        if bool(second & 0x80) != self.mask_expected:
-            # §5.1: a client masks every frame it sends; a server masks none.
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR,
-                                "unmasked frame from a client" if self.mask_expected
-                                else "masked frame from a server")
-        if opcode >= 0x8:
-            if not fin:  # §5.5: "Control frames themselves MUST NOT be fragmented."
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
-            if length > MAX_CONTROL_PAYLOAD:  # §5.5
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame longer than 125 bytes")
-        elif opcode == _CONTINUATION:
-            if self._opcode is None:  # §5.4: a continuation continues something
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation frame with no message started")
-        elif self._opcode is not None:  # §5.4: fragments of two messages never interleave
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "new data frame inside a fragmented message")
-
-    def _start_data_frame(self, opcode: int, length: int, compressed: int = 0) -> None:
-        """Charge the frame against the message's budget before reading its payload (§10.4).
-        A compressed message gets its inflater; the inflated size has the same budget."""
-        if opcode:  # the first frame of a message
-            self._opcode, self._cost, self._compressed = opcode, length, bool(compressed)
-            if compressed and self._inflater is None:
-                self._inflater = self.compression.inflater(self.max_size)
-        else:
-            self._cost += FRAGMENT_CHARGE + length
-        if self._cost > self.max_size:
-            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG,
-                                f"message over the limit of {self.max_size} bytes")
-
-    def _stream_payload(self, buf: bytes, pos: int, end: int, events: list[Event]) -> int:
-        """Read what has arrived of the current data frame's payload; return the new position."""
-        header = self._header
-        take = min(self._remaining, end - pos)
-        piece = buf[pos:pos + take]
-        if header.masking_key:
-            phase = self._received & 3  # where in the key this piece starts
-            piece = apply_mask(piece, header.masking_key[phase:] + header.masking_key[:phase])
-        self._received += take
-        self._remaining -= take
-        if self._compressed:
-            piece = self._inflater.inflate(piece)
-        if self._parts:
-            self._parts.append(piece)
-        else:
-            self._parts = [piece]
-        if self._opcode == _TEXT:
-            self._feed_utf8(piece, final=False)
-        if self._remaining == 0:
-            self._finish_frame(events)
-        return pos + take
-
-    def _finish_frame(self, events: list[Event]) -> None:
-        header = self._header
-        self._header = None
-        if self.on_frame:
-            self.on_frame(header, b"".join(self._parts)[-header.length:] if header.length else b"")
-        if not header.fin:
-            return
-        if self._compressed:  # RFC 7692 §7.2.2: the tail goes back on, and may add output
-            tail = self._inflater.finish()
-            if tail:
-                self._parts = [*self._parts, tail]
-            if self._opcode == _TEXT:
-                self._feed_utf8(tail, final=False)
-            if not self._inflater.keep_context:
-                self._inflater = None
-        # Measured: joining pieces beats one buffer sized up front and unmasked in place.
-        payload = b"".join(self._parts) if len(self._parts) != 1 else self._parts[0]
-        if self._opcode == _TEXT:
-            self._feed_utf8(b"", final=True)
-        events.append(Message(_OPCODE_BY_NUMBER[self._opcode], payload))
-        self._opcode, self._parts, self._decoder, self._compressed = None, NOTHING, None, False
-
-    def _feed_utf8(self, piece: bytes, final: bool) -> None:
-        if self._decoder is None:
-            self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
-        try:
-            self._decoder.decode(piece, final)
-        except UnicodeDecodeError:
-            raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "text message is not valid UTF-8") from None
-
-    @staticmethod
-    def _check_utf8(payload: bytes) -> None:
-        try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "text message is not valid UTF-8") from None
-
-    @staticmethod
-    def _control_event(opcode: int, payload: bytes) -> Event:
-        payload = bytes(payload)
-        if opcode == _PING:
-            return Ping(payload)
-        if opcode == _PONG:
-            return Pong(payload)
-        return parse_close_payload(payload)
-
-
-
-# ---------------------------------------------------------------------------------------------
-# 7. Compression: permessage-deflate (RFC 7692), between frames and messages
+# II.4 Compression: permessage-deflate (RFC 7692), between frames and messages
 # ---------------------------------------------------------------------------------------------
 #
 #   Sec-WebSocket-Extensions = extension-list            ; RFC 6455 §9.1
@@ -1463,356 +1976,7 @@ class Compression:
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. Closing (§5.5.1, §7.4)
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_close_payload(payload: bytes) -> Close:
-    """§5.5.1: a close payload is empty, or a 2-byte status code then a UTF-8 reason."""
-    if not payload:
-        return Close(None)
-    if len(payload) == 1:
-        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "close payload of 1 byte")
-    code = int.from_bytes(payload[:2], "big")
-    if not is_sendable_close_code(code):  # §7.4.1, §7.4.2
-        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"close code {code} is not allowed on the wire")
-    try:
-        reason = payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "close reason is not valid UTF-8") from None
-    return Close(code, reason)
-
-
-def build_close_payload(code: int | None, reason: str = "") -> bytes:
-    """The payload of a close frame; the reason is trimmed (on a character boundary) so that
-    the frame stays within 125 bytes (§5.5).  ValueError for a code that may not be sent."""
-    if code is None:
-        if reason:
-            raise ValueError("a close reason needs a close code (§5.5.1)")
-        return b""
-    if not is_sendable_close_code(code):
-        raise ValueError(f"close code {code} may not be sent (§7.4.1, §7.4.2)")
-    data = reason.encode("utf-8")[:MAX_CONTROL_PAYLOAD - 2]
-    return code.to_bytes(2, "big") + data.decode("utf-8", "ignore").encode("utf-8")
-
-
-# ---------------------------------------------------------------------------------------------
-# 9. The protocol: one connection's state machine, sans I/O (§4, §5.5, §7)
-# ---------------------------------------------------------------------------------------------
-
-
-class State(enum.Enum):
-    """§4.1, §7.1: the states of a connection, numbered as the browser's readyState is."""
-
-    CONNECTING = 0  # §4.1: the client waits for the answer to its opening handshake
-    OPEN = 1  # §4.1 "_The WebSocket Connection is Established_"
-    CLOSING = 2  # §7.1.3 "_The WebSocket Closing Handshake is Started_": we sent a Close
-    CLOSED = 3  # §7.1.4: both Close frames went by, or the TCP connection ended
-
-
-#: An enum member looked up through its class costs about 100 ns on Python 3.11, as much as the
-#: rest of queueing a frame: the one per-frame, per-client check uses this name instead.
-_OPEN, _CLOSED = State.OPEN, State.CLOSED
-
-
-@dataclasses.dataclass(frozen=True)
-class OpeningHandshake:
-    """What a client offered in its opening handshake, to check the server's answer against."""
-
-    key: str
-    subprotocols: tuple[str, ...] = ()
-    extensions: tuple[str, ...] = ()
-
-
-def client_compression(parameters: DeflateParameters) -> Compression:
-    """A client's side of permessage-deflate as the server answered it (§7.1.1.2, §7.1.2.2): a
-    deflater of its own, with the window the server allows, and a persistent inflater unless
-    the server said server_no_context_takeover."""
-    return Compression(parameters, MessageDeflater(parameters.client_max_window_bits or 15),
-                       peer_keeps_context=not parameters.server_no_context_takeover)
-
-
-class Protocol:
-    """One WebSocket connection as a state machine, sans I/O: bytes in, events and bytes out.
-
-    Feed it what the peer sent (`receive_data`, `receive_eof`), take the events it decoded one
-    at a time (`next_event`), tell it what to send (`send_text`, `send_close`, ...), then write
-    what `data_to_send()` returns and act on its three decisions:
-
-    - `close_transport`: close the TCP connection now (after writing what is queued);
-    - `half_close_transport`: send EOF now but go on reading (after failing the connection);
-    - `close_expected`: the peer should end the connection soon; give up after a timeout.
-
-    It never touches a socket or a clock: the walkthrough drives it with literal bytes, and
-    `Connection` drives it with an asyncio stream and timers.
-
-    The closing handshake (§7), from either side:
-
-                     send_close(), or failing the connection (§7.1.7)
-           OPEN ─────────────────────────────────────────────────────► CLOSING
-             │            our Close frame goes out                        │
-             │                                                            │ the peer's Close
-             │ the peer's Close arrives: answer it, echoing its code      ▼ arrives
-             └──────────────────────────────────────────────────────► CLOSED ◄── receive_eof(),
-                                                                                 from any state
-    Then §7.1.1: the server closes TCP first, the client waits for that.  A client starts in
-    CONNECTING: the first bytes it receives are the server's answer to its handshake (§4.1).
-
-    Events are handled in the order they arrived, when `next_event` hands them out: a Ping is
-    answered then (§5.5.2), a Close answered then (§5.5.1), a broken rule fails the connection
-    then (§7.1.7).  So a message that arrived before a Close is delivered, and may be answered,
-    before the Close is: nothing overtakes what came first.
-    """
-
-    __slots__ = ("client", "state", "receiver", "subprotocol", "compression", "close_received",
-                 "close_sent", "failure", "handshake_failure", "close_transport",
-                 "half_close_transport", "close_expected", "pending_bytes", "_events", "_next",
-                 "_outgoing", "_opening", "_head")
-
-    def __init__(self, *, client: bool = False, max_size: int = DEFAULT_MAX_SIZE,
-                 opening: OpeningHandshake | None = None, compression: Compression | None = None,
-                 on_frame: Callable[[FrameHeader, bytes], None] | None = None) -> None:
-        self.client = client
-        self.state = State.CONNECTING if opening is not None else State.OPEN
-        # §5.1: a server expects every frame masked, a client expects none masked.
-        self.receiver = Receiver(mask_expected=not client, max_size=max_size, on_frame=on_frame,
-                                 compression=compression)
-        self.compression = compression  # permessage-deflate, if negotiated (section 7)
-        self.subprotocol: str | None = None
-        self.close_received: Close | None = None  # the peer's Close frame, once it came
-        self.close_sent: Close | None = None  # ours
-        self.failure: ProtocolError | None = None  # why this side failed the connection
-        self.handshake_failure: HandshakeFailed | None = None  # a client's failed handshake
-        self.close_transport = False
-        self.half_close_transport = False
-        self.close_expected = False
-        self.pending_bytes = 0  # what the queued frames cost, QUEUED_FRAME_CHARGE each included
-        self._events: list[Event] | tuple = NOTHING  # received, not handed out yet; a list and an
-        self._next = 0  # index: a deque would cost 600 bytes for every idle connection
-        self._outgoing: list[Frame] | tuple = NOTHING
-        self._opening = opening
-        self._head = b""  # a client's part of the server's answer, until its end
-
-    # -- bytes in ----------------------------------------------------------------------------
-
-    def receive_data(self, data: bytes) -> None:
-        """Take the next bytes from the peer; their events wait for `next_event`."""
-        if self.state is State.CONNECTING:
-            self._receive_handshake_answer(data)
-        elif self.close_received is None:  # §1.4: what follows a Close is discarded
-            events = self.receiver.feed(data)
-            if not events:
-                return
-            if self._next >= len(self._events):
-                self._events, self._next = events, 0
-            else:
-                self._events.extend(events)
-
-    def receive_eof(self) -> None:
-        """The peer ended the TCP connection (or it broke): §7.1.4, the connection is closed."""
-        if self.state is State.CONNECTING:
-            self.handshake_failure = HandshakeFailed("the connection closed before the server answered")
-        self.state = State.CLOSED
-        self.close_transport = True
-        self.close_expected = False
-
-    def _receive_handshake_answer(self, data: bytes) -> None:
-        """§4.1: a client reads the server's answer (bounded), checks it, and is then OPEN."""
-        start = max(0, len(self._head) - 3)
-        self._head += data
-        found = find_end_of_head(self._head, start)
-        if found is None:
-            if len(self._head) > DEFAULT_MAX_HEADER_BYTES:
-                self._fail_handshake(HandshakeFailed(f"response head over {DEFAULT_MAX_HEADER_BYTES} bytes"))
-            return
-        head, rest = self._head[:found[0]], self._head[found[1]:]
-        self._head = b""
-        try:
-            opening = self._opening
-            agreed = check_response(parse_response(head), opening.key, opening.subprotocols, opening.extensions)
-        except HandshakeFailed as failure:
-            self._fail_handshake(failure)
-            return
-        self.subprotocol = agreed.subprotocol
-        if agreed.deflate is not None:
-            self.compression = self.receiver.compression = client_compression(agreed.deflate)
-        self.state = State.OPEN
-        if rest:  # frames the server sent right after its answer
-            self.receive_data(rest)
-
-    def _fail_handshake(self, failure: HandshakeFailed) -> None:
-        self.handshake_failure = failure
-        self.state = State.CLOSED
-        self.close_transport = True
-
-    # -- events out --------------------------------------------------------------------------
-
-    def next_event(self) -> Event | None:
-        """The next event received, reacted to as the rules say; None when none is waiting.
-
-        `Message`, `Ping`, `Pong` or `Close` as they arrived, or the `ProtocolError` with which
-        this side has just failed the connection."""
-        events = self._events
-        if self._next >= len(events):
-            return None
-        event = events[self._next]
-        self._next += 1
-        if self._next == len(events):
-            self._events, self._next = NOTHING, 0
-        kind = type(event)
-        if kind is Message:
-            return event
-        if kind is Ping:
-            if self.close_received is None:  # §5.5.2: a Pong, unless a Close was received
-                self._queue(self._frame(Opcode.PONG, event.payload))  # the same Application data
-        elif kind is Close:
-            self._close_received(event)
-        elif kind is ProtocolError:
-            self.fail(event.code, event.reason)
-        return event  # a Pong needs nothing from the protocol (§5.5.3): keepalive looks at it
-
-    def _close_received(self, close: Close) -> None:
-        self.close_received = close
-        self._events, self._next = NOTHING, 0  # §1.4: "a peer discards any further data received"
-        if self.state is State.OPEN:  # §5.5.1: answer with a Close, echoing the status code
-            self._send_close_frame(close.code, "")
-        self.state = State.CLOSED
-        if self.client:
-            self.close_expected = True  # §7.1.1: the client waits for the server to end TCP
-        else:
-            self.close_transport = True  # §7.1.1: the server ends TCP first, at once
-
-    # -- sending -----------------------------------------------------------------------------
-
-    def send_text(self, text: str) -> None:
-        """Queue a text message (§5.6: its payload is UTF-8)."""
-        self.send_message(Opcode.TEXT, text.encode("utf-8"))
-
-    def send_binary(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue a binary message."""
-        self.send_message(Opcode.BINARY, bytes(data))
-
-    def send_message(self, opcode: int, payload: bytes) -> None:
-        """Queue one data message as one frame; ConnectionClosed unless OPEN (§5.5.1: no data
-        after this side's Close; §1.4: none after the peer's)."""
-        if self.state is not State.OPEN:
-            raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-        compression = self.compression
-        if compression is not None and len(payload) >= compression.threshold:  # RFC 7692 §6
-            self._queue(self._frame(opcode, compression.deflater.compress(payload), rsv1=True))
-        else:
-            self._queue(self._frame(opcode, payload))
-
-    def send_frame(self, frame: Frame, cost: int) -> bool:
-        """Queue a server frame encoded once for many connections (a broadcast); False, and
-        nothing queued, unless OPEN.  `cost` is `frame_size(frame) + QUEUED_FRAME_CHARGE`."""
-        if self.state is not _OPEN:
-            return False
-        outgoing = self._outgoing
-        if outgoing:
-            outgoing.append(frame)
-        else:
-            self._outgoing = [frame]
-        self.pending_bytes += cost
-        return True
-
-    def send_ping(self, payload: bytes = b"") -> None:
-        """§5.5.2: a Ping; the peer answers with a Pong carrying the same payload."""
-        if self.state is State.CLOSED or self.close_received is not None:
-            raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-        self._queue(self._frame(Opcode.PING, payload[:MAX_CONTROL_PAYLOAD]))
-
-    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        """§7.1.2 Start the WebSocket Closing Handshake: queue a Close, then wait for the peer's.
-
-        ValueError for a code that may not be sent (1005, 1006, 1015, or out of range)."""
-        payload = build_close_payload(code, reason)  # checks the code before anything changes
-        if self.state is not State.OPEN:
-            return
-        self._queue(self._frame(Opcode.CLOSE, payload))
-        self.close_sent = Close(code, reason)
-        self.state = State.CLOSING
-        self.close_expected = True
-
-    def fail(self, code: int, reason: str, *, discard_queued: bool = False) -> None:
-        """§7.1.7 Fail the WebSocket Connection: a Close with `code`, then end TCP.
-
-        Called for a broken rule (through `next_event`) and by the I/O layer for its own
-        reasons (a client too slow to read, a keepalive timeout).  Nothing more is decoded:
-        "the endpoint MUST NOT continue to attempt to process data (including a responding
-        Close frame)".  TCP is half-closed at once, and the connection is closed when the peer
-        ends it or the close timeout does; closing a socket with unread bytes would send a
-        reset, which can destroy the Close frame before the peer reads it.  `discard_queued`
-        drops the frames still waiting, so that the Close does not wait behind them.
-        """
-        if self.failure is not None or self.state is State.CLOSED:
-            return
-        self.failure = ProtocolError(code, reason)
-        self.receiver.failed = self.failure
-        self._events, self._next = NOTHING, 0
-        if discard_queued:
-            self._outgoing, self.pending_bytes = NOTHING, 0
-        if self.state is State.OPEN:
-            self._send_close_frame(code, reason)
-            self.state = State.CLOSING
-        self.half_close_transport = True
-        self.close_expected = True
-
-    def _send_close_frame(self, code: int | None, reason: str) -> None:
-        self._queue(self._frame(Opcode.CLOSE, build_close_payload(code, reason)))
-        self.close_sent = Close(code, reason)
-
-    def _frame(self, opcode: int, payload: bytes, rsv1: bool = False) -> Frame:
-        if self.client:  # §5.3: a fresh, unpredictable masking key for every frame
-            return encode_frame(opcode, payload, masking_key=os.urandom(4), rsv1=rsv1)
-        return encode_server_frame(opcode, payload, rsv1)
-
-    def _queue(self, frame: Frame) -> None:
-        if self._outgoing:
-            self._outgoing.append(frame)
-        else:
-            self._outgoing = [frame]
-        self.pending_bytes += frame_size(frame) + QUEUED_FRAME_CHARGE
-
-    # -- bytes out ---------------------------------------------------------------------------
-
-    def data_to_send(self, limit: int | None = None) -> list[Frame] | tuple:
-        """The frames to write now, in order, taken off the queue.  With `limit`, only as many
-        as fit in that many bytes (always at least one); the others wait for the next call."""
-        outgoing = self._outgoing
-        if limit is None or self.pending_bytes <= limit:
-            self._outgoing, self.pending_bytes = NOTHING, 0
-            return outgoing
-        taken, size = 0, 0
-        while taken < len(outgoing):
-            cost = frame_size(outgoing[taken]) + QUEUED_FRAME_CHARGE
-            if taken and size + cost > limit:
-                break
-            size, taken = size + cost, taken + 1
-        self._outgoing = outgoing[taken:] or NOTHING
-        self.pending_bytes -= size
-        return outgoing[:taken]
-
-    # -- how it ended (§7.1.5, §7.1.6) -------------------------------------------------------
-
-    @property
-    def close_code(self) -> int | None:
-        """§7.1.5 "The WebSocket Connection Close Code": the code of the Close frame received,
-        1005 if it had none; 1006 once the connection is closed and none was received (also
-        after this side failed it: its own code is in `failure`).  None until then."""
-        if self.close_received is not None:
-            code = self.close_received.code
-            return CloseCode.NO_STATUS_RCVD if code is None else code
-        return CloseCode.ABNORMAL_CLOSURE if self.state is State.CLOSED else None
-
-    @property
-    def close_reason(self) -> str:
-        """§7.1.6 "The WebSocket Connection Close Reason": the reason in the Close received."""
-        return self.close_received.reason if self.close_received is not None else ""
-
-
-# ---------------------------------------------------------------------------------------------
-# 10. The connection: the pump between an asyncio stream and a Protocol
+# II.5 The connection: the pump between an asyncio stream and a Protocol
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1984,7 +2148,7 @@ class Connection:
                 if event is not None:
                     self._handle_control(event)
                     continue
-                if protocol.state is _CLOSED:
+                if protocol.state == State.CLOSED:
                     await self._wait_for_tcp_end()
                     raise ConnectionClosed(protocol.close_code, protocol.close_reason)
                 self._pumping = False
@@ -2147,7 +2311,7 @@ class Connection:
         if protocol.close_expected and self._close_timer is None:
             self._close_timer = self._loop.call_later(self.limits.close_timeout, self.abort)
         self.flush()
-        if protocol.state is State.CLOSED and self.transport.is_closing():
+        if protocol.state == State.CLOSED and self.transport.is_closing():
             self._closed()
 
     # -- closing -------------------------------------------------------------------------------
@@ -2170,7 +2334,7 @@ class Connection:
                 self.abort()
             return
         # Read on until the peer's close frame and the end of TCP, as recv() would.
-        while self.protocol.state is not State.CLOSED and self._loop.time() < deadline:
+        while self.protocol.state != State.CLOSED and self._loop.time() < deadline:
             try:
                 await asyncio.wait_for(self.recv_message(), deadline - self._loop.time())
             except (ConnectionClosed, asyncio.TimeoutError):
@@ -2213,7 +2377,7 @@ class Connection:
     def _keepalive(self) -> None:
         """Every ping_interval, a ping; a peer that sends no pong within ping_timeout is gone."""
         self._ping_timer = self._loop.call_later(self.limits.ping_interval, self._keepalive)
-        if self.protocol.state is not State.OPEN or self._ping_payload is not None:
+        if self.protocol.state != State.OPEN or self._ping_payload is not None:
             return  # closing, or the last ping's deadline is still running
         self._ping_payload = os.urandom(4)
         self.protocol.send_ping(self._ping_payload)
@@ -2229,23 +2393,171 @@ class Connection:
 
     # -- tracing -------------------------------------------------------------------------------
 
-    def _trace_in(self, header: FrameHeader, payload: bytes) -> None:
-        log.info("%s <<< %s", self.name, header.describe(payload))
+    def _trace_in(self, header: FrameHeader, payload: bytes, inflated: bool) -> None:
+        log.info("%s <<< %s", self.name, header.describe(payload, inflated))
 
     def _trace_out(self, frame: Frame) -> None:
         if type(frame) is tuple:
             frame = b"".join(frame)
-        header, size = parse_frame_header(frame)
-        payload = frame[size:]
-        if header.masking_key:
+        header, payload_start = parse_frame_header(frame)
+        payload = frame[payload_start:]
+        if header.masking_key is not None:
             payload = apply_mask(payload, header.masking_key)
-        if header.rsv & 4:  # compressed on its own (section 7): it inflates on its own too
+        if header.rsv1:  # compressed on its own (II.4): it inflates on its own too
             payload = zlib.decompressobj(-15).decompress(payload + DEFLATE_TAIL)
-        log.info("%s >>> %s", self.name, header.describe(payload))
+        log.info("%s >>> %s", self.name, header.describe(payload, inflated=header.rsv1))
 
 
 # ---------------------------------------------------------------------------------------------
-# 11. TLS (https://, wss://) and what a proxy in front may tell
+# II.6 The client: the other side of the handshake (§4.1), for tests and the terminal
+# ---------------------------------------------------------------------------------------------
+
+
+class HandshakeFailed(WebSocketError):
+    """§4.1: the client fails the connection, because the server's answer to its opening
+    handshake is not an acceptance; `status` is the status the server answered, if any."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def new_key() -> str:
+    """§4.1 item 7: "a nonce consisting of a randomly selected 16-byte value", in base64."""
+    return base64.b64encode(secrets.token_bytes(16)).decode("ascii")
+
+
+def parse_ws_url(url: str) -> tuple[bool, str, int, str]:
+    """§3: ws-URI = "ws:" "//" host [ ":" port ] path [ "?" query ]; wss: for TLS.  Returns
+    (secure, host, port, resource name); ValueError for anything else (a fragment too)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"not a WebSocket URL: {url!r} ({error})") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.fragment:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    secure = parts.scheme == "wss"
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return secure, parts.hostname, port or (443 if secure else 80), resource
+
+
+def build_client_request(host: str, port: int, resource: str, key: str, *, secure: bool = False,
+                         origin: str | None = None, subprotocols: Iterable[str] = (),
+                         extensions: str | None = None) -> bytes:
+    """§4.1: the client's opening handshake, the request of §1.2."""
+    authority = f"[{host}]" if ":" in host else host
+    if port != (443 if secure else 80):  # §4.1 item 4: the port only when not the default
+        authority += f":{port}"
+    lines = [f"GET {resource} HTTP/1.1", f"Host: {authority}", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}"]
+    if origin:  # §4.1 item 8: browsers always send it; other clients may
+        lines.append(f"Origin: {origin}")
+    subprotocols = list(subprotocols)
+    if subprotocols:  # item 10, in order of preference
+        lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
+    lines.append(f"Sec-WebSocket-Version: {WEBSOCKET_VERSION}")  # item 9
+    if extensions:  # item 11
+        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+def check_response(response: Response, key: str, offered_subprotocols: Iterable[str] = (),
+                   offered_extensions: Iterable[str] = ()) -> Handshake:
+    """§4.1, the client's checks of the server's answer; returns what was agreed.
+
+    Each broken rule is a `HandshakeFailed`: "the client MUST _Fail the WebSocket Connection_".
+    """
+    if response.status != 101:  # item 1: anything else is not an upgrade
+        raise HandshakeFailed(f"the server answered {response.status} {response.reason}", response.status)
+    if "websocket" not in response.tokens("upgrade"):  # item 2
+        raise HandshakeFailed("the 101 answer lacks Upgrade: websocket", 101)
+    if "upgrade" not in response.tokens("connection"):  # item 3
+        raise HandshakeFailed("the 101 answer lacks Connection: Upgrade", 101)
+    if response.header("sec-websocket-accept") != accept_key(key):  # item 4
+        raise HandshakeFailed("wrong Sec-WebSocket-Accept: the server did not read our key", 101)
+    offered, deflate = set(offered_extensions), None
+    try:
+        extensions = parse_extensions(response.header("sec-websocket-extensions") or "")
+    except ValueError as error:
+        raise HandshakeFailed(f"malformed Sec-WebSocket-Extensions: {error}", 101) from None
+    for name, parameters in extensions:  # item 5
+        if name not in offered:
+            raise HandshakeFailed(f"the server chose the extension {name!r}, which was not offered", 101)
+        if name == PERMESSAGE_DEFLATE:
+            if deflate is not None:
+                raise HandshakeFailed("the server chose permessage-deflate twice", 101)
+            deflate = check_deflate_answer(parameters)
+    subprotocol = response.header("sec-websocket-protocol")  # item 6
+    if subprotocol is not None and subprotocol not in set(offered_subprotocols):
+        raise HandshakeFailed(f"the server chose the subprotocol {subprotocol!r}, which was not offered", 101)
+    return Handshake(response.header("sec-websocket-accept"), subprotocol, deflate)
+
+
+
+@dataclasses.dataclass(frozen=True)
+class OpeningHandshake:
+    """What a client offered in its opening handshake, to check the server's answer against."""
+
+    key: str
+    subprotocols: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
+
+
+def client_compression(parameters: DeflateParameters) -> Compression:
+    """A client's side of permessage-deflate as the server answered it (§7.1.1.2, §7.1.2.2): a
+    deflater of its own, with the window the server allows, and a persistent inflater unless
+    the server said server_no_context_takeover."""
+    return Compression(parameters, MessageDeflater(parameters.client_max_window_bits or 15),
+                       peer_keeps_context=not parameters.server_no_context_takeover)
+
+
+
+async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable[str] = (),
+                  limits: Limits | None = None, timeout: float = 10.0, compression: bool = True,
+                  cafile: str | None = None, trace: bool = False) -> Connection:
+    """Open a client connection to a ws:// URL: the server's mirror (§4.1).
+
+    The client masks every frame (§5.3) and fails the connection unless the server's answer
+    passes `check_response`: 101, the upgrade headers, `Sec-WebSocket-Accept` computed from
+    the key it sent (proof that a WebSocket server read this very request), and nothing it did
+    not offer.  With `compression` it offers permessage-deflate as Chromium does (II.4).
+    A wss:// URL is TLS, the server's certificate verified (II.7; `cafile` for a private
+    CA).  Raises `HandshakeFailed`, `OSError` (`ssl.SSLCertVerificationError` among them) or
+    `asyncio.TimeoutError`.
+    """
+    secure, host, port, resource = parse_ws_url(url)
+    limits = limits or Limits(ping_interval=0)
+    settle_the_allocator()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    tls = {"ssl": client_tls_context(cafile), "server_hostname": host} if secure else {}
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=READ_SIZE, **tls), timeout)
+    key = new_key()
+    subprotocols = tuple(subprotocols)
+    extensions = client_deflate_offer() if compression else None
+    protocol = Protocol(client=True, max_size=limits.max_size,
+                        opening=OpeningHandshake(key, subprotocols, (PERMESSAGE_DEFLATE,) if compression else ()))
+    try:
+        writer.write(build_client_request(host, port, resource, key, secure=secure, origin=origin,
+                                          subprotocols=subprotocols, extensions=extensions))
+        while protocol.state == State.CONNECTING:
+            data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, deadline - loop.time()))
+            if data:
+                protocol.receive_data(data)
+            else:
+                protocol.receive_eof()
+        if protocol.handshake_failure is not None:
+            raise protocol.handshake_failure
+    except BaseException:
+        writer.transport.abort()
+        raise
+    return Connection(reader, writer, protocol, limits=limits, trace=trace)
+
+
+# ---------------------------------------------------------------------------------------------
+# II.7 TLS (https://, wss://) and what a proxy in front may tell
 # ---------------------------------------------------------------------------------------------
 #
 # A page served over https may open only wss:// WebSockets and https event streams, so real
@@ -2329,7 +2641,7 @@ def client_address(peer: str, forwarded_for: str | None, trusted_proxies: Iterab
 
 
 # ---------------------------------------------------------------------------------------------
-# 12. Redis: RESP2 by hand, for several processes
+# II.8 Redis: RESP2 by hand, for several processes
 # ---------------------------------------------------------------------------------------------
 #
 # One Python process is one core; with --redis several processes share one chat and one event
@@ -2680,7 +2992,7 @@ CHAT_STREAM_LENGTH = 1000
 
 
 class RedisChatBus:
-    """The chat shared by every process with the same --redis (section 12's stream).
+    """The chat shared by every process with the same --redis (II.8's stream).
 
     A message from a local client is added to the stream (XADD); one reader per process reads
     the stream (XREAD BLOCK) and hands every entry to the local room, which broadcasts it.  So
@@ -2724,6 +3036,18 @@ class RedisChatBus:
         return (await self.commands.command("XADD", self.stream, "MAXLEN", "~", CHAT_STREAM_LENGTH, "*",
                                             "type", kind, "data", bytes(message.payload))).decode("ascii")
 
+    async def publish_from(self, connection: Connection, message: Message) -> None:
+        """A local client's message goes to the shared stream, and reaches every room (this
+        one too) from there.  If the stream did not take it, its sender is told, and nobody
+        got it."""
+        try:
+            await self.publish(message)
+        except RedisError as error:
+            unsent = isinstance(error, RedisUnreachable)
+            log.warning("%s: a message was %s: %s", connection.name, "not delivered" if unsent else "not confirmed", error)
+            if connection.state == State.OPEN:
+                connection.send_nowait(NOT_DELIVERED if unsent else NOT_CONFIRMED)
+
     async def _read(self, reader: AsyncRedis) -> None:
         backoff = 0.1
         unreachable = self.last_id is None
@@ -2757,53 +3081,8 @@ class RedisChatBus:
 
 
 # ---------------------------------------------------------------------------------------------
-# 13. The application: the chat room, the server, the client
+# II.9 The server's configuration and the command line
 # ---------------------------------------------------------------------------------------------
-
-
-class ChatRoom:
-    """The seed's chat: every message goes to every open client, the sender too.
-
-    Text stays text and binary stays binary.  (The tutorial's Node server passes the `Buffer`
-    it received to `send()`, which `ws` 8 sends as binary: browsers then show "[object Blob]"
-    for every chat line.)  The frame is encoded once and the same bytes are queued for every
-    client; queuing never waits, so no client's socket holds up the next client.
-
-    With permessage-deflate (section 7), the clients that agreed the same parameters (in
-    practice every browser) share one `Compression`, and the room keeps them grouped by it: a
-    message is compressed once per group, not once per client.  A message below the threshold
-    is the same uncompressed frame for everyone.
-    """
-
-    def __init__(self) -> None:
-        self.clients: set[Connection] = set()
-        self._groups: dict[Compression | None, set[Connection]] = {}
-
-    def join(self, client: Connection) -> None:
-        self.clients.add(client)
-        self._groups.setdefault(client.protocol.compression, set()).add(client)
-
-    def leave(self, client: Connection) -> None:
-        self.clients.discard(client)
-        group = self._groups.get(client.protocol.compression)
-        if group is not None:
-            group.discard(client)
-            if not group:
-                del self._groups[client.protocol.compression]
-
-    def broadcast(self, message: Message) -> None:
-        payload, plain = message.payload, None
-        for compression, group in tuple(self._groups.items()):
-            if compression is None or len(payload) < compression.threshold:
-                if plain is None:
-                    frame = encode_server_frame(message.opcode, payload)
-                    plain = frame, frame_size(frame) + QUEUED_FRAME_CHARGE
-                frame, cost = plain
-            else:  # RFC 7692 §6: compressed once, RSV1 on its (only) frame
-                frame = encode_server_frame(message.opcode, compression.deflater.compress(payload), rsv1=True)
-                cost = frame_size(frame) + QUEUED_FRAME_CHARGE
-            for client in tuple(group):
-                client.send_frame_bytes(frame, cost)
 
 
 @dataclasses.dataclass
@@ -2834,227 +3113,6 @@ class ServerConfig:
 #: everyone a moment later, or to nobody; never to some and not others).
 NOT_DELIVERED = "[not delivered] (the chat's Redis is unreachable; try again)"
 NOT_CONFIRMED = "[not confirmed] (the chat's Redis did not answer in time: your message may still reach everyone, or no one)"
-
-
-class WebSocketServer:
-    """The chat server: WebSocket on any path, static files for plain GET and HEAD."""
-
-    def __init__(self, config: ServerConfig | None = None) -> None:
-        self.config = config or ServerConfig()
-        self.room = ChatRoom()
-        self._server: asyncio.base_events.Server | None = None
-        self._handlers: set[asyncio.Task] = set()
-        self._handshaking: set[asyncio.Task] = set()  # handlers still reading a request head
-        self._compressions: dict[DeflateParameters, Compression] = {}  # one per parameters agreed
-        self.bus: RedisChatBus | None = None  # with --redis, every message goes through it
-        self._end_of_turn: EndOfTurnWrites | None = None  # shared by every connection, once started
-
-    @property
-    def port(self) -> int:
-        return self._server.sockets[0].getsockname()[1]
-
-    async def start(self) -> None:
-        settle_the_allocator()
-        config = self.config
-        self._end_of_turn = EndOfTurnWrites(asyncio.get_running_loop())
-        tls = {} if config.tls is None else {"ssl": config.tls, "ssl_handshake_timeout": config.handshake_timeout}
-        if config.redis is not None:
-            self.bus = RedisChatBus(config.redis, self.room.broadcast, timeout=config.redis_timeout)
-            await self.bus.start()
-        self._server = await asyncio.start_server(self._handle, config.host, config.port, limit=READ_SIZE,
-                                                  reuse_port=config.reuse_port or None, **tls)
-
-    @property
-    def scheme(self) -> str:
-        return "https" if self.config.tls else "http"
-
-    async def shutdown(self, code: int = CloseCode.GOING_AWAY) -> None:
-        """Stop accepting, close every client with `code` (1001, going away), wait for them."""
-        if self._server is not None:
-            self._server.close()
-        for task in tuple(self._handshaking):  # idle or half-sent requests: nothing to wait for
-            task.cancel()
-        for client in tuple(self.room.clients):
-            if client.state is State.OPEN:
-                client.start_close(code, "server shutting down")
-        if self._handlers:
-            await asyncio.wait(self._handlers, timeout=self.config.limits.close_timeout + 1)
-        for task in tuple(self._handlers):
-            task.cancel()
-        if self._handlers:
-            await asyncio.wait(self._handlers, timeout=1)
-        if self._server is not None:
-            await self._server.wait_closed()
-        if self.bus is not None:
-            await self.bus.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._handlers.add(task)
-        self._handshaking.add(task)
-        try:
-            connection = await self._handshake(reader, writer)
-            if connection is not None:  # the request head, its parse and the handshake are gone:
-                await self._chat(connection)  # an idle client holds only its connection
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except ssl.SSLError as error:  # e.g. a client that refused our certificate after the handshake
-            log.info("TLS error from %s: %s", writer.get_extra_info("peername"), tls_failure(error))
-        except asyncio.CancelledError:  # shutdown() ends connections it cannot close politely
-            pass
-        except Exception:  # a bug: log it, keep serving everyone else
-            log.exception("unexpected error")
-        finally:
-            self._handlers.discard(task)
-            self._handshaking.discard(task)
-            if not writer.transport.is_closing():
-                writer.transport.abort()
-
-    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Connection | None:
-        """Read and answer the request: a static file, a refusal, or 101 and the connection."""
-        config = self.config
-        peer = writer.get_extra_info("peername")
-        name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        try:
-            received = await read_http_head(reader, config.max_header_bytes, config.handshake_timeout)
-            if received is None:  # nothing was asked (an idle preconnect): nothing to answer
-                writer.close()
-                return None
-            head, rest = received
-            if config.trace:
-                log.info("handshake request:\n%s", head.decode("latin-1"))
-            request = parse_request(head, config.max_header_lines)
-            if isinstance(peer, tuple):
-                name = f"{client_address(peer[0], request.header('x-forwarded-for'), config.trusted_proxies)}:{peer[1]}"
-            body_length(request)  # framing that two readers could read two ways is refused (400)
-            if not is_websocket_request(request):
-                await self._answer_http(writer, static_response(config.static_dir, request, config.index))
-                return None
-            handshake = check_request(request, allowed_origins=config.allowed_origins,
-                                      subprotocols=config.subprotocols, compression=config.compression)
-        except HTTPError as error:  # the one place a refusal becomes a response
-            log.info("refused %s: %s %s", name, error.status, error.reason)
-            await self._answer_http(writer, build_error_response(error.status, error.reason, error.headers))
-            return None
-        self._handshaking.discard(asyncio.current_task())
-        response = build_switching_protocols(handshake)
-        if config.trace:
-            log.info("handshake response:\n%s", response.decode("latin-1").rstrip())
-        writer.write(response)
-        return self._open(reader, writer, handshake, rest, name)
-
-    def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handshake: Handshake,
-              rest: bytes, name: str) -> Connection:
-        """The connection the handshake agreed, with the frames that came right after the head."""
-        config = self.config
-        protocol = Protocol(max_size=config.limits.max_size, compression=self._compression(handshake.deflate))
-        protocol.subprotocol = handshake.subprotocol
-        if rest:
-            protocol.receive_data(rest)
-        return Connection(reader, writer, protocol, limits=config.limits, trace=config.trace, name=name,
-                          end_of_turn=self._end_of_turn)
-
-    async def _chat(self, connection: Connection) -> None:
-        protocol = connection.protocol
-        self.room.join(connection)
-        log.info("%s connected (%d open)", connection.name, len(self.room.clients))
-        try:
-            while True:  # (no local name holds the last message while the client is idle)
-                if self.bus is None:
-                    self.room.broadcast(await connection.recv_message())
-                else:
-                    await self._publish(connection, await connection.recv_message())
-        except ConnectionClosed:
-            pass
-        finally:
-            self.room.leave(connection)
-            if connection.state is not State.CLOSED:
-                connection.abort()
-            failed = f", after failing it with {protocol.failure}" if protocol.failure else ""
-            log.info("%s disconnected: close code %s %s%s (%d open)", connection.name, connection.close_code,
-                     connection.close_reason, failed, len(self.room.clients))
-
-    async def _publish(self, connection: Connection, message: Message) -> None:
-        """With --redis, a message goes to the shared stream, and reaches every room (this one
-        too) from there.  If the stream did not take it, its sender is told, and nobody got it."""
-        try:
-            await self.bus.publish(message)
-        except RedisError as error:
-            unsent = isinstance(error, RedisUnreachable)
-            log.warning("%s: a message was %s: %s", connection.name, "not delivered" if unsent else "not confirmed", error)
-            if connection.state is State.OPEN:
-                connection.send_nowait(NOT_DELIVERED if unsent else NOT_CONFIRMED)
-
-    def _compression(self, parameters: DeflateParameters | None) -> Compression | None:
-        """The Compression shared by every connection that agreed these parameters: one
-        deflater for all of them, so that a broadcast is compressed once."""
-        if parameters is None:
-            return None
-        compression = self._compressions.get(parameters)
-        if compression is None:
-            deflater = MessageDeflater(parameters.server_max_window_bits or 15, self.config.compression_level)
-            compression = Compression(parameters, deflater, self.config.compression_threshold)
-            self._compressions[parameters] = compression
-        return compression
-
-    @staticmethod
-    async def _answer_http(writer: asyncio.StreamWriter, response: bytes) -> None:
-        """Send a plain HTTP answer, then close; a short linger lets the client finish sending."""
-        writer.write(response)
-        try:
-            await asyncio.wait_for(writer.drain(), 5)
-            if writer.can_write_eof():
-                writer.write_eof()
-        except (asyncio.TimeoutError, OSError):
-            pass
-        writer.close()
-
-
-async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable[str] = (),
-                  limits: Limits | None = None, timeout: float = 10.0, compression: bool = True,
-                  cafile: str | None = None, trace: bool = False) -> Connection:
-    """Open a client connection to a ws:// URL: the server's mirror (§4.1).
-
-    The client masks every frame (§5.3) and fails the connection unless the server's answer
-    passes `check_response`: 101, the upgrade headers, `Sec-WebSocket-Accept` computed from
-    the key it sent (proof that a WebSocket server read this very request), and nothing it did
-    not offer.  With `compression` it offers permessage-deflate as Chromium does (section 7).
-    A wss:// URL is TLS, the server's certificate verified (section 11; `cafile` for a private
-    CA).  Raises `HandshakeFailed`, `OSError` (`ssl.SSLCertVerificationError` among them) or
-    `asyncio.TimeoutError`.
-    """
-    secure, host, port, resource = parse_ws_url(url)
-    limits = limits or Limits(ping_interval=0)
-    settle_the_allocator()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    tls = {"ssl": client_tls_context(cafile), "server_hostname": host} if secure else {}
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=READ_SIZE, **tls), timeout)
-    key = new_key()
-    subprotocols = tuple(subprotocols)
-    extensions = client_deflate_offer() if compression else None
-    protocol = Protocol(client=True, max_size=limits.max_size,
-                        opening=OpeningHandshake(key, subprotocols, (PERMESSAGE_DEFLATE,) if compression else ()))
-    try:
-        writer.write(build_client_request(host, port, resource, key, secure=secure, origin=origin,
-                                          subprotocols=subprotocols, extensions=extensions))
-        while protocol.state is State.CONNECTING:
-            data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, deadline - loop.time()))
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
-        if protocol.handshake_failure is not None:
-            raise protocol.handshake_failure
-    except BaseException:
-        writer.transport.abort()
-        raise
-    return Connection(reader, writer, protocol, limits=limits, trace=trace)
-
-
-# ---------------------------------------------------------------------------------------------
-# 14. The command line
-# ---------------------------------------------------------------------------------------------
 
 
 def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[[], None]:
@@ -3142,7 +3200,7 @@ async def run_client(url: str, trace: bool, cafile: str | None = None) -> None:
                 break
             await connection.send(line.rstrip("\r\n"))
     finally:
-        if connection.state is State.OPEN:
+        if connection.state == State.OPEN:
             await connection.close()
         printing.cancel()
         await asyncio.gather(printing, return_exceptions=True)

@@ -235,7 +235,7 @@ class DeflateReceiver(Receiver):
     def data_received(self, data: bytes) -> None:
         if not self.open.done():  # the protocol reads the answer to the handshake itself
             self.protocol.receive_data(data)
-            if self.protocol.state is ws_server.State.OPEN:
+            if self.protocol.state == ws_server.State.OPEN:
                 self.open.set_result(True)
             return
         self.on_body(data)
@@ -360,12 +360,12 @@ def bomb(server: Server, size: int = 16 << 20) -> dict:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     sock.sendall(ws_server.build_client_request("127.0.0.1", 80, "/", key, extensions=DEFLATE_OFFER))
     protocol = ws_server.Protocol(client=True, opening=ws_server.OpeningHandshake(key, (), (ws_server.PERMESSAGE_DEFLATE,)))
-    while protocol.state is ws_server.State.CONNECTING:
+    while protocol.state == ws_server.State.CONNECTING:
         protocol.receive_data(sock.recv(65536))
     payload = ws_server.MessageDeflater(level=9).compress(bytes(size))
     base = server.status("VmHWM")
     sock.sendall(encode_frame(Opcode.BINARY, payload, masking_key=os.urandom(4), rsv1=True))
-    while protocol.state is not ws_server.State.CLOSED:
+    while protocol.state != ws_server.State.CLOSED:
         data = sock.recv(65536)
         if not data:
             protocol.receive_eof()

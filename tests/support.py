@@ -413,7 +413,7 @@ class ServerTestCase:
         for client in self.clients:
             if isinstance(client, RawClient):
                 client.close()
-            elif client.state is not ws_server.State.CLOSED:
+            elif client.state != ws_server.State.CLOSED:
                 client.abort()
         await asyncio.wait_for(self.server.shutdown(), TIMEOUT + 2)
 

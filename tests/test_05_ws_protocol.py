@@ -56,10 +56,10 @@ class Test01TheClientsOpeningHandshake(unittest.TestCase):
     def test_01_a_client_is_connecting_until_the_answer_then_open(self):
         """§4.1 "_The WebSocket Connection is Established_" once the answer of §1.3 is read."""
         client = Protocol(client=True, opening=RFC_OPENING)
-        self.assertIs(client.state, State.CONNECTING)
+        self.assertEqual(client.state, State.CONNECTING)
         for i in range(0, len(RFC_RESPONSE), 7):  # in pieces, as TCP may deliver it
             client.receive_data(RFC_RESPONSE[i:i + 7])
-        self.assertIs(client.state, State.OPEN)
+        self.assertEqual(client.state, State.OPEN)
         self.assertEqual(client.subprotocol, "chat")
 
     def test_02_frames_right_after_the_answer_are_decoded(self):
@@ -72,7 +72,7 @@ class Test01TheClientsOpeningHandshake(unittest.TestCase):
         """§4.1: "If the status code received from the server is not 101, ... _Fail the WebSocket Connection_"."""
         client = Protocol(client=True, opening=RFC_OPENING)
         client.receive_data(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-        self.assertIs(client.state, State.CLOSED)
+        self.assertEqual(client.state, State.CLOSED)
         self.assertEqual(client.handshake_failure.status, 403)
         self.assertTrue(client.close_transport)
 
@@ -81,7 +81,7 @@ class Test01TheClientsOpeningHandshake(unittest.TestCase):
         client = Protocol(client=True, opening=RFC_OPENING)
         client.receive_data(b"HTTP/1.1 101 Switching")
         client.receive_eof()
-        self.assertIs(client.state, State.CLOSED)
+        self.assertEqual(client.state, State.CLOSED)
         self.assertIsNotNone(client.handshake_failure)
 
     def test_05_an_answer_head_without_end_fails_past_the_limit(self):
@@ -116,7 +116,7 @@ class Test02PingAndPong(unittest.TestCase):
         server.send_close(CloseCode.GOING_AWAY)
         sent(server)
         server.receive_data(MASKED_PING_HELLO)
-        self.assertIs(server.state, State.CLOSING)
+        self.assertEqual(server.state, State.CLOSING)
         self.assertEqual(events(server), [Ping(b"Hello")])
         self.assertEqual(sent(server), PONG_HELLO)
 
@@ -161,7 +161,7 @@ class Test03TheClosingHandshakeStartedByThePeer(unittest.TestCase):
         server.receive_data(MASKED_CLOSE_1000_BYE)
         self.assertEqual(events(server), [Close(1000, "bye")])
         self.assertEqual(sent(server), CLOSE_1000)
-        self.assertIs(server.state, State.CLOSED)
+        self.assertEqual(server.state, State.CLOSED)
         self.assertTrue(server.close_transport)
         self.assertEqual((server.close_code, server.close_reason), (1000, "bye"))
 
@@ -171,7 +171,7 @@ class Test03TheClosingHandshakeStartedByThePeer(unittest.TestCase):
         client.receive_data(bytes([0x88, 0x02, 0x03, 0xE9]))  # Close 1001, unmasked
         self.assertEqual(events(client), [Close(1001, "")])
         self.assertEqual(decoded(sent(client), masked=True), [Close(1001, "")])
-        self.assertIs(client.state, State.CLOSED)
+        self.assertEqual(client.state, State.CLOSED)
         self.assertTrue(client.close_expected)
         self.assertFalse(client.close_transport)
         client.receive_eof()  # the server's FIN
@@ -191,7 +191,7 @@ class Test03TheClosingHandshakeStartedByThePeer(unittest.TestCase):
         server = Protocol()
         server.receive_data(MASKED_TEXT_HI + MASKED_CLOSE_1000_BYE)  # one read
         self.assertEqual(server.next_event(), Message(Opcode.TEXT, b"hi"))
-        self.assertIs(server.state, State.OPEN)
+        self.assertEqual(server.state, State.OPEN)
         server.send_text("hi")  # the chat's echo
         self.assertEqual(server.next_event(), Close(1000, "bye"))
         self.assertEqual(sent(server), TEXT_HI + CLOSE_1000)
@@ -213,13 +213,13 @@ class Test04TheClosingHandshakeStartedHere(unittest.TestCase):
         server = Protocol()
         server.send_close(CloseCode.GOING_AWAY, "going away")
         self.assertEqual(sent(server), bytes([0x88, 0x0C, 0x03, 0xE9]) + b"going away")
-        self.assertIs(server.state, State.CLOSING)
+        self.assertEqual(server.state, State.CLOSING)
         self.assertTrue(server.close_expected)
         self.assertFalse(server.close_transport)
         server.receive_data(encode_frame(Opcode.CLOSE, b"\x03\xe9", masking_key=KEY))
         self.assertEqual(events(server), [Close(1001, "")])
         self.assertEqual(sent(server), b"")  # it was already sent: no second Close
-        self.assertIs(server.state, State.CLOSED)
+        self.assertEqual(server.state, State.CLOSED)
         self.assertTrue(server.close_transport)
         self.assertEqual(server.close_code, 1001)
 
@@ -244,7 +244,7 @@ class Test04TheClosingHandshakeStartedHere(unittest.TestCase):
         for code in (1004, 1005, 1006, 1015, 999, 2000, 5000):
             with self.subTest(code=code), self.assertRaises(ValueError):
                 server.send_close(code)
-        self.assertIs(server.state, State.OPEN)
+        self.assertEqual(server.state, State.OPEN)
         self.assertEqual(sent(server), b"")
         server.send_close(4000)
         self.assertEqual(sent(server), bytes([0x88, 0x02, 0x0F, 0xA0]))
@@ -264,7 +264,7 @@ class Test04TheClosingHandshakeStartedHere(unittest.TestCase):
         self.assertEqual(decoded(sent(client), masked=True), [Close(1000, "")])
         client.receive_data(CLOSE_1000)
         events(client)
-        self.assertIs(client.state, State.CLOSED)
+        self.assertEqual(client.state, State.CLOSED)
         self.assertFalse(client.close_transport)  # waiting for the server's FIN
         client.receive_eof()
         self.assertTrue(client.close_transport)
@@ -281,7 +281,7 @@ class Test05FailingTheConnection(unittest.TestCase):
         self.assertIsInstance(error, ProtocolError)
         self.assertEqual(error.code, CloseCode.PROTOCOL_ERROR)
         self.assertEqual(decoded(sent(server), masked=False)[0].code, 1002)
-        self.assertIs(server.state, State.CLOSING)
+        self.assertEqual(server.state, State.CLOSING)
         self.assertTrue(server.half_close_transport)
         self.assertTrue(server.close_expected)
 
@@ -388,7 +388,7 @@ class Test07Fuzz(unittest.TestCase):
                     events(protocol)
                     sent(protocol)
                 protocol.receive_eof()
-                self.assertIs(protocol.state, State.CLOSED)
+                self.assertEqual(protocol.state, State.CLOSED)
                 self.assertIsNotNone(protocol.close_code)
         fuzz(self, run, mutations(6455, seeds, 1500))
 

@@ -388,7 +388,7 @@ class Test06WhatAClientMayHold(ServerTestCase, unittest.IsolatedAsyncioTestCase)
             sender.send(Opcode.BINARY, payload)
             self.assertEqual(await asyncio.wait_for(reader.recv(), TIMEOUT), payload)
             most = max(most, held.buffered_bytes)
-            if held.state is not ws_server.State.OPEN:
+            if held.state != ws_server.State.OPEN:
                 break
         self.assertEqual(held.protocol.failure.code, CloseCode.POLICY_VIOLATION)
         self.assertLess(sent, 399)
@@ -408,7 +408,7 @@ class Test06WhatAClientMayHold(ServerTestCase, unittest.IsolatedAsyncioTestCase)
         pings = ws_server.encode_frame(Opcode.PING, b"x" * 100, masking_key=b"abcd") * 1000
         most = 0
         for _ in range(500):  # at most 53 MB of pings; the socket buffers hold a few MB of pongs
-            if held.state is not ws_server.State.OPEN:
+            if held.state != ws_server.State.OPEN:
                 break
             flooder.send_raw(pings)
             await flooder.writer.drain()  # as fast as the server reads them
