@@ -52,7 +52,7 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import ws_server  # the HTTP/1.1 layer both servers share, and its static-file helpers
 from ws_server import HTTPError
@@ -346,6 +346,24 @@ ALLOWED_METHODS = "GET, HEAD, POST, OPTIONS"
 ALLOWED_HEADERS = "Last-Event-ID, Content-Type, Cache-Control"
 
 
+def stream_headers(chunked: bool) -> list[tuple[str, str]]:
+    """The stream's own response headers (§9.2.3)."""
+    headers = [("Content-Type", EVENT_STREAM_TYPE),
+               # The stream is live: a cache must not answer a later request with an old copy.
+               ("Cache-Control", "no-cache"),
+               # nginx buffers responses by default, which would hold events back; this turns it off.
+               ("X-Accel-Buffering", "no")]
+    if chunked:
+        headers.append(("Transfer-Encoding", "chunked"))
+    return headers
+
+
+def stream_opening(retry: int, first: list[StoredEvent], chunked: bool) -> bytes:
+    """The first bytes of the body: `retry` (§9.2.6), then the replay or a reset."""
+    opening = [StoredEvent.from_payload(0, format_retry(retry).encode()), *first]
+    return b"".join(event.chunk if chunked else event.payload for event in opening)
+
+
 def publish_event_name(query: str) -> str | None:
     """`?event=NAME` names the published event (its `event:` field, §9.2.6); 400 unless the
     name is one non-empty line: a line break would inject fields."""
@@ -389,6 +407,14 @@ def cors_headers(origin: str | None, allowed: tuple[str, ...]) -> list[tuple[str
     if origin is not None and origin in allowed:
         headers += [("Access-Control-Allow-Origin", origin), ("Access-Control-Allow-Credentials", "true")]
     return headers
+
+
+def preflight_headers() -> list[tuple[str, str]]:
+    """The answer to a CORS preflight: which methods and headers a page from another origin may
+    use, cached by the browser for Max-Age seconds."""
+    return [("Access-Control-Allow-Methods", ALLOWED_METHODS),
+            ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
+            ("Access-Control-Max-Age", "86400")]
 
 
 def check_origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> None:
@@ -825,6 +851,27 @@ UNKNOWN_POSITION = "Events were missed: your last event id is unknown here or ol
 HISTORY_LOST = "Events may have been missed: the shared event store lost its history (Redis restarted or was emptied)."
 
 
+def first_events(history: History, last_event_id: str | None) -> list[StoredEvent]:
+    """What a subscriber gets before live events: what it missed since `last_event_id`, or a
+    `reset` event when that id cannot be resumed from; nothing without a Last-Event-ID."""
+    if last_event_id is None:
+        return []
+    position = history.parse_id(last_event_id)
+    missed = None if position is None else history.after(position)
+    if missed is None:
+        return [reset_event(history, UNKNOWN_POSITION, last_event_id)]
+    return missed
+
+
+def reset_event(history: History, message: str, last_event_id: str | None = None) -> StoredEvent:
+    """The spec cannot tell a client it missed events; this event does.  Its id is the
+    newest event's, so the client's Last-Event-ID is current again after it."""
+    reason: dict[str, str] = {"message": message}
+    if last_event_id is not None:
+        reason["last_event_id"] = last_event_id[:100]
+    return StoredEvent.numbered(history.newest_id(), json.dumps(reason), "reset")
+
+
 class Hub:
     """Numbers, keeps and fans out events.
 
@@ -866,29 +913,18 @@ class Hub:
                 raise ShuttingDown
             if len(self._subscribers) >= self.max_clients:
                 return None
-            first: list[StoredEvent] = []
-            if last_event_id is not None:
-                found = None if position is None else self.history.after(position)
-                first = [self._reset_event(UNKNOWN_POSITION, last_event_id)] if found is None else found
+            first = first_events(self.history, last_event_id)
             subscriber = Subscriber(sock, chunked, self.max_queue, peer)
             self._subscribers += (subscriber,)
         self.departures.watch(subscriber)
         return subscriber, first
-
-    def _reset_event(self, message: str, last_event_id: str | None = None) -> StoredEvent:
-        """The spec cannot tell a client it missed events; this event does.  Its id is the
-        newest event's, so the client's Last-Event-ID is current again after it."""
-        reason: dict[str, str] = {"message": message}
-        if last_event_id is not None:
-            reason["last_event_id"] = last_event_id[:100]
-        return StoredEvent.numbered(self.history.newest_id(), json.dumps(reason), "reset")
 
     def history_lost(self) -> None:
         """The shared store lost events (RedisHistory): every subscriber may have missed some,
         so every subscriber gets a reset, and nothing kept before can be resumed from."""
         with self._lock:
             self.history.forget()
-            reset = self._reset_event(HISTORY_LOST)
+            reset = reset_event(self.history, HISTORY_LOST)
             for subscriber in self._subscribers:
                 subscriber.deliver(reset)
 
@@ -1387,9 +1423,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:
         """A CORS preflight (Fetch standard, "CORS protocol"): which methods and headers a page
         from another origin may use.  204 with the answer; browsers cache it for Max-Age s."""
-        self._send_head(204, [("Access-Control-Allow-Methods", ALLOWED_METHODS),
-                              ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
-                              ("Access-Control-Max-Age", "86400"), ("Content-Length", "0")])
+        self._send_head(204, [*preflight_headers(), ("Content-Length", "0")])
 
     # -- the stream ----------------------------------------------------------------------------
 
@@ -1416,11 +1450,9 @@ class SSERequestHandler(BaseHTTPRequestHandler):
         try:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each event goes now
             self._send_stream_head(chunked)
-            retry = StoredEvent.from_payload(0, format_retry(config.retry).encode())  # §9.2.6: first
             log.info("subscriber %s joined%s (%d open)", subscriber.peer, describe_first(first),
                      self.server.hub.subscriber_count)
-            subscriber.stream(b"".join(e.chunk if chunked else e.payload for e in [retry, *first]),
-                              config.write_timeout)
+            subscriber.stream(stream_opening(config.retry, first, chunked), config.write_timeout)
         except (OSError, TimeoutError) as error:
             subscriber.close(f"write failed ({error})")
         finally:
@@ -1429,14 +1461,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
                      self.server.hub.subscriber_count)
 
     def _send_stream_head(self, chunked: bool) -> None:
-        headers = [("Content-Type", EVENT_STREAM_TYPE),
-                   # The stream is live: a cache must not answer a later request with an old copy.
-                   ("Cache-Control", "no-cache"),
-                   # nginx buffers responses by default, which would hold events back; this turns it off.
-                   ("X-Accel-Buffering", "no")]
-        if chunked:
-            headers.append(("Transfer-Encoding", "chunked"))
-        self._send_head(200, headers)
+        self._send_head(200, stream_headers(chunked))
         self.wfile.flush()
 
     # -- publishing ----------------------------------------------------------------------------
@@ -1588,6 +1613,15 @@ def clock_message() -> str:
     return json.dumps({"message": time.strftime(CLOCK_FORMAT)})
 
 
+def run_every(interval: float, action: Callable[[], None], stopping: threading.Event) -> None:
+    """Call `action` every `interval` seconds until `stopping` is set."""
+    deadline = time.monotonic() + interval
+    while not stopping.wait(max(0.0, deadline - time.monotonic())):
+        action()
+        deadline += interval
+        deadline = max(deadline, time.monotonic())  # after a stall, do not burst
+
+
 class SSEServer(ThreadingHTTPServer):
     """`ThreadingHTTPServer` with the hub, the clock and the heartbeat.
 
@@ -1654,7 +1688,8 @@ class SSEServer(ThreadingHTTPServer):
         for interval, action, name in ((self.config.clock, self._tick, "clock"),
                                        (self.config.heartbeat, self._heartbeat, "heartbeat")):
             if interval > 0:
-                thread = threading.Thread(target=self._every, args=(interval, action), name=name, daemon=True)
+                thread = threading.Thread(target=run_every, args=(interval, action, self._stopping),
+                                          name=name, daemon=True)
                 thread.start()
                 self._background.append(thread)
         if isinstance(self.hub.history, RedisHistory):
@@ -1670,13 +1705,6 @@ class SSEServer(ThreadingHTTPServer):
                                   name="sse-server", daemon=True)
         thread.start()
         self._background.append(thread)
-
-    def _every(self, interval: float, action) -> None:
-        deadline = time.monotonic() + interval
-        while not self._stopping.wait(max(0.0, deadline - time.monotonic())):
-            action()
-            deadline += interval
-            deadline = max(deadline, time.monotonic())  # after a stall, do not burst
 
     def _tick(self) -> None:
         try:
