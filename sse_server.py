@@ -1,32 +1,45 @@
 #!/usr/bin/env python3
-"""A Server-Sent Events server (and client), per the WHATWG HTML standard, on http.server.
+"""Server-Sent Events (WHATWG HTML §9.2), server and client, on http.server.
 
     python sse_server.py                         # the clock on http://127.0.0.1:8088/
     curl -N http://127.0.0.1:8088/sse            # the raw event stream
     curl -d hello http://127.0.0.1:8088/publish  # an event for every open page
     python sse_server.py --connect http://127.0.0.1:8088/sse   # terminal client
 
-Every second every subscriber gets the tutorial's clock, `{"message": "Current time: HH:MM:SS"}`.
-`http.server.ThreadingHTTPServer` gives each client its own thread.  Standard library only;
-every platform Python runs on.  The module reads top to bottom like the spec ("HTML Living
-Standard", §9.2 Server-sent events):
+Theory of operation.  This is the express tutorial's clock (`app.get('/sse', ...)`: three
+headers, then every second `data: {"message": "当前时间: ..."}` and a blank line), done by the
+spec, then made to hold up in real use.  The file reads top down, in two parts.
 
-1. Constants: the media type, default limits.
-2. The format (§9.2.5): `format_event` writes one event; nothing can be injected through it.
-3. The parser (§9.2.5, §9.2.6): `EventStreamParser`, fed bytes, returns events the way a browser
-   dispatches them.  Pure: no sockets.
-4. HTTP/1.1 framing: the chunked transfer coding (RFC 9112 §7.1), both ways, by hand.
-5. Requests and their refusals: the pure decisions about a publish, CORS and `Last-Event-ID`;
-   each refusal is an `HTTPError` (the one error of the HTTP layer `ws_server.py` shares).
-6. The hub: event ids, the history kept for `Last-Event-ID` (memory or SQLite), subscribers
-   with a bounded backlog, one fan-out for every event, one watcher for departures.
-7. Several processes (`--redis URL`): the history is a Redis stream, XADD to publish, one
-   reader thread (XREAD) per process to fan out; a position that Redis lost gets a reset.
-8. The HTTP handler (one thread per connection): reads each request head with a deadline,
-   then `/sse`, `POST /publish`, CORS preflights, static files.
-9. The server: the clock, heartbeats, a clean shutdown.
-10. The client: `--connect URL`, which reconnects with `Last-Event-ID` like a browser.
-11. The command line.
+Part I, "The tutorial's protocol", is what the tutorial teaches, in the order a learner meets
+it.  It is the code that runs, not a simplified copy: Part II calls it.
+
+  I.1 The format (WHATWG HTML §9.2.5): `format_event` writes what the tutorial's `res.write`
+      writes; nothing can be injected through it.
+  I.2 The browser's parser and dispatch (WHATWG HTML §9.2.5, §9.2.6): `EventStreamParser`,
+      fed bytes, returns the events an EventSource hands to `onmessage`.  Pure: no sockets.
+  I.3 The stream's response: where it is (`STREAM_PATHS`), its head (`stream_headers`: each
+      header and why, and why not `Connection: keep-alive`), its first bytes (`stream_opening`:
+      `retry:` first).
+  I.4 The clock: `run_every` (the tutorial's `setInterval(..., 1000)`) and `clock_message`
+      (its `{"message": ...}` JSON).
+  I.5 Resuming with `Last-Event-ID` (WHATWG HTML §9.2.4): `History` keeps the last events in
+      memory; `first_events` replays what a reconnecting client missed, or says it cannot.
+  I.6 CORS (Fetch, "CORS protocol"): `cors_headers`, `preflight_headers`, `check_origin_allowed`.
+
+Part II, "For real use", begins at the divider `PART II — FOR REAL USE`: the limits, the chunked
+coding (RFC 9112 §7.1) both ways, `POST /publish`, the hub (one fan-out for every event, slow
+subscribers, departures), the history in SQLite (`--store`) and in Redis (`--redis`, several
+processes), the HTTP handler (a thread per connection, strict request heads, deadlines), the
+server (the clock's thread, heartbeats, shutdown), the client (`--connect`), the command line.
+
+Not everything is in this file.  The HTTP/1.1 request layer is `ws_server.py`'s, imported:
+`parse_request` and its `Request`, `find_end_of_head`, `no_head_received`, `body_length`,
+`parse_decimal` and `HTTPError` (every refusal); the static files (`static_response`,
+`STATIC_DIR`); TLS and proxies (`server_tls_context`, `client_tls_context`, `tls_failure`,
+`client_address`, the deployment options); and the Redis RESP2 client (`RESPParser`,
+`encode_command`, `RedisAddress`, `RedisError`, `stream_entries`, `read_entries`, `stream_id`).
+Standard library only, on every platform Python runs on: `http.server.ThreadingHTTPServer`
+gives each client its own thread.
 """
 
 from __future__ import annotations
@@ -54,44 +67,38 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable, Iterator
 
-import ws_server  # the HTTP/1.1 layer both servers share, and its static-file helpers
+import ws_server  # the HTTP/1.1 layer both servers share, its static files, TLS, the Redis client
 from ws_server import HTTPError
 
 log = logging.getLogger("sse_server")
 
-# ---------------------------------------------------------------------------------------------
-# 1. Constants
-# ---------------------------------------------------------------------------------------------
 
-#: §9.2.5: the stream is always UTF-8.  A media type's parameters follow a semicolon (RFC 9110
-#: §8.3.1).  The tutorial writes `text/event-stream,utf-8`, which browsers accept only by
-#: accident: Fetch's "extract a MIME type" reads the comma as separating two header values and
-#: skips the invalid second one, `utf-8`.
-EVENT_STREAM_TYPE = "text/event-stream; charset=utf-8"
-
-DEFAULT_PORT = 8088
-DEFAULT_RETRY = 3000  # --retry: ms a browser waits before reconnecting (sent first, §9.2.6 "retry")
-DEFAULT_HEARTBEAT = 15.0  # --heartbeat: seconds between comment lines (§9.2.7 suggests ~15 s)
-DEFAULT_HISTORY = 1000  # --history: events kept for Last-Event-ID replay
-DEFAULT_MAX_CLIENTS = 1000  # --max-clients: open streams; more get 503
-DEFAULT_MAX_BODY = 64 * 1024  # --max-body: bytes in one POST /publish
-DEFAULT_MAX_QUEUE = 256  # --max-queue: events waiting for one slow subscriber before it is dropped
-DEFAULT_WRITE_TIMEOUT = 10.0  # --write-timeout: seconds one write may wait for a slow subscriber
-DEFAULT_CLOCK = 1.0  # --clock: seconds between clock events (the tutorial's setInterval 1000)
-DEFAULT_REQUEST_TIMEOUT = 10.0  # --request-timeout: seconds for a whole request head (and body)
-DEFAULT_MAX_HEADER_BYTES = ws_server.DEFAULT_MAX_HEADER_BYTES  # --max-header-bytes
-DEFAULT_MAX_HEADER_LINES = ws_server.DEFAULT_MAX_HEADER_LINES  # --max-header-lines
-
-#: How long opening an SQLite store may wait for a lock another process holds, before it is
-#: reported as in use (see `SQLiteHistory`).
-STORE_LOCK_WAIT = 1.0
-
-CLOCK_FORMAT = "Current time: %H:%M:%S"
+# =============================================================================================
+# PART I — THE TUTORIAL'S PROTOCOL
+# =============================================================================================
+#
+# The tutorial's server (express), line by line, and where each line went:
+#
+#   const port = 8088                                       DEFAULT_PORT                  I.3
+#   app.all('*', ... 'Access-Control-Allow-Origin', '*')    cors_headers                  I.6
+#   app.get('/sse', (req, res) => {                         STREAM_PATHS                  I.3
+#     res.set({'Content-Type': ..., 'Cache-Control': ...,   stream_headers                I.3
+#              'Connection': 'keep-alive'})
+#     setInterval(() => { ... }, 1000)                      run_every, clock_message      I.4
+#     res.write(`data: ${JSON.stringify(data)}\n\n`)        format_event                  I.1
+#
+# and its page:  new EventSource(url); source.onmessage = ...    EventStreamParser        I.2
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. The format (§9.2.5)
+# I.1 The format (WHATWG HTML §9.2.5)
 # ---------------------------------------------------------------------------------------------
+#
+# The tutorial writes each event by hand:
+#
+#     res.write(`data: ${JSON.stringify(data)}\n\n`)
+#
+# a `data` field, then a blank line, which ends the event (the browser dispatches it).  In full:
 #
 #   stream  = [ bom ] *event
 #   event   = *( comment / field ) end-of-line
@@ -100,12 +107,14 @@ CLOCK_FORMAT = "Current time: %H:%M:%S"
 #   end-of-line = ( cr lf / cr / lf )
 #
 # A field's value runs to the end of its line, so a value that contains a line break would start
-# a new field: that is how fields are injected.  `data` may span lines (one `data:` line each);
-# `event` and `id` may not, and `format_event` refuses them rather than silently rewriting them.
+# a new field: that is how fields are injected.  (JSON.stringify never leaves a raw line break in
+# its output, which is why the tutorial's one `data:` line is safe.)  `data` may span lines (one
+# `data:` line each); `event` and `id` may not, and `format_event` refuses them rather than
+# silently rewriting them.
 
-#: The three end-of-line forms of §9.2.5, and no others.  `str.splitlines()` would also split on
-#: U+2028, U+0085, form feed ... (which an EventSource keeps inside a line) and drops a final
-#: empty line.
+#: The three end-of-line forms of WHATWG HTML §9.2.5, and no others.  `str.splitlines()` would
+#: also split on U+2028, U+0085, form feed ... (which an EventSource keeps inside a line) and
+#: drops a final empty line.
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
@@ -116,14 +125,17 @@ def _check_single_line(field: str, value: str) -> None:
 
 def format_event(data: str, *, event: str | None = None, id: str | None = None,
                  retry: int | None = None) -> str:
-    """One event in the `text/event-stream` format (§9.2.5), ending with its blank line.
+    """One event in the `text/event-stream` format (WHATWG HTML §9.2.5), ending with its blank
+    line.  The tutorial's res.write(`data: ${JSON.stringify(data)}\\n\\n`) is
+    format_event(json.dumps(data)) here (Python's JSON adds spaces and escapes non-ASCII).
 
     >>> format_event("two\\nlines", event="note", id="7")
     'event: note\\nid: 7\\ndata: two\\ndata: lines\\n\\n'
 
     Multi-line data becomes one `data:` line per line (split on CR, LF and CRLF only); the parser
     joins them back with LF.  ValueError for an `event` or `id` with CR or LF (they would inject
-    fields), an `id` with NUL (§9.2.6: the browser ignores such an id) and a negative `retry`.
+    fields), an `id` with NUL (WHATWG HTML §9.2.6: the browser ignores such an id) and a
+    negative `retry`.
     """
     lines = []
     if event is not None:
@@ -143,26 +155,39 @@ def format_event(data: str, *, event: str | None = None, id: str | None = None,
 
 
 def format_comment(text: str = "") -> str:
-    """A comment (§9.2.5: a line starting with a colon), one per line of `text`; ignored by
-    parsers, and still traffic: what keeps proxies from closing an idle stream (§9.2.7)."""
+    """A comment (WHATWG HTML §9.2.5: a line starting with a colon), one per line of `text`;
+    ignored by parsers, and still traffic: what keeps proxies from closing an idle stream
+    (§9.2.7, the heartbeat of II.8)."""
     return "".join(f": {line}\n" if line else ":\n" for line in LINE_BREAK.split(text))
 
 
 def format_retry(milliseconds: int) -> str:
-    """The `retry` field alone (§9.2.6): the reconnection time, without dispatching an event."""
+    """The `retry` field alone (WHATWG HTML §9.2.6): the reconnection time, and a blank line
+    that dispatches no event (no data)."""
     if milliseconds < 0:
         raise ValueError(f"retry must be a number of milliseconds: {milliseconds!r}")
     return f"retry: {int(milliseconds)}\n\n"
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. The parser (§9.2.5 parsing, §9.2.6 interpreting), as a browser runs it
+# I.2 The browser's parser and dispatch (WHATWG HTML §9.2.5 parsing, §9.2.6 interpreting)
 # ---------------------------------------------------------------------------------------------
-
+#
+# The tutorial's page:
+#
+#     source = new EventSource('http://localhost:8088/sse/')
+#     source.onmessage = function (event) { ... JSON.parse(event.data) ... }
+#
+# The browser reads the stream line by line, collects fields, and at each blank line dispatches
+# the event it collected to its listeners.  `EventStreamParser` does the same, rule for rule;
+# the tests run the spec's examples through it, and the client (II.9) is built on it.
 
 @dataclasses.dataclass(frozen=True)
 class ServerSentEvent:
-    """What EventSource dispatches: a MessageEvent's `type`, `data` and `lastEventId`."""
+    """What EventSource dispatches: a MessageEvent's `type`, `data` and `lastEventId`.
+
+    `type` picks the listeners: `source.onmessage` hears the events of type "message" only (no
+    `event:` field); an event named `note` reaches `source.addEventListener('note', ...)`."""
 
     data: str
     type: str = "message"
@@ -174,16 +199,17 @@ class EventStreamParser:
 
     Pure (no sockets), incremental (a line or a CRLF may be split across two `feed` calls),
     linear in its input.  After the stream ends, `last_event_id` is what a browser would send as
-    `Last-Event-ID` when it reconnects (§9.2.4), and `retry` its reconnection time.
+    `Last-Event-ID` when it reconnects (WHATWG HTML §9.2.4), and `retry` its reconnection time.
     """
 
     def __init__(self, last_event_id: str = "", retry: int | None = None) -> None:
-        # §9.2.5: "decoded using the UTF-8 decode algorithm": invalid bytes become U+FFFD.
+        # WHATWG HTML §9.2.5: "decoded using the UTF-8 decode algorithm": invalid bytes become
+        # U+FFFD, whatever charset the Content-Type names.
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._started = False  # has the first character (maybe a BOM) been seen?
         self._partial = ""  # the start of a line whose end has not arrived
         self._after_cr = False  # the last line ended with CR: a LF right after it is its pair
-        self._data: list[str] = []  # §9.2.6 "data buffer", one entry per data line
+        self._data: list[str] = []  # WHATWG HTML §9.2.6 "data buffer", one entry per data line
         self._event_type = ""  # "event type buffer"
         # A reconnection starts a new parse but keeps the source's last event ID and retry.
         self._last_event_id_buffer = last_event_id  # "last event ID buffer"
@@ -198,7 +224,7 @@ class EventStreamParser:
             return []
         if not self._started:
             self._started = True
-            if text.startswith("\ufeff"):  # §9.2.5: one leading BOM is ignored
+            if text.startswith("\ufeff"):  # WHATWG HTML §9.2.5: one leading BOM is ignored
                 text = text[1:]
         if self._after_cr and text.startswith("\n"):  # the LF of a CRLF split across feeds
             text = text[1:]
@@ -215,7 +241,8 @@ class EventStreamParser:
         return events
 
     def _process_line(self, line: str) -> ServerSentEvent | None:
-        """§9.2.6: a blank line dispatches; a colon first is a comment; else a field."""
+        """WHATWG HTML §9.2.6: a blank line dispatches; a colon first is a comment; else a
+        field."""
         if not line:
             return self._dispatch()
         if line.startswith(":"):
@@ -236,7 +263,7 @@ class EventStreamParser:
         return None  # any other field is ignored
 
     def _dispatch(self) -> ServerSentEvent | None:
-        """§9.2.6 "dispatch the event"."""
+        """WHATWG HTML §9.2.6 "dispatch the event"."""
         self.last_event_id = self._last_event_id_buffer  # set even when nothing is dispatched
         if not self._data:
             self._event_type = ""
@@ -247,7 +274,359 @@ class EventStreamParser:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. HTTP/1.1 framing: the chunked transfer coding (RFC 9112 §7.1)
+# I.3 The stream's response (WHATWG HTML §9.2.3)
+# ---------------------------------------------------------------------------------------------
+#
+# The tutorial answers `GET /sse` with three headers, and then writes events:
+#
+#     app.get('/sse', (req, res) => {
+#         res.set({
+#             'Content-Type': 'text/event-stream',
+#             'Cache-Control': 'no-cache',
+#             'Connection': 'keep-alive',
+#         })
+#
+# (its response, as recorded, says `Content-Type: text/event-stream,utf-8`).  Here:
+# `stream_headers` is the head the handler sends (`_send_stream_head`, II.7), `stream_opening`
+# the first bytes of the body, and then the hub writes each event as it happens (II.4).
+
+DEFAULT_PORT = 8088  # --port: the tutorial's `const port = 8088`
+
+#: Where the stream is.  The tutorial serves `app.get('/sse', ...)` and its page asks for
+#: `/sse/`: express matches both (its routing is not strict by default), and so do we.
+STREAM_PATHS = ("/sse", "/sse/")
+
+#: The tutorial's response says `Content-Type: text/event-stream,utf-8`.  A media type's
+#: parameters follow a semicolon (RFC 9110 §8.3.1): the right spelling is this one.  Browsers
+#: accept the tutorial's only by accident: Fetch's "extract a MIME type" reads the comma as
+#: separating two header values and skips the invalid second one, `utf-8`.  The charset tells a
+#: browser nothing new: it decodes every event stream as UTF-8 (WHATWG HTML §9.2.5), whatever the
+#: header says, and the type's registration (HTML, "IANA considerations") allows `charset` only
+#: as `utf-8`, for old servers' sake.  It is sent for other clients, which would guess otherwise.
+EVENT_STREAM_TYPE = "text/event-stream; charset=utf-8"
+
+#: --retry: ms a browser waits before it reconnects (WHATWG HTML §9.2.6 "retry"); the tutorial
+#: sends none, so its browser waits its own default, a few seconds.
+DEFAULT_RETRY = 3000
+
+
+def stream_headers(chunked: bool) -> list[tuple[str, str]]:
+    """The stream's own response headers, sent with status 200 (WHATWG HTML §9.2.3: anything
+    but a 200 with this type makes the browser give up).  `chunked` for an HTTP/1.1 request.
+
+    The handler adds what every answer carries: the CORS headers (I.6), `Connection: close`
+    (below), and http.server's `Server` and `Date`.  `curl -i http://127.0.0.1:8088/sse`:
+
+        HTTP/1.1 200 OK
+        Server: sse_server Python/...
+        Date: ...
+        Content-Type: text/event-stream; charset=utf-8
+        Cache-Control: no-cache
+        X-Accel-Buffering: no
+        Transfer-Encoding: chunked
+        Access-Control-Allow-Origin: *
+        Connection: close
+    """
+    headers = [
+        # 'Content-Type': 'text/event-stream': what the body is (the spelling: EVENT_STREAM_TYPE).
+        ("Content-Type", EVENT_STREAM_TYPE),
+        # 'Cache-Control': 'no-cache': a cache may not answer a later request with a stored copy
+        # without asking the server first (RFC 9111 §5.2.2.4); a live stream is never current.
+        ("Cache-Control", "no-cache"),
+        # Not in the tutorial: nginx buffers a proxied response by default, which would hold
+        # events back until its buffer fills; this header turns that off for this response.
+        ("X-Accel-Buffering", "no"),
+    ]
+    # An endless body must say how it ends (RFC 9112 §6.3).  HTTP/1.1: in chunks, one per event,
+    # and the last chunk when the server stops (II.2); express adds this header by itself,
+    # http.server does not.  HTTP/1.0 has no chunks: its stream ends when the connection does.
+    if chunked:
+        headers.append(("Transfer-Encoding", "chunked"))
+    # No 'Connection': 'keep-alive'.  An HTTP/1.1 connection persists unless one side says
+    # `close` (RFC 9112 §9.3), so keep-alive says nothing; and `Connection` is hop-by-hop (RFC
+    # 9110 §7.6.1): it reaches the proxy in front, not a browser, which the proxy may well speak
+    # HTTP/2 to, where the field is forbidden (RFC 9113 §8.2.2).  The handler says the opposite,
+    # `Connection: close`: nothing follows a stream on its connection, and once the stream ends
+    # the server closes it (RFC 9112 §9.6).
+    return headers
+
+
+def stream_opening(retry: int, first: list[StoredEvent], chunked: bool) -> bytes:
+    """The body's first bytes, before any live event: the `retry` field (WHATWG HTML §9.2.6),
+    then `first`, what `first_events` found (I.5): the events missed, or a `reset`.
+
+    `retry` comes first so that even a stream that breaks at once has told the browser how long
+    to wait before it reconnects.  It dispatches nothing (see `format_retry`)."""
+    opening = [StoredEvent.from_payload(0, format_retry(retry).encode()), *first]
+    return b"".join(event.chunk if chunked else event.payload for event in opening)
+
+
+# ---------------------------------------------------------------------------------------------
+# I.4 The clock: the tutorial's setInterval
+# ---------------------------------------------------------------------------------------------
+#
+#     setInterval(() => {
+#         const data = { message: `当前时间: ${new Date().toLocaleTimeString()}` }
+#         res.write(`data: ${JSON.stringify(data)}\n\n`)
+#     }, 1000)
+#
+# The tutorial starts one timer per connection, and stops none: `req.on('close', () =>
+# clearInterval())` passes no timer, so every timer outlives its client.  Here one timer ticks
+# for every client: `run_every`, in a thread of its own, calls the server's tick (II.8), which
+# publishes `clock_message()` like any event (`Hub.tick`, II.4): formatted once (I.1), numbered
+# and kept for Last-Event-ID (I.5), written to every open stream.
+
+DEFAULT_CLOCK = 1.0  # --clock: seconds between ticks (the tutorial's 1000 ms)
+
+#: The tutorial's "当前时间: " ("current time: ") and toLocaleTimeString(), in the server's time.
+CLOCK_FORMAT = "Current time: %H:%M:%S"
+
+
+def run_every(interval: float, action: Callable[[], None], stopping: threading.Event) -> None:
+    """`setInterval(action, interval * 1000)` as a loop for a thread: call `action` every
+    `interval` seconds until `stopping` is set.  The ticks keep to their schedule however long
+    each `action` takes, up to an interval; after a stall, one tick at once, not a burst of the
+    missed ones."""
+    deadline = time.monotonic() + interval
+    while not stopping.wait(max(0.0, deadline - time.monotonic())):
+        action()
+        deadline += interval
+        deadline = max(deadline, time.monotonic())  # after a stall, do not burst
+
+
+def clock_message() -> str:
+    """The tutorial's tick, `JSON.stringify({message: ...})`: its page shows the `message` of
+    `JSON.parse(event.data)`."""
+    return json.dumps({"message": time.strftime(CLOCK_FORMAT)})
+
+
+# ---------------------------------------------------------------------------------------------
+# I.5 Resuming: Last-Event-ID and the history (WHATWG HTML §9.2.4)
+# ---------------------------------------------------------------------------------------------
+#
+# The tutorial's events have no id, so a browser that reconnects (after the `retry` wait) asks
+# again from nothing and never sees what was sent meanwhile.  Here events carry an `id:` (I.1,
+# `StoredEvent.numbered`); the browser keeps the last one (the parser's `last_event_id`, I.2) and sends it back in
+# the `Last-Event-ID` request header when it reconnects; the server answers with what the client
+# missed, from the events it kept, then live events.  An id it cannot resume from gets a `reset`
+# event: never a guess.  The hub calls `first_events` between two events (`Hub.subscribe`,
+# II.4), so nothing falls between the replay and the live events, and nothing comes twice.
+#
+# `History` keeps the events in memory; `--store` keeps them in SQLite too (`SQLiteHistory`,
+# II.5), `--redis` shares them among processes (`RedisHistory`, II.6): both are Histories.
+
+DEFAULT_HISTORY = 1000  # --history: events kept for Last-Event-ID replay
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredEvent:
+    """An event as it goes on the wire, encoded once for every subscriber: what the history
+    keeps and replays, and what the hub writes (II.4)."""
+
+    id: int | str  # a number here, a stream entry id ("milliseconds-sequence") with --redis
+    payload: bytes  # the formatted event, UTF-8: what an HTTP/1.0 stream carries
+    chunk: bytes  # the same as one chunk (II.2): what an HTTP/1.1 stream carries
+
+    @classmethod
+    def from_payload(cls, id: int | str, payload: bytes) -> StoredEvent:
+        return cls(id, payload, encode_chunk(payload))
+
+    @classmethod
+    def numbered(cls, id: int | str, data: str, event: str | None = None) -> StoredEvent:
+        """The event `data` (named `event`) with its id, formatted once (WHATWG HTML §9.2.5)."""
+        return cls.from_payload(id, format_event(data, event=event, id=str(id)).encode())
+
+
+class History:
+    """The last `maxlen` events, for `Last-Event-ID` (WHATWG HTML §9.2.4).  Ids are consecutive
+    integers.
+
+    Ids must not repeat across server runs: a client holding id 57 from an earlier run must not
+    be mistaken for one that saw this run's event 57.  So, kept in memory, the first id is the
+    start time in microseconds: any id of an earlier run is then "too old" here.
+
+    `store` numbers an event and makes it durable (nothing to do in memory); `append` then
+    makes it part of the history.  The hub calls them in that order, so what is replayed was
+    stored.  A `shared` history (several processes) appends what it reads back, not what it
+    stored: see `RedisHistory`.
+    """
+
+    shared = False
+
+    def __init__(self, maxlen: int, first_id: int | None = None) -> None:
+        self._events: collections.deque[StoredEvent] = collections.deque(maxlen=maxlen)
+        self.next_id = first_id if first_id is not None else time.time_ns() // 1000
+
+    def parse_id(self, last_event_id: str) -> int | None:
+        """The position a client's Last-Event-ID names, or None if it names none: ids here are
+        decimal numbers (ASCII digits, at most 18, so no id can cost a long `int()`)."""
+        return ws_server.parse_decimal(last_event_id)
+
+    def store(self, data: str, event: str | None = None) -> StoredEvent:
+        """Number the event and keep it durably before it is acknowledged (in memory there is
+        nothing to keep: see SQLiteHistory); StoreError if that fails (then it is not kept, and
+        its id goes to the next one)."""
+        return StoredEvent.numbered(self.next_id, data, event)
+
+    def append(self, event: StoredEvent) -> None:
+        self._events.append(event)
+        self.next_id = event.id + 1
+
+    def newest_id(self) -> str:
+        """The id of the newest event: where a reset puts a client."""
+        return str(self.next_id - 1)
+
+    def catch_up(self, last_id: int) -> None:
+        """Wait until this history has caught up with `last_id` (see RedisHistory): in one
+        process, it always has."""
+
+    def forget(self) -> None:
+        """Nothing kept can be resumed from any more (the store lost it; see RedisHistory)."""
+        self._events.clear()
+
+    def after(self, last_id: int) -> list[StoredEvent] | None:
+        """Every kept event after `last_id`, in order; None when `last_id` is not one this
+        history can resume from (never issued, or older than the oldest kept)."""
+        oldest = self.next_id - len(self._events)  # the id of _events[0], if any
+        if not oldest - 1 <= last_id < self.next_id:
+            return None
+        return list(itertools.islice(self._events, last_id - oldest + 1, None))
+
+    def close(self) -> None:
+        pass
+
+
+def last_event_id(request: ws_server.Request) -> str | None:
+    """The request's `Last-Event-ID` header (WHATWG HTML §9.2.4): the last event ID string,
+    UTF-8 encoded (header values are read as latin-1, byte for byte, so they are decoded again
+    here); None without one."""
+    value = request.header("last-event-id")
+    if not value:
+        return None
+    return value.encode("latin-1").decode("utf-8", "replace").strip()
+
+
+#: What a `reset` event says (its data is JSON with a `message`, as the clock's is).
+UNKNOWN_POSITION = "Events were missed: your last event id is unknown here or older than the history kept."
+
+
+def first_events(history: History, last_event_id: str | None) -> list[StoredEvent]:
+    """What a subscriber gets before live events: what it missed since `last_event_id`, or a
+    `reset` event when that id cannot be resumed from; nothing without a Last-Event-ID."""
+    if last_event_id is None:
+        return []
+    position = history.parse_id(last_event_id)
+    missed = None if position is None else history.after(position)
+    if missed is None:
+        return [reset_event(history, UNKNOWN_POSITION, last_event_id)]
+    return missed
+
+
+def reset_event(history: History, message: str, last_event_id: str | None = None) -> StoredEvent:
+    """The spec cannot tell a client it missed events; this event does.  Its id is the
+    newest event's, so the client's Last-Event-ID is current again after it."""
+    reason: dict[str, str] = {"message": message}
+    if last_event_id is not None:
+        reason["last_event_id"] = last_event_id[:100]
+    return StoredEvent.numbered(history.newest_id(), json.dumps(reason), "reset")
+
+
+# ---------------------------------------------------------------------------------------------
+# I.6 CORS (Fetch standard, "CORS protocol")
+# ---------------------------------------------------------------------------------------------
+#
+# The tutorial answers every request with CORS headers:
+#
+#     app.all('*', function (req, res, next) {
+#         res.header('Access-Control-Allow-Origin', '*')
+#         res.header('Access-Control-Allow-Headers', 'Content-Type, Authorization, X-Requested-With')
+#         res.header('Access-Control-Allow-Methods', 'PUT,POST,GET,DELETE,OPTIONS')
+#         res.header('Access-Control-Allow-Credentials', true)
+#         if (req.method == 'OPTIONS') { res.sendStatus(200) } else { next() }
+#     })
+#
+# because its page, opened from a file (its Origin is `null`), reads from http://localhost:8088:
+# another origin.  A page may read a response from another origin only if the response says so
+# (Access-Control-Allow-Origin).  The handler adds `cors_headers` to every answer, refusals
+# included, so that such a page can read why it was refused (`_send_head`, II.7).
+#
+# `*` allows any page, but never with credentials (cookies): browsers reject `*` together with
+# Access-Control-Allow-Credentials: true, which is what the tutorial sends, so its
+# `new EventSource(url, {withCredentials: true})` cannot work.  With an allow-list
+# (--allow-origin) the matching origin is echoed, credentials are allowed, and `Vary: Origin`
+# tells caches that the answer depends on the request's Origin.
+
+#: What we serve (the tutorial lists PUT and DELETE, which it serves nowhere).
+ALLOWED_METHODS = "GET, HEAD, POST, OPTIONS"
+#: Sent by a preflight: Last-Event-ID because fetch-based EventSource polyfills set it by hand
+#: (a browser's own EventSource needs no preflight), Content-Type for JSON publishers.
+ALLOWED_HEADERS = "Last-Event-ID, Content-Type, Cache-Control"
+
+
+def cors_headers(origin: str | None, allowed: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The CORS headers of an answer to a request with this `Origin`."""
+    if "*" in allowed:
+        return [("Access-Control-Allow-Origin", "*")]
+    headers = [("Vary", "Origin")]
+    if origin is not None and origin in allowed:
+        headers += [("Access-Control-Allow-Origin", origin), ("Access-Control-Allow-Credentials", "true")]
+    return headers
+
+
+def preflight_headers() -> list[tuple[str, str]]:
+    """The answer to a CORS preflight (`OPTIONS`, `do_OPTIONS`): which methods and headers a
+    page from another origin may use, cached by the browser for Max-Age seconds.  The tutorial
+    sends these with every answer; they mean something only in the answer to a preflight."""
+    return [("Access-Control-Allow-Methods", ALLOWED_METHODS),
+            ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
+            ("Access-Control-Max-Age", "86400")]
+
+
+def check_origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> None:
+    """With an allow-list, a browser page from elsewhere may not subscribe or publish (403).
+
+    CORS alone would not stop it: the browser sends a form-like POST before asking, and only
+    hides the answer.  No Origin means no browser page (curl), and our own pages are
+    same-origin: their Origin is this server's scheme and Host.  Compared as strings, never
+    parsed: an Origin is `scheme "://" host [ ":" port ]` (RFC 6454 §6.1), and a broken one
+    (`http://[`) must be refused, not crash a URL parser."""
+    if "*" in allowed or origin is None or origin in allowed:
+        return
+    if host and origin.lower() in (f"http://{host}".lower(), f"https://{host}".lower()):
+        return
+    raise HTTPError(403, "origin not allowed")
+
+
+# =============================================================================================
+# =============================================================================================
+# ==                                                                                         ==
+# ==    PART II — FOR REAL USE                                                               ==
+# ==                                                                                         ==
+# ==    What the tutorial leaves out and a server needs once it meets many clients, slow     ==
+# ==    ones, proxies, restarts and several processes: limits, framing, publishing, the      ==
+# ==    hub, durable and shared histories, a strict HTTP handler, the client, the command    ==
+# ==    line.  Everything here calls Part I for the protocol; nothing here redefines it.     ==
+# ==                                                                                         ==
+# =============================================================================================
+# =============================================================================================
+
+
+# ---------------------------------------------------------------------------------------------
+# II.1 The limits (each one a command-line option)
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_HEARTBEAT = 15.0  # --heartbeat: seconds between comment lines (WHATWG HTML §9.2.7: ~15 s)
+DEFAULT_MAX_CLIENTS = 1000  # --max-clients: open streams; more get 503
+DEFAULT_MAX_BODY = 64 * 1024  # --max-body: bytes in one POST /publish
+DEFAULT_MAX_QUEUE = 256  # --max-queue: events waiting for one slow subscriber before it is dropped
+DEFAULT_WRITE_TIMEOUT = 10.0  # --write-timeout: seconds one write may wait for a slow subscriber
+DEFAULT_REQUEST_TIMEOUT = 10.0  # --request-timeout: seconds for a whole request head, and for its body
+DEFAULT_MAX_HEADER_BYTES = ws_server.DEFAULT_MAX_HEADER_BYTES  # --max-header-bytes
+DEFAULT_MAX_HEADER_LINES = ws_server.DEFAULT_MAX_HEADER_LINES  # --max-header-lines
+
+
+# ---------------------------------------------------------------------------------------------
+# II.2 HTTP/1.1 framing: the chunked transfer coding (RFC 9112 §7.1)
 # ---------------------------------------------------------------------------------------------
 #
 #   chunked-body = *chunk last-chunk trailer-section CRLF
@@ -258,8 +637,8 @@ class EventStreamParser:
 # stream), chunked, or closing the connection.  Chunked lets the server end the stream cleanly
 # (the last chunk) and a client tell a complete stream from a cut one.  Each event is one chunk,
 # written in one send.  HTTP/1.0 clients have no chunked coding: their stream ends at close.
-# The other way, a server must be able to read a chunked request body (§7.1): a publisher that
-# streams its body does not know its length in advance.
+# The other way, a server must be able to read a chunked request body (RFC 9112 §7.1): a
+# publisher that streams its body does not know its length in advance.
 
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -275,7 +654,7 @@ class ChunkedDecoder:
     Bounded: at most `max_size` bytes of data in all (413 past it), lines (size, extensions,
     trailers) of at most `max_line` bytes; anything malformed is a 400.  Once `done`, the bytes
     after the body are in `unused` (the next request on the connection).  Chunk extensions and
-    trailer fields are read and ignored, as §7.1.1 and §7.1.2 allow.
+    trailer fields are read and ignored, as RFC 9112 §7.1.1 and §7.1.2 allow.
     """
 
     def __init__(self, max_size: int, max_line: int = 4096) -> None:
@@ -335,38 +714,18 @@ class ChunkedDecoder:
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Requests and their refusals: pure decisions, each refusal an HTTPError
+# II.3 Publishing: POST /publish, and its refusals
 # ---------------------------------------------------------------------------------------------
+#
+# Not in the tutorial: any client may send an event to every open stream.  The decisions are
+# pure; each refusal is an `HTTPError`, answered in one place (`SSERequestHandler.refuse`).
 
-STREAM_PATHS = ("/sse", "/sse/")  # the tutorial's page asks for /sse/, its server serves /sse
 PUBLISH_PATH = "/publish"
-ALLOWED_METHODS = "GET, HEAD, POST, OPTIONS"
-#: Sent by a preflight: Last-Event-ID because fetch-based EventSource polyfills set it by hand
-#: (a browser's own EventSource needs no preflight), Content-Type for JSON publishers.
-ALLOWED_HEADERS = "Last-Event-ID, Content-Type, Cache-Control"
-
-
-def stream_headers(chunked: bool) -> list[tuple[str, str]]:
-    """The stream's own response headers (§9.2.3)."""
-    headers = [("Content-Type", EVENT_STREAM_TYPE),
-               # The stream is live: a cache must not answer a later request with an old copy.
-               ("Cache-Control", "no-cache"),
-               # nginx buffers responses by default, which would hold events back; this turns it off.
-               ("X-Accel-Buffering", "no")]
-    if chunked:
-        headers.append(("Transfer-Encoding", "chunked"))
-    return headers
-
-
-def stream_opening(retry: int, first: list[StoredEvent], chunked: bool) -> bytes:
-    """The first bytes of the body: `retry` (§9.2.6), then the replay or a reset."""
-    opening = [StoredEvent.from_payload(0, format_retry(retry).encode()), *first]
-    return b"".join(event.chunk if chunked else event.payload for event in opening)
 
 
 def publish_event_name(query: str) -> str | None:
-    """`?event=NAME` names the published event (its `event:` field, §9.2.6); 400 unless the
-    name is one non-empty line: a line break would inject fields."""
+    """`?event=NAME` names the published event (its `event:` field, WHATWG HTML §9.2.6); 400
+    unless the name is one non-empty line: a line break would inject fields."""
     names = urllib.parse.parse_qs(query, keep_blank_values=True).get("event")
     name = names[-1] if names else None
     if name is not None and (not name or LINE_BREAK.search(name)):
@@ -375,66 +734,22 @@ def publish_event_name(query: str) -> str | None:
 
 
 def publish_text(body: bytes) -> str:
-    """§9.2.5: an event stream is UTF-8, so a published body must be too (400 otherwise)."""
+    """An event stream is UTF-8 (WHATWG HTML §9.2.5), so a published body must be too (400
+    otherwise)."""
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPError(400, "the body is not UTF-8 text") from None
 
 
-def last_event_id(request: ws_server.Request) -> str | None:
-    """§9.2.4: the `Last-Event-ID` header carries the last event ID string, UTF-8 encoded
-    (header values are read as latin-1, byte for byte, so they are decoded again here)."""
-    value = request.header("last-event-id")
-    if not value:
-        return None
-    return value.encode("latin-1").decode("utf-8", "replace").strip()
-
-
-# CORS (Fetch standard, "CORS protocol").  A page may read a response from another origin only
-# if the response says so (Access-Control-Allow-Origin).  `*` allows any page, but never with
-# credentials (cookies): browsers reject `*` together with Access-Control-Allow-Credentials:
-# true, which is what the tutorial sends, so its EventSource({withCredentials: true}) cannot
-# work.  With an allow-list the matching origin is echoed, credentials are allowed, and
-# `Vary: Origin` tells caches that the answer depends on the request's Origin.
-
-
-def cors_headers(origin: str | None, allowed: tuple[str, ...]) -> list[tuple[str, str]]:
-    """The CORS headers of an answer to a request with this `Origin`."""
-    if "*" in allowed:
-        return [("Access-Control-Allow-Origin", "*")]
-    headers = [("Vary", "Origin")]
-    if origin is not None and origin in allowed:
-        headers += [("Access-Control-Allow-Origin", origin), ("Access-Control-Allow-Credentials", "true")]
-    return headers
-
-
-def preflight_headers() -> list[tuple[str, str]]:
-    """The answer to a CORS preflight: which methods and headers a page from another origin may
-    use, cached by the browser for Max-Age seconds."""
-    return [("Access-Control-Allow-Methods", ALLOWED_METHODS),
-            ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
-            ("Access-Control-Max-Age", "86400")]
-
-
-def check_origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> None:
-    """With an allow-list, a browser page from elsewhere may not subscribe or publish (403).
-
-    CORS alone would not stop it: the browser sends a form-like POST before asking, and only
-    hides the answer.  No Origin means no browser page (curl), and our own pages are
-    same-origin: their Origin is this server's scheme and Host.  Compared as strings, never
-    parsed: an Origin is `scheme "://" host [ ":" port ]` (RFC 6454 §6.1), and a broken one
-    (`http://[`) must be refused, not crash a URL parser."""
-    if "*" in allowed or origin is None or origin in allowed:
-        return
-    if host and origin.lower() in (f"http://{host}".lower(), f"https://{host}".lower()):
-        return
-    raise HTTPError(403, "origin not allowed")
-
-
 # ---------------------------------------------------------------------------------------------
-# 6. The hub: ids, history, subscribers, departures
+# II.4 The hub: subscribers, slow ones, departures, one fan-out for every event
 # ---------------------------------------------------------------------------------------------
+#
+# The tutorial writes to each response from that response's own timer.  Here an event is
+# formatted once (`StoredEvent`, I.5) and the hub hands it to every open stream: straight into
+# each socket that can take it, into a bounded backlog for a slow one (`Subscriber`), and a
+# client that left is noticed at once (`DepartureWatcher`), not at the next write.
 
 
 class SSEError(Exception):
@@ -442,158 +757,12 @@ class SSEError(Exception):
 
 
 class StoreError(SSEError):
-    """The store cannot keep an event, or cannot be opened: the message names the file."""
+    """The store cannot keep an event, or cannot be opened: the message names the store (its
+    file, or Redis)."""
 
 
 class ShuttingDown(SSEError):
     """The hub takes no new subscribers: the server is stopping."""
-
-
-@dataclasses.dataclass(frozen=True)
-class StoredEvent:
-    """An event as it goes on the wire, encoded once for every subscriber."""
-
-    id: int | str  # a number here, a stream entry id ("milliseconds-sequence") with --redis
-    payload: bytes  # the formatted event, UTF-8: what an HTTP/1.0 stream carries
-    chunk: bytes  # the same as one chunk: what an HTTP/1.1 stream carries
-
-    @classmethod
-    def from_payload(cls, id: int | str, payload: bytes) -> StoredEvent:
-        return cls(id, payload, encode_chunk(payload))
-
-    @classmethod
-    def numbered(cls, id: int | str, data: str, event: str | None = None) -> StoredEvent:
-        """The event `data` (named `event`) with its id, formatted once (§9.2.5)."""
-        return cls.from_payload(id, format_event(data, event=event, id=str(id)).encode())
-
-
-class History:
-    """The last `maxlen` events, for `Last-Event-ID` (§9.2.4).  Ids are consecutive integers.
-
-    Ids must not repeat across server runs: a client holding id 57 from an earlier run must not
-    be mistaken for one that saw this run's event 57.  So, kept in memory, the first id is the
-    start time in microseconds: any id of an earlier run is then "too old" here.
-
-    `store` numbers an event and makes it durable (nothing to do in memory); `append` then
-    makes it part of the history.  The hub calls them in that order, so what is replayed was
-    stored.  A `shared` history (several processes) appends what it reads back, not what it
-    stored: see `RedisHistory`.
-    """
-
-    shared = False
-
-    def __init__(self, maxlen: int, first_id: int | None = None) -> None:
-        self._events: collections.deque[StoredEvent] = collections.deque(maxlen=maxlen)
-        self.next_id = first_id if first_id is not None else time.time_ns() // 1000
-
-    def parse_id(self, last_event_id: str) -> int | None:
-        """The position a client's Last-Event-ID names, or None if it names none: ids here are
-        decimal numbers (ASCII digits, at most 18, so no id can cost a long `int()`)."""
-        return ws_server.parse_decimal(last_event_id)
-
-    def store(self, data: str, event: str | None = None) -> StoredEvent:
-        """Number the event and keep it durably before it is acknowledged; StoreError if that
-        fails (then it is not kept, and its id goes to the next one)."""
-        return StoredEvent.numbered(self.next_id, data, event)
-
-    def append(self, event: StoredEvent) -> None:
-        self._events.append(event)
-        self.next_id = event.id + 1
-
-    def newest_id(self) -> str:
-        """The id of the newest event: where a reset puts a client."""
-        return str(self.next_id - 1)
-
-    def catch_up(self, last_id: int) -> None:
-        """Wait until this history has caught up with `last_id` (see RedisHistory): in one
-        process, it always has."""
-
-    def forget(self) -> None:
-        """Nothing kept can be resumed from any more (the store lost it; see RedisHistory)."""
-        self._events.clear()
-
-    def after(self, last_id: int) -> list[StoredEvent] | None:
-        """Every kept event after `last_id`, in order; None when `last_id` is not one this
-        history can resume from (never issued, or older than the oldest kept)."""
-        oldest = self.next_id - len(self._events)  # the id of _events[0], if any
-        if not oldest - 1 <= last_id < self.next_id:
-            return None
-        return list(itertools.islice(self._events, last_id - oldest + 1, None))
-
-    def close(self) -> None:
-        pass
-
-
-class SQLiteHistory(History):
-    """The history, also kept in an SQLite file (`--store`), so that a restarted server still
-    replays what its clients missed, and continues the ids.
-
-    One store belongs to one server process.  Two servers numbering events in one file would
-    hand out the same ids and refuse each other's inserts, so the file is opened in SQLite's
-    EXCLUSIVE locking mode and locked at once: a second server is refused at its start, on
-    every platform (SQLite does the locking; no `fcntl` needed).  Several processes need a
-    shared bus instead of a shared file.  Every error names the file.
-    """
-
-    COLUMNS = [("id", "INTEGER"), ("payload", "BLOB")]
-
-    def __init__(self, path: str, maxlen: int) -> None:
-        self.path = path
-        self._maxlen = maxlen
-        self._db: sqlite3.Connection | None = None
-        try:
-            # One connection, used by one publisher at a time (the hub's publishing lock).
-            self._db = sqlite3.connect(path, timeout=STORE_LOCK_WAIT, check_same_thread=False,
-                                       isolation_level=None)
-            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first access
-            self._db.execute("PRAGMA journal_mode=WAL")  # no fsync per event; a crash loses little
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("BEGIN EXCLUSIVE")  # takes the lock now, and keeps it
-            self._db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
-            self._db.execute("COMMIT")
-            columns = [(row[1], row[2].upper()) for row in self._db.execute("PRAGMA table_info(events)")]
-            if columns != self.COLUMNS:
-                raise StoreError(f"{path}: not an event store (its table 'events' has the columns "
-                                 f"{', '.join(name for name, _ in columns)})")
-            rows = self._db.execute("SELECT id, payload FROM events ORDER BY id DESC LIMIT ?", (maxlen,)).fetchall()
-        except sqlite3.OperationalError as error:
-            self.close()
-            if "locked" in str(error):
-                raise StoreError(f"{path}: in use by another server process; one store belongs to one "
-                                 f"process (several processes need a shared bus, not a shared file)") from None
-            raise StoreError(f"{path}: {error}") from None
-        except sqlite3.Error as error:  # "file is not a database", ...
-            self.close()
-            raise StoreError(f"{path}: {error}") from None
-        except StoreError:
-            self.close()
-            raise
-        super().__init__(maxlen, rows[0][0] + 1 if rows else None)
-        self._events.extend(StoredEvent.from_payload(id, payload) for id, payload in reversed(rows))
-
-    def store(self, data: str, event_name: str | None = None) -> StoredEvent:
-        """Number the event, INSERT it (and now and then trim old ones) in one transaction."""
-        event = super().store(data, event_name)
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO events (id, payload) VALUES (?, ?)", (event.id, event.payload))
-            if event.id % 256 == 0:  # trim now and then, not at every event
-                db.execute("DELETE FROM events WHERE id <= ?", (event.id - self._maxlen,))
-            db.execute("COMMIT")
-        except sqlite3.Error as error:
-            if db.in_transaction:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            raise StoreError(f"{self.path}: the event could not be stored ({error})") from None
-        return event
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
 
 class Subscriber:
@@ -758,7 +927,7 @@ class DepartureWatcher:
     its thread.  One selector (`selectors`: epoll, kqueue or select(), whatever the platform
     has) watches them all: no timer, no poll and no thread per subscriber, and nothing at all
     while nobody leaves.  Heartbeats stay: only they find a client whose network vanished
-    without a FIN, and they keep proxies from closing quiet streams (§9.2.7).
+    without a FIN, and they keep proxies from closing quiet streams (WHATWG HTML §9.2.7).
 
     Where select() is all there is (Windows), one selector watches at most `SELECT_CAPACITY`
     sockets; streams beyond that are found out by their next write, as before.
@@ -846,30 +1015,8 @@ def departure_reason(sock: socket.socket) -> str:
     return "left (its end of the connection closed)" if not data else "sent bytes after its request"
 
 
-#: What a `reset` event says (its data is JSON with a `message`, as the clock's is).
-UNKNOWN_POSITION = "Events were missed: your last event id is unknown here or older than the history kept."
+#: What a `reset` event says when a shared store lost its history (see RedisHistory).
 HISTORY_LOST = "Events may have been missed: the shared event store lost its history (Redis restarted or was emptied)."
-
-
-def first_events(history: History, last_event_id: str | None) -> list[StoredEvent]:
-    """What a subscriber gets before live events: what it missed since `last_event_id`, or a
-    `reset` event when that id cannot be resumed from; nothing without a Last-Event-ID."""
-    if last_event_id is None:
-        return []
-    position = history.parse_id(last_event_id)
-    missed = None if position is None else history.after(position)
-    if missed is None:
-        return [reset_event(history, UNKNOWN_POSITION, last_event_id)]
-    return missed
-
-
-def reset_event(history: History, message: str, last_event_id: str | None = None) -> StoredEvent:
-    """The spec cannot tell a client it missed events; this event does.  Its id is the
-    newest event's, so the client's Last-Event-ID is current again after it."""
-    reason: dict[str, str] = {"message": message}
-    if last_event_id is not None:
-        reason["last_event_id"] = last_event_id[:100]
-    return StoredEvent.numbered(history.newest_id(), json.dumps(reason), "reset")
 
 
 class Hub:
@@ -962,8 +1109,8 @@ class Hub:
         """The clock's tick.  In one process it is an event like a publish.  With a shared
         history each process ticks for its own subscribers (so one tick a second each, however
         many processes), with no id and not kept: a tick a second old is not worth replaying,
-        and a client's Last-Event-ID stays that of the last real event (§9.2.6: no id field,
-        no change)."""
+        and a client's Last-Event-ID stays that of the last real event (WHATWG HTML §9.2.6: no
+        id field, no change)."""
         if self.history.shared:
             self._send_to_all(StoredEvent.from_payload(0, format_event(data).encode()))
         else:
@@ -997,7 +1144,88 @@ class Hub:
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Several processes: the history in a Redis stream (--redis URL)
+# II.5 The history on disk: SQLite (--store FILE)
+# ---------------------------------------------------------------------------------------------
+
+#: How long opening an SQLite store may wait for a lock another process holds, before it is
+#: reported as in use (see `SQLiteHistory`).
+STORE_LOCK_WAIT = 1.0
+
+
+class SQLiteHistory(History):
+    """The history, also kept in an SQLite file (`--store`), so that a restarted server still
+    replays what its clients missed, and continues the ids.
+
+    One store belongs to one server process.  Two servers numbering events in one file would
+    hand out the same ids and refuse each other's inserts, so the file is opened in SQLite's
+    EXCLUSIVE locking mode and locked at once: a second server is refused at its start, on
+    every platform (SQLite does the locking; no `fcntl` needed).  Several processes need a
+    shared bus instead of a shared file.  Every error names the file.
+    """
+
+    COLUMNS = [("id", "INTEGER"), ("payload", "BLOB")]
+
+    def __init__(self, path: str, maxlen: int) -> None:
+        self.path = path
+        self._maxlen = maxlen
+        self._db: sqlite3.Connection | None = None
+        try:
+            # One connection, used by one publisher at a time (the hub's publishing lock).
+            self._db = sqlite3.connect(path, timeout=STORE_LOCK_WAIT, check_same_thread=False,
+                                       isolation_level=None)
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first access
+            self._db.execute("PRAGMA journal_mode=WAL")  # no fsync per event; a crash loses little
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("BEGIN EXCLUSIVE")  # takes the lock now, and keeps it
+            self._db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+            self._db.execute("COMMIT")
+            columns = [(row[1], row[2].upper()) for row in self._db.execute("PRAGMA table_info(events)")]
+            if columns != self.COLUMNS:
+                raise StoreError(f"{path}: not an event store (its table 'events' has the columns "
+                                 f"{', '.join(name for name, _ in columns)})")
+            rows = self._db.execute("SELECT id, payload FROM events ORDER BY id DESC LIMIT ?", (maxlen,)).fetchall()
+        except sqlite3.OperationalError as error:
+            self.close()
+            if "locked" in str(error):
+                raise StoreError(f"{path}: in use by another server process; one store belongs to one "
+                                 f"process (several processes need a shared bus, not a shared file)") from None
+            raise StoreError(f"{path}: {error}") from None
+        except sqlite3.Error as error:  # "file is not a database", ...
+            self.close()
+            raise StoreError(f"{path}: {error}") from None
+        except StoreError:
+            self.close()
+            raise
+        super().__init__(maxlen, rows[0][0] + 1 if rows else None)
+        self._events.extend(StoredEvent.from_payload(id, payload) for id, payload in reversed(rows))
+
+    def store(self, data: str, event_name: str | None = None) -> StoredEvent:
+        """Number the event, INSERT it (and now and then trim old ones) in one transaction."""
+        event = super().store(data, event_name)
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO events (id, payload) VALUES (?, ?)", (event.id, event.payload))
+            if event.id % 256 == 0:  # trim now and then, not at every event
+                db.execute("DELETE FROM events WHERE id <= ?", (event.id - self._maxlen,))
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise StoreError(f"{self.path}: the event could not be stored ({error})") from None
+        return event
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+# ---------------------------------------------------------------------------------------------
+# II.6 Several processes: the history in a Redis stream (--redis URL)
 # ---------------------------------------------------------------------------------------------
 #
 # One process keeps its history itself.  Several processes behind one address must agree on
@@ -1288,7 +1516,7 @@ class RedisHistory(History):
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. The HTTP handler: one thread per connection
+# II.7 The HTTP handler: one thread per connection
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1331,7 +1559,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
     status line) for a version it does not know, takes `Host : x`, two Hosts or none, and
     bounds each read of a head but not the whole of it.  Every head is read by
     `read_request_head` and parsed by `ws_server.parse_request`, the strict parser both servers
-    share; every refusal, from there or from the pure checks of section 5, is an `HTTPError`
+    share; every refusal, from there or from the pure checks (I.6, II.3), is an `HTTPError`
     answered in one place, `refuse`.
     """
 
@@ -1428,7 +1656,8 @@ class SSERequestHandler(BaseHTTPRequestHandler):
     # -- the stream ----------------------------------------------------------------------------
 
     def _stream(self) -> None:
-        """§9.2.3: 200 with the event-stream type, then events until one side goes away."""
+        """WHATWG HTML §9.2.3: 200 with the event-stream type (`stream_headers`), then events
+        until one side goes away."""
         config, request = self.server.config, self.request_head
         check_origin_allowed(request.header("origin"), request.header("host"), config.allowed_origins)
         chunked = request.version >= (1, 1)
@@ -1438,12 +1667,12 @@ class SSERequestHandler(BaseHTTPRequestHandler):
                                                peer=self.address_string())
         except ShuttingDown:
             # No answer at all: to an EventSource a dropped connection means "reconnect later",
-            # whereas a 503 would make it give up for good (§9.2.3).
+            # whereas a 503 would make it give up for good (WHATWG HTML §9.2.3).
             self.close_connection = True
             return
         if joined is None:
-            # An EventSource does not retry after a 503 (§9.2.3: any status but 200 fails the
-            # connection for good); Retry-After is for other clients.
+            # An EventSource does not retry after a 503 (WHATWG HTML §9.2.3: any status but 200
+            # fails the connection for good); Retry-After is for other clients.
             raise HTTPError(503, f"too many clients ({config.max_clients})", [("Retry-After", "5")])
         subscriber, first = joined
         self.close_connection = True  # the stream is the last thing on this connection
@@ -1461,6 +1690,8 @@ class SSERequestHandler(BaseHTTPRequestHandler):
                      self.server.hub.subscriber_count)
 
     def _send_stream_head(self, chunked: bool) -> None:
+        """The head of I.3 (`stream_headers`), with what `_send_head` adds to every answer,
+        sent at once: the browser fires `onopen` on it, before any event."""
         self._send_head(200, stream_headers(chunked))
         self.wfile.flush()
 
@@ -1482,7 +1713,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
 
     def read_body(self, max_body: int) -> bytes:
         """The request's body, whole (RFC 9112 §6.3): Content-Length bytes, or the chunked coding
-        decoded (§7.1); 413 past `max_body`, 408 past --request-timeout.
+        decoded (RFC 9112 §7.1); 413 past `max_body`, 408 past --request-timeout.
 
         RFC 9110 §10.1.1: a client that sent `Expect: 100-continue` waits for a `100 Continue`
         before it sends the body.  A body that is too large is refused before that, so it is
@@ -1578,7 +1809,7 @@ def describe_first(first: list[StoredEvent]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. The server: the clock, heartbeats, shutdown
+# II.8 The server: the clock's thread, heartbeats, shutdown
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1606,20 +1837,6 @@ class ServerConfig:
     redis: ws_server.RedisAddress | None = None  # --redis: the history shared by several processes
     redis_timeout: float = ws_server.DEFAULT_REDIS_TIMEOUT
     reuse_port: bool = False  # --reuse-port: several processes listen on one port (SO_REUSEPORT)
-
-
-def clock_message() -> str:
-    """The tutorial's tick: JSON with a `message`, which its page shows."""
-    return json.dumps({"message": time.strftime(CLOCK_FORMAT)})
-
-
-def run_every(interval: float, action: Callable[[], None], stopping: threading.Event) -> None:
-    """Call `action` every `interval` seconds until `stopping` is set."""
-    deadline = time.monotonic() + interval
-    while not stopping.wait(max(0.0, deadline - time.monotonic())):
-        action()
-        deadline += interval
-        deadline = max(deadline, time.monotonic())  # after a stall, do not burst
 
 
 class SSEServer(ThreadingHTTPServer):
@@ -1707,12 +1924,17 @@ class SSEServer(ThreadingHTTPServer):
         self._background.append(thread)
 
     def _tick(self) -> None:
+        """The clock's tick (I.4), for every open stream; a store that fails loses this tick,
+        not the clock."""
         try:
             self.hub.tick(clock_message())
         except StoreError as error:
             log.warning("clock tick not sent: %s", error)
 
     def _heartbeat(self) -> None:
+        """A comment to every stream (WHATWG HTML §9.2.7: every 15 s or so): proxies do not
+        close a stream that carries traffic, and a client that vanished without a word is found
+        out by the write that fails."""
         self.hub.send_comment("heartbeat")
 
     def stop(self) -> None:
@@ -1730,12 +1952,12 @@ class SSEServer(ThreadingHTTPServer):
 
 
 # ---------------------------------------------------------------------------------------------
-# 10. The client: python sse_server.py --connect URL
+# II.9 The client: python sse_server.py --connect URL
 # ---------------------------------------------------------------------------------------------
 
 
 class StreamFailed(SSEError):
-    """§9.2.3 "fail the connection": a browser does not reconnect after this."""
+    """WHATWG HTML §9.2.3 "fail the connection": a browser does not reconnect after this."""
 
 
 #: Fetch's "HTTP-redirect fetch": the statuses that redirect, and at most 20 redirects.
@@ -1745,9 +1967,9 @@ MAX_REDIRECTS = 20
 
 def open_stream(url: str, last_event_id: str = "", timeout: float | None = None, cafile: str | None = None
                 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """GET the stream the way EventSource does (§9.2.2, §9.2.4): redirects followed (EventSource
-    fetches with redirect mode "follow"), Last-Event-ID sent UTF-8 encoded; StreamFailed unless
-    200 with the event-stream type.  https:// verifies the server's certificate and name
+    """GET the stream the way EventSource does (WHATWG HTML §9.2.2, §9.2.4): redirects followed
+    (EventSource fetches with redirect mode "follow"), Last-Event-ID sent UTF-8 encoded;
+    StreamFailed unless 200 with the event-stream type.  https:// verifies the server's certificate and name
     (`cafile` for a private CA).  The caller closes the connection."""
     for _ in range(MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
@@ -1791,7 +2013,7 @@ def read_events(response: http.client.HTTPResponse, parser: EventStreamParser) -
 
 
 def follow(url: str, timeout: float | None = 60.0, cafile: str | None = None) -> Iterator[ServerSentEvent]:
-    """Events from `url` forever, reconnecting like a browser (§9.2.3): after the stream ends
+    """Events from `url` forever, reconnecting like a browser (WHATWG HTML §9.2.3): after the stream ends
     or breaks, wait the reconnection time, then ask again with Last-Event-ID.  A refusal (not
     200 with the right type) raises StreamFailed: a browser gives up then too."""
     parser = EventStreamParser()
@@ -1818,7 +2040,7 @@ def run_client(url: str, cafile: str | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 11. The command line
+# II.10 The command line
 # ---------------------------------------------------------------------------------------------
 
 
