@@ -792,7 +792,8 @@ class Subscriber:
         self.lock = threading.Lock()
         # A one-bit signal "there is work": released = raised, held = lowered.  A bare lock, not a
         # threading.Event, which adds a Condition and a deque (about 1 KiB per subscriber).  It is
-        # raised and lowered only under `lock`, and only the subscriber's thread waits on it.
+        # raised only under `lock`; only the subscriber's thread lowers it: under `lock` when it
+        # finds nothing to write, and by waiting on it.
         self.signal = threading.Lock()
         self.signal.acquire()
         self.backlog: list[bytes] = []
@@ -1049,9 +1050,10 @@ class Hub:
 
     def subscribe(self, sock: socket.socket, *, chunked: bool, last_event_id: str | None,
                   peer: str = "") -> tuple[Subscriber, list[StoredEvent]] | None:
-        """Add a subscriber; return it and its first events: what it missed since
-        `last_event_id`, or a `reset` event when that id cannot be resumed.  None when
-        `max_clients` are already open; ShuttingDown once the hub is closed."""
+        """Add a subscriber; return it and its first events (`first_events`, I.5: what it
+        missed since `last_event_id`, or a `reset` event when that id cannot be resumed), found
+        under the lock, between two events.  None when `max_clients` are already open;
+        ShuttingDown once the hub is closed."""
         position = None if last_event_id is None else self.history.parse_id(last_event_id)
         if position is not None:
             self.history.catch_up(position)  # (outside the lock: deliveries go on meanwhile)
