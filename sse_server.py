@@ -7,7 +7,7 @@
     python sse_server.py --connect http://127.0.0.1:8088/sse   # terminal client
 
 Theory of operation.  This is the express tutorial's clock (`app.get('/sse', ...)`: three
-headers, then every second `data: {"message": "当前时间: ..."}` and a blank line), done by the
+headers, then every second `data: {"message":"当前时间: ..."}` and a blank line), done by the
 spec, then made to hold up in real use.  The file reads top down, in two parts.
 
 Part I, "The tutorial's protocol", is what the tutorial teaches, in the order a learner meets
@@ -16,7 +16,8 @@ it.  It is the code that runs, not a simplified copy: Part II calls it.
   I.1 The format (WHATWG HTML §9.2.5): `format_event` writes what the tutorial's `res.write`
       writes; nothing can be injected through it.
   I.2 The browser's parser and dispatch (WHATWG HTML §9.2.5, §9.2.6): `EventStreamParser`,
-      fed bytes, returns the events an EventSource hands to `onmessage`.  Pure: no sockets.
+      fed bytes, returns the events an EventSource hands to `onmessage` (and its other
+      listeners).  Pure: no sockets.
   I.3 The stream's response: where it is (`STREAM_PATHS`), its head (`stream_headers`: each
       header and why, and why not `Connection: keep-alive`), its first bytes (`stream_opening`:
       `retry:` first).
@@ -34,10 +35,11 @@ server (the clock's thread, heartbeats, shutdown), the client (`--connect`), the
 
 Not everything is in this file.  The HTTP/1.1 request layer is `ws_server.py`'s, imported:
 `parse_request` and its `Request`, `find_end_of_head`, `no_head_received`, `body_length`,
-`parse_decimal` and `HTTPError` (every refusal); the static files (`static_response`,
-`STATIC_DIR`); TLS and proxies (`server_tls_context`, `client_tls_context`, `tls_failure`,
-`client_address`, the deployment options); and the Redis RESP2 client (`RESPParser`,
-`encode_command`, `RedisAddress`, `RedisError`, `stream_entries`, `read_entries`, `stream_id`).
+`parse_decimal`, `HTTPError` (every refusal) and the header limits' defaults; the static
+files (`static_response`, `STATIC_DIR`); TLS and proxies (`server_tls_context`,
+`client_tls_context`, `tls_failure`, `client_address`, the deployment options); and the Redis
+RESP2 client (`RESPParser`, `encode_command`, `RedisAddress`, `RedisError`, `stream_entries`,
+`read_entries`, `stream_id`).
 Standard library only, on every platform Python runs on: `http.server.ThreadingHTTPServer`
 gives each client its own thread.
 """
@@ -338,16 +340,16 @@ def stream_headers(chunked: bool) -> list[tuple[str, str]]:
         ("X-Accel-Buffering", "no"),
     ]
     # An endless body must say how it ends (RFC 9112 §6.3).  HTTP/1.1: in chunks, one per event,
-    # and the last chunk when the server stops (II.2); express adds this header by itself,
+    # and the last chunk when the server stops (II.2); Node adds this header by itself,
     # http.server does not.  HTTP/1.0 has no chunks: its stream ends when the connection does.
     if chunked:
         headers.append(("Transfer-Encoding", "chunked"))
     # No 'Connection': 'keep-alive'.  An HTTP/1.1 connection persists unless one side says
-    # `close` (RFC 9112 §9.3), so keep-alive says nothing; and `Connection` is hop-by-hop (RFC
-    # 9110 §7.6.1): it reaches the proxy in front, not a browser, which the proxy may well speak
-    # HTTP/2 to, where the field is forbidden (RFC 9113 §8.2.2).  The handler says the opposite,
-    # `Connection: close`: nothing follows a stream on its connection, and once the stream ends
-    # the server closes it (RFC 9112 §9.6).
+    # `close` (RFC 9112 §9.3), so keep-alive says nothing.  And `Connection` is hop-by-hop (RFC
+    # 9110 §7.6.1), about this one connection: behind a proxy it reaches the proxy, not the
+    # browser, which the proxy may well speak HTTP/2 to, where the field is forbidden (RFC 9113
+    # §8.2.2).  The handler says the opposite, `Connection: close`: nothing follows a stream on
+    # its connection, and once the stream ends the server closes it (RFC 9112 §9.6).
     return headers
 
 
@@ -545,8 +547,8 @@ def reset_event(history: History, message: str, last_event_id: str | None = None
 #         if (req.method == 'OPTIONS') { res.sendStatus(200) } else { next() }
 #     })
 #
-# because its page, opened from a file (its Origin is `null`), reads from http://localhost:8088:
-# another origin.  A page may read a response from another origin only if the response says so
+# because its page, opened from a file or another server (a file's Origin is `null`), reads
+# from http://localhost:8088: another origin.  A page may read a response from another origin only if the response says so
 # (Access-Control-Allow-Origin).  The handler adds `cors_headers` to every answer, refusals
 # included, so that such a page can read why it was refused (`_send_head`, II.7).
 #
