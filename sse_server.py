@@ -1234,7 +1234,7 @@ class SQLiteHistory(History):
 #
 # One process keeps its history itself.  Several processes behind one address must agree on
 # one sequence of events, so that a client may reconnect to any of them with its Last-Event-ID.
-# With --redis that sequence is a Redis stream (ws_server.py section 12 has the protocol):
+# With --redis that sequence is a Redis stream (ws_server.py II.8 has the protocol):
 #
 #   publish  = XADD push:events MAXLEN ~ <history> * data <text> [event <name>]
 #              -> the entry's id ("1733040000000-0"), which becomes the event's id; 204 only then

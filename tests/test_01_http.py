@@ -1,7 +1,7 @@
 """Chapter 1: HTTP/1.1 as both servers read it (RFC 9112 syntax, RFC 9110 semantics).
 
 A WebSocket begins as an HTTP request, and the event stream is one: both servers read every
-request head with the functions of `ws_server.py` section 3.  Pure functions, literal bytes.
+request head with the functions of `ws_server.py` II.2.  Pure functions, literal bytes.
 """
 
 import unittest

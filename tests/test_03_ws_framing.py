@@ -106,14 +106,27 @@ class Test02Masking(unittest.TestCase):
         data = os.urandom(100_003)
         self.assertEqual(apply_mask(apply_mask(data, MASK), MASK), data)
 
-    def test_03_a_frame_fed_one_byte_at_a_time_decodes_the_same(self):
-        """§5.3 A payload split anywhere is unmasked from the right position in the key."""
+    def test_03_a_frame_fed_in_997_byte_pieces_is_unmasked_from_the_right_key_byte(self):
+        """§5.3 A 70,000-byte payload fed in 997-byte pieces, which start at every position in the key, unmasks to the original."""
         payload = os.urandom(70_000)
         frame = masked(Opcode.BINARY, payload, key=b"\x01\x02\x03\x04")
         receiver, events = server_receiver(), []
-        for i in range(0, len(frame), 997):  # pieces that start at every phase of the key
+        for i in range(0, len(frame), 997):
             events += receiver.feed(frame[i:i + 997])
         self.assertEqual(events, [Message(Opcode.BINARY, payload)])
+
+    def test_04_frames_fed_one_byte_at_a_time_decode_the_same(self):
+        """§5.2 Every header split at every byte (the 7-bit, 16-bit and 64-bit lengths, the masking key) and a ping between fragments, fed one byte at a time, give the same events as fed at once."""
+        stream = (masked(Opcode.TEXT, b"Hel", fin=False) + masked(Opcode.PING, b"?")
+                  + masked(Opcode.CONTINUATION, b"lo") + masked(Opcode.BINARY, bytes(300))
+                  + masked(Opcode.BINARY, bytes(65536)) + masked(Opcode.CLOSE, b"\x03\xe8"))
+        expected = [Ping(b"?"), Message(Opcode.TEXT, b"Hello"), Message(Opcode.BINARY, bytes(300)),
+                    Message(Opcode.BINARY, bytes(65536)), Close(1000, "")]
+        self.assertEqual(server_receiver().feed(stream), expected)
+        receiver, events = server_receiver(), []
+        for i in range(len(stream)):
+            events += receiver.feed(stream[i:i + 1])
+        self.assertEqual(events, expected)
 
 
 class Test03Fragmentation(unittest.TestCase):

@@ -216,6 +216,24 @@ class Test03CompressedMessages(unittest.TestCase):
         frame = client_frame(MessageDeflater().compress(data), Opcode.BINARY)
         self.assertEqual(server_receiver().feed(frame), [Message(Opcode.BINARY, data)])
 
+    def test_11_the_trace_shows_each_frame_of_a_compressed_message_with_its_own_inflated_bytes(self):
+        """RFC 7692 §7.2.1 A compressed message in two frames: --trace is given each frame's header and that frame's own inflated bytes (RSV1 on the first only), which together are the message."""
+        text = b"hello world, " * 10
+        compressed = MessageDeflater().compress(text)
+        half = len(compressed) // 2
+        frames = (client_frame(compressed[:half], fin=False)
+                  + client_frame(compressed[half:], Opcode.CONTINUATION, rsv1=False))
+        traced = []
+        receiver = server_receiver()
+        receiver.on_frame = lambda header, payload, inflated: traced.append((header, payload, inflated))
+        self.assertEqual(receiver.feed(frames), [Message(Opcode.TEXT, text)])
+        (first, first_bytes, first_inflated), (second, second_bytes, second_inflated) = traced
+        self.assertEqual((first.rsv1, first.length, first_inflated), (True, half, True))
+        self.assertEqual((second.rsv1, second.length, second_inflated), (False, len(compressed) - half, True))
+        self.assertEqual(first_bytes + second_bytes, text)
+        self.assertEqual(first_bytes, zlib.decompressobj(-15).decompress(compressed[:half]))
+        self.assertIn(f"len={half} inflated={len(first_bytes)}", first.describe(first_bytes, first_inflated))
+
 
 class Test04ControlFramesAndRSV1(unittest.TestCase):
     """§6.1: RSV1 marks a compressed message on its first frame only; control frames never."""

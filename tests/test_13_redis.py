@@ -2,7 +2,7 @@
 
 One Python process is one core.  With `--redis URL`, every `ws_server.py` and every
 `sse_server.py` on the same Redis share one chat and one event stream, through Redis streams
-(ws_server.py section 12, sse_server.py section 7).  First RESP2, the protocol, fed literal
+(ws_server.py II.8, sse_server.py II.6).  First RESP2, the protocol, fed literal
 bytes from the Redis documentation; then the positions a shared history can resume from; then
 real processes on a real `redis-server` (Debian's, started here on a free port with nothing
 saved to disk, and skipped with an install hint when it is missing): the same order
@@ -139,7 +139,7 @@ def entry(id: str, data: str) -> sse_server.StoredEvent:
 
 
 class Test02ASharedHistory(unittest.TestCase):
-    """sse_server section 7: which Last-Event-IDs a shared history can resume from (no Redis needed)."""
+    """sse_server II.6: which Last-Event-IDs a shared history can resume from (no Redis needed)."""
 
     def history(self, maxlen: int) -> sse_server.RedisHistory:
         history = sse_server.RedisHistory(ws_server.RedisAddress("127.0.0.1", free_port()), maxlen, timeout=0.05)
