@@ -598,7 +598,8 @@ class Receiver:
         if self._cost > self.max_size:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message over the limit of {self.max_size} bytes")
         self._frame, self._remaining = header, header.length
-        self._frame_start = len(self._parts)
+        if self.on_frame is not None:  # --trace: where this frame's pieces start
+            self._frame_start = len(self._parts)
 
     def _read_payload(self, buffer: bytes, position: int, end: int, events: list[Event]) -> int:
         """Take what has arrived of the current data frame's payload; return the new position.
