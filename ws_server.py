@@ -595,7 +595,11 @@ class Receiver:
             self._opcode, self._cost, self._compressed = header.opcode, header.length, header.rsv1
             if header.rsv1 and self._inflater is None:
                 self._inflater = self.compression.inflater(self.max_size)
-        if self._cost > self.max_size:
+        # --max-size is what the application gets: a compressed message may take a little more
+        # on the wire than it inflates to (RFC 7692 §8: the limit is on the inflated data, which
+        # its inflater bounds), but no more than DEFLATE's worst case (II.4).
+        limit = self.max_size if not self._compressed else deflate_bound(self.max_size)
+        if self._cost > limit:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message over the limit of {self.max_size} bytes")
         self._frame, self._remaining = header, header.length
         if self.on_frame is not None:  # --trace: where this frame's pieces start
@@ -1926,6 +1930,16 @@ class MessageDeflater:
     def compress(self, payload: bytes | bytearray) -> bytes:
         data = self._zlib.compress(payload) + self._zlib.flush(zlib.Z_FULL_FLUSH)
         return data[:-4]  # the flush always ends with DEFLATE_TAIL
+
+
+def deflate_bound(size: int) -> int:
+    """The most bytes DEFLATE data (RFC 1951) may take for `size` bytes of content, whatever
+    the compressor's settings: zlib's `deflateBound` when it cannot assume its defaults (a
+    small memLevel, as `websockets` uses, means small stored blocks, 5 bytes of header each).
+    Every browser and the usual libraries compress with zlib.  So a message that inflates to
+    `size` bytes, random bytes included, is never refused for its size on the wire; what it
+    inflates to is bounded by its inflater."""
+    return size + ((size + 7) >> 3) + ((size + 63) >> 6) + 5
 
 
 class MessageInflater:

@@ -4,6 +4,7 @@ own bytes, control frames left alone, decompression bombs refused, a broadcast c
 Pure functions and `Receiver`/`Protocol` fed literal bytes: no sockets.
 """
 
+import random
 import tracemalloc
 import unittest
 import zlib
@@ -311,6 +312,34 @@ class Test05DecompressionBombs(unittest.TestCase):
             frame = client_frame(MessageDeflater().compress(bytes(size)), Opcode.BINARY)
             with self.subTest(size=size):
                 self.assertIsInstance(server_receiver(max_size=limit).feed(frame)[-1], expected)
+
+    def test_04_max_size_bounds_the_inflated_message_whatever_it_took_on_the_wire(self):
+        """RFC 7692 §8 --max-size is what the application gets: random bytes, which compress to a little more than themselves, pass at the limit and one byte under, and one byte over is 1009; so do zeros; and so do plain frames without compression."""
+        limit = 100_000
+        random_bytes = random.Random(7692).randbytes(limit + 1)
+        for content, data in (("random", random_bytes), ("zeros", bytes(limit + 1))):
+            for size, expected in ((limit - 1, Message), (limit, Message), (limit + 1, ProtocolError)):
+                compressed = MessageDeflater().compress(data[:size])
+                with self.subTest(content=content, size=size, compressed=len(compressed)):
+                    events = server_receiver(max_size=limit).feed(client_frame(compressed, Opcode.BINARY))
+                    self.assertIsInstance(events[-1], expected)
+                    if expected is Message:
+                        self.assertEqual(events[-1].payload, data[:size])
+                    else:
+                        self.assertEqual(events[-1].code, 1009)
+            for size, expected in ((limit, Message), (limit + 1, ProtocolError)):
+                with self.subTest(content=content, size=size, compression="off"):
+                    receiver = Receiver(mask_expected=True, max_size=limit)
+                    frame = client_frame(data[:size], Opcode.BINARY, rsv1=False)
+                    self.assertIsInstance(receiver.feed(frame)[-1], expected)
+
+    def test_05_a_compressed_frame_longer_than_deflate_could_need_is_refused_from_its_header(self):
+        """RFC 7692 §8 A compressed frame longer than the most DEFLATE can take for --max-size bytes (`deflate_bound`) is 1009 before any of its payload is read."""
+        limit = 100_000
+        header = ws_server.frame_header(Opcode.BINARY, ws_server.deflate_bound(limit) + 1, masked=True, rsv1=True)
+        events = server_receiver(max_size=limit).feed(header + KEY)
+        self.assertEqual((type(events[-1]), events[-1].code), (ProtocolError, 1009))
+        self.assertGreater(ws_server.deflate_bound(limit), len(MessageDeflater(level=9).compress(random.randbytes(limit))))
 
 
 class CountingDeflater(MessageDeflater):

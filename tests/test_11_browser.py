@@ -113,6 +113,31 @@ class Test01ChatPage(BrowserTestCase):
                            "document.getElementById('sendButton').click()")
         await tab.wait_for(f"document.getElementById('chatBox').textContent.includes({json.dumps(line)})")
 
+    async def test_07_a_random_message_of_exactly_max_size_passes_compressed_and_one_byte_more_is_1009(self):
+        """RFC 7692 §8 From Chromium with permessage-deflate: 1 MiB of random bytes (the default --max-size), which compress to a little more than themselves, come back whole; 1 MiB + 1 closes with 1009."""
+        tab = await self.open_chat()
+        script = """
+            new Promise(function (resolve) {
+                var size = %d, data = new Uint8Array(size);
+                for (var i = 0; i < size; i += 65536) crypto.getRandomValues(data.subarray(i, i + 65536));
+                var ws = new WebSocket(location.href.replace('http', 'ws'));
+                ws.binaryType = 'arraybuffer';
+                ws.onopen = function () { ws.send(data); };
+                ws.onmessage = function (event) {
+                    var got = new Uint8Array(event.data), same = got.length === size;
+                    for (var i = 0; same && i < size; i++) same = got[i] === data[i];
+                    resolve(JSON.stringify({echoed: same, extensions: ws.extensions}));
+                    ws.close();
+                };
+                ws.onclose = function (event) { resolve(JSON.stringify({code: event.code, reason: event.reason})); };
+            })"""
+        limit = ws_server.DEFAULT_MAX_SIZE
+        at_limit = json.loads(await tab.evaluate(script % limit))
+        self.assertEqual(at_limit["echoed"], True)
+        self.assertIn("permessage-deflate", at_limit["extensions"])
+        over = json.loads(await tab.evaluate(script % (limit + 1)))
+        self.assertEqual(over["code"], 1009)
+
     async def test_05_the_state_line_is_a_status_and_the_chat_a_log(self):
         """ARIA 1.2 role=status and role=log: what a screen reader announces, in the live page."""
         tab = await self.open_chat()
