@@ -45,6 +45,7 @@ import collections
 import dataclasses
 import enum
 import hashlib
+import ipaddress
 import logging
 import mimetypes
 import os
@@ -1404,9 +1405,8 @@ _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZab
 _FORBIDDEN_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 #: RFC 9112 §3.2: a request target is visible ASCII, nothing else (no space, no control).
 _TARGET = re.compile(rb"[\x21-\x7e]+")
-#: RFC 3986 §3.2.2-§3.2.3: what a Host (uri-host [":" port]) may be made of.
-_HOST_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-                        b"-._~!$&'()*+,;=:[]%")
+#: RFC 3986 §3.2.2: a reg-name is unreserved characters, percent-encodings and sub-delims.
+_REG_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%")
 #: RFC 9112 §2.2: the head ends with an empty line; a recipient may take a bare LF for CRLF.
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 
@@ -1519,8 +1519,9 @@ def parse_request_target(method: bytes, target: bytes) -> tuple[str, str]:
 
     Three forms are served: origin-form `/path?query` (what browsers send), absolute-form
     `http://host/path?query` (which a server must accept, §3.2.2) and, for OPTIONS only,
-    asterisk-form `*` (§3.2.4).  The authority is not parsed: nothing here needs it, and an
-    address like `http://[::1` is exactly what general URL parsers stumble on."""
+    asterisk-form `*` (§3.2.4).  The authority of the absolute-form is checked by hand
+    (`is_valid_authority`): an address like `http://[::1` is exactly what general URL parsers
+    stumble on."""
     if not _TARGET.fullmatch(target):
         raise HTTPError(400, "malformed request target")
     text = target.decode("ascii")
@@ -1533,6 +1534,8 @@ def parse_request_target(method: bytes, target: bytes) -> tuple[str, str]:
     if not separator or scheme.lower() not in ("http", "https", "ws", "wss"):
         raise HTTPError(400, "malformed request target")
     end_of_authority = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    if not is_valid_authority(rest[:end_of_authority]):  # §3.2.2, RFC 9110 §4.2.1: a host is required
+        raise HTTPError(400, "malformed request target: invalid authority")
     path, _, query = rest[end_of_authority:].partition("?")
     return path or "/", query
 
@@ -1567,8 +1570,33 @@ def check_host(headers: dict[str, list[str]], version: tuple[int, int]) -> None:
     hosts = headers.get("host", [])
     if len(hosts) > 1 or (not hosts and version >= (1, 1)):
         raise HTTPError(400, "exactly one Host header is required")
-    if hosts and not set(hosts[0].encode("latin-1")) <= _HOST_CHARS:
+    if hosts and not is_valid_authority(hosts[0], empty_allowed=True):
         raise HTTPError(400, "malformed Host header")
+
+
+def is_valid_authority(text: str, *, empty_allowed: bool = False) -> bool:
+    """RFC 3986 §3.2: host [":" port], where host is an IP literal in brackets, or an IPv4
+    address or registered name.  No userinfo: RFC 9110 §4.2.4 makes it an error in http(s)
+    URIs.  An empty host is invalid in an absolute-form target (RFC 9110 §4.2.1) and allowed
+    in a Host header (RFC 9110 §7.2, for a target with no authority)."""
+    if not text:
+        return empty_allowed
+    if text.startswith("["):  # IP-literal = "[" IPv6address "]" (IPvFuture is not served)
+        end = text.find("]")
+        if end < 0:
+            return False
+        try:
+            ipaddress.IPv6Address(text[1:end])
+        except ValueError:
+            return False
+        port = text[end + 1:]
+    else:
+        host, colon, port = text.partition(":")
+        if not host or not set(host) <= _REG_NAME_CHARS:
+            return False
+        port = colon + port
+    # port = *DIGIT after a ":" (RFC 3986 §3.2.3); at most 5 digits, since a port is 16 bits.
+    return not port or (port[0] == ":" and len(port) <= 6 and (port[1:] == "" or port[1:].isascii() and port[1:].isdigit()))
 
 
 def body_length(request: Request) -> int | None:
@@ -2487,7 +2515,7 @@ def check_response(response: Response, key: str, offered_subprotocols: Iterable[
     """
     if response.status != 101:  # item 1: anything else is not an upgrade
         raise HandshakeFailed(f"the server answered {response.status} {response.reason}", response.status)
-    if "websocket" not in response.tokens("upgrade"):  # item 2
+    if response.tokens("upgrade") != ["websocket"]:  # item 2: the value "websocket", nothing else
         raise HandshakeFailed("the 101 answer lacks Upgrade: websocket", 101)
     if "upgrade" not in response.tokens("connection"):  # item 3
         raise HandshakeFailed("the 101 answer lacks Connection: Upgrade", 101)

@@ -58,7 +58,7 @@ class Test01TheRequestLine(unittest.TestCase):
     def test_06_origin_absolute_and_asterisk_forms_are_read_without_a_url_parser(self):
         """RFC 9112 §3.2: origin-form, absolute-form (§3.2.2) and asterisk-form for OPTIONS (§3.2.4)."""
         forms = {b"GET /a/b?c=d": ("/a/b", "c=d"), b"GET http://example.com/x?y": ("/x", "y"),
-                 b"GET http://[::1/ok": ("/ok", ""), b"GET http://[": ("/", ""), b"GET https://h?q": ("/", "q"),
+                 b"GET http://[::1]:8080/ok": ("/ok", ""), b"GET https://h?q": ("/", "q"),
                  b"OPTIONS *": ("*", ""), b"GET //[": ("//[", "")}
         for line, expected in forms.items():
             with self.subTest(line=line):
@@ -70,6 +70,16 @@ class Test01TheRequestLine(unittest.TestCase):
         for target in (b"*", b"example.com:443", b"ftp://x/", b"/caf\xc3\xa9", b"/a\x01b", b"/a\x7fb", b"mailto:x"):
             with self.subTest(target=target):
                 self.assertEqual(refusal(b"GET " + target + b" HTTP/1.1\r\nHost: x"), 400)
+
+    def test_09_an_absolute_form_target_with_an_invalid_authority_is_400(self):
+        """RFC 9112 §3.2.2 and RFC 9110 §4.2.1: the authority of an absolute-form target is host [":" port]: an unclosed or invalid IP literal, an empty host, userinfo, or a port that is not digits is a 400."""
+        for target in (b"http://[::1/", b"http://[", b"http://[::1x]/", b"http:///a", b"http://u@x/", b"http://x:ab/",
+                       b"http://x:1234567/", b"http://a b/"):
+            with self.subTest(target=target):
+                self.assertEqual(refusal(b"GET " + target + b" HTTP/1.1\r\nHost: x"), 400)
+        for target in (b"http://[::1]/", b"http://127.0.0.1:8080/", b"http://example.com:/"):
+            with self.subTest(target=target):
+                self.assertEqual(parse_request(b"GET " + target + b" HTTP/1.1\r\nHost: x").path, "/")
 
     def test_08_empty_lines_before_the_request_line_are_ignored(self):
         """RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line."""

@@ -231,6 +231,12 @@ class Test06TheClientChecksTheAnswer(unittest.TestCase):
         self.assertFails(response_with(Sec_WebSocket_Protocol="mqtt"), "mqtt")
         self.assertFails(parse_response(RFC_RESPONSE), "chat", offered_subprotocols=[])
 
+    def test_07_an_upgrade_value_other_than_websocket_alone_fails(self):
+        """§4.1 item 2: an Upgrade "that is not an ASCII case-insensitive match for the value "websocket"" fails the connection, a list with another protocol in it too."""
+        for value in ("websocket, h2c", "h2c", "websocket/13", ""):
+            with self.subTest(value=value):
+                self.assertFails(response_with(Upgrade=value), "Upgrade")
+
 
 class Test07StaticFiles(unittest.TestCase):
     """Plain GET and HEAD on the same port serve static/; nothing outside it, ever."""
