@@ -55,6 +55,7 @@ import http.client
 import itertools
 import json
 import logging
+import os
 import re
 import select
 import selectors
@@ -68,6 +69,11 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable, Iterator
+
+if sys.version_info < (3, 10):  # dataclass(slots=True) and more: say so, rather than fail on them
+    sys.stderr.write(f"{os.path.basename(__file__)}: Python 3.10 or later is needed; this is "
+                     f"Python {sys.version.split()[0]}\n")
+    sys.exit(2)
 
 import ws_server  # the HTTP/1.1 layer both servers share, its static files, TLS, the Redis client
 from ws_server import HTTPError
@@ -1193,6 +1199,9 @@ class SQLiteHistory(History):
             if "locked" in str(error):
                 raise StoreError(f"{path}: in use by another server process; one store belongs to one "
                                  f"process (several processes need a shared bus, not a shared file)") from None
+            if "readonly" in str(error) or "unable to open" in str(error) or "disk I/O" in str(error):
+                raise StoreError(f"{path}: cannot be opened for writing ({error}): can this user write "
+                                 "to the file and to its folder?") from None
             raise StoreError(f"{path}: {error}") from None
         except sqlite3.Error as error:  # "file is not a database", ...
             self.close()
@@ -2053,8 +2062,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Server-Sent Events server (the tutorial's clock, plus POST /publish), "
                     "or a terminal client with --connect.")
     parser.add_argument("--host", "--bind", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default: {DEFAULT_PORT})")
-    parser.add_argument("--static", default=str(ws_server.STATIC_DIR), metavar="DIR",
+    parser.add_argument("--port", type=ws_server.port_number, default=DEFAULT_PORT,
+                        help=f"port to listen on, 0 for any free one (default: {DEFAULT_PORT})")
+    parser.add_argument("--static", type=ws_server.existing_folder, default=str(ws_server.STATIC_DIR), metavar="DIR",
                         help="folder of the pages (default: static/)")
     parser.add_argument("--retry", type=int, default=DEFAULT_RETRY, metavar="MS",
                         help=f"reconnection time sent to clients (default: {DEFAULT_RETRY})")
@@ -2127,9 +2137,13 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, ValueError) as error:  # a configuration the server cannot start with
         log.error("%s", error)
         return 2
-    except (OSError, StreamFailed) as error:
+    except StreamFailed as error:
         log.error("%s", error)
         return 1
+    except OSError as error:  # the address: in use, not ours, or not an address of this machine
+        log.error("cannot listen on %s port %d: %s", args.host, args.port,
+                  os.strerror(error.errno) if error.errno else error)
+        return 2
     host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host
     log.info("Serving the clock on %s://%s:%d/ (stream at /sse, POST /publish)", server.scheme, host, server.port)
     if config.redis is not None:

@@ -62,6 +62,11 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Union
 
+if sys.version_info < (3, 10):  # dataclass(slots=True) and more: say so, rather than fail on them
+    sys.stderr.write(f"{os.path.basename(__file__)}: Python 3.10 or later is needed; this is "
+                     f"Python {sys.version.split()[0]}\n")
+    sys.exit(2)
+
 log = logging.getLogger("ws_server")
 
 
@@ -2648,8 +2653,13 @@ def server_tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLCont
         context.load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as error:
         files = certfile if keyfile is None else f"{certfile} and {keyfile}"
-        raise ValueError(f"cannot load the certificate and key from {files}: "
-                         f"{getattr(error, 'strerror', None) or getattr(error, 'reason', None) or error}") from None
+        reason = getattr(error, "strerror", None) or getattr(error, "reason", None) or error
+        hint = ""
+        if isinstance(error, ssl.SSLError) and keyfile is None:
+            hint = f" (is the private key in {certfile}? If not, give it with --keyfile)"
+        elif isinstance(error, ssl.SSLError):
+            hint = " (PEM files, and the key must be the certificate's)"
+        raise ValueError(f"cannot load the certificate and key from {files}: {reason}{hint}") from None
     return context
 
 
@@ -3181,7 +3191,11 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Cal
 async def run_server(config: ServerConfig) -> None:
     """Serve until SIGINT or SIGTERM, then close every client with 1001 (going away)."""
     server = WebSocketServer(config)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as error:  # the address: in use, not ours, or not an address of this machine
+        raise StartupFailed(f"cannot listen on {config.host} port {config.port}: "
+                            f"{os.strerror(error.errno) if error.errno else error}") from None
     host = f"[{config.host}]" if ":" in config.host else config.host
     log.info("Serving the chat on %s://%s:%d/ (WebSocket on %s://%s:%d/) ...", server.scheme,
              host, server.port, "wss" if config.tls else "ws", host, server.port)
@@ -3250,12 +3264,32 @@ async def run_client(url: str, trace: bool, cafile: str | None = None) -> None:
         await asyncio.gather(printing, return_exceptions=True)
 
 
+def port_number(text: str) -> int:
+    """--port, for argparse: 0 (any free port) to 65535; anything else is one line and exit 2."""
+    port = int(text) if text.isascii() and text.isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
+
+
+def existing_folder(text: str) -> str:
+    """--static, for argparse: a folder that exists, or one line and exit 2 (rather than a
+    server that answers every page with 404)."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder")
+    return text
+
+
+class StartupFailed(WebSocketError):
+    """The server cannot start: one line, exit status 2."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="WebSocket chat server (RFC 6455 by hand), or a terminal client with --connect.")
     parser.add_argument("--host", "--bind", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
-    parser.add_argument("--static", default=str(STATIC_DIR), metavar="DIR",
+    parser.add_argument("--port", type=port_number, default=8080, help="port to listen on, 0 for any free one (default: 8080)")
+    parser.add_argument("--static", type=existing_folder, default=str(STATIC_DIR), metavar="DIR",
                         help="folder of the pages served over plain HTTP (default: static/)")
     parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, metavar="N",
                         help=f"largest message in bytes; larger ones close with 1009 (default: {DEFAULT_MAX_SIZE})")
@@ -3361,6 +3395,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_server(config))
     except KeyboardInterrupt:  # Ctrl-C in the client, or a second one during the shutdown
         pass
+    except StartupFailed as error:
+        log.error("%s", error)
+        return 2
     except (OSError, WebSocketError, ValueError, asyncio.TimeoutError) as error:
         log.error("%s", error or type(error).__name__)
         return 1

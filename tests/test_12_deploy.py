@@ -201,6 +201,42 @@ class Test04TheCommandLine(unittest.TestCase):
                 self.assertIn("/nonexistent.pem", result.stderr)
 
 
+    def run_script(self, script: str, *args: str, prelude: str = "") -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", f"import runpy, sys; {prelude}sys.argv = {[script, *args]!r}; "
+                                         f"runpy.run_path({str(ROOT / script)!r}, run_name='__main__')"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT * 2, cwd=ROOT)
+
+    def test_03_start_up_mistakes_are_one_error_line_naming_the_value_and_exit_code_2(self):
+        """Operational: a port out of range, a --static folder that does not exist, a certificate without its key, a port in use, a --store that cannot be written: exit code 2 and a last line on stderr that names the value, never a traceback."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            in_use = str(taken.getsockname()[1])
+            for script in ("ws_server.py", "sse_server.py"):
+                for args, named in ((["--port", "70000"], "70000"), (["--port", "-1"], "-1"),
+                                    (["--static", "/nonexistent-folder"], "/nonexistent-folder"),
+                                    (["--port", "0", "--certfile", CERT_FILE], "--keyfile"),
+                                    (["--port", in_use], in_use)):
+                    with self.subTest(script=script, args=args):
+                        result = self.run_script(script, *args)
+                        self.assertEqual(result.returncode, 2, result.stderr)
+                        self.assertNotIn("Traceback", result.stderr)
+                        self.assertIn(named, result.stderr.strip().splitlines()[-1])
+            with self.subTest(script="sse_server.py", args="--store in a folder that does not exist"):
+                result = self.run_script("sse_server.py", "--port", "0", "--store", "/nonexistent-folder/events.sqlite3")
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn("/nonexistent-folder/events.sqlite3: cannot be opened for writing", result.stderr)
+
+    def test_04_an_older_python_is_told_which_version_is_needed(self):
+        """Operational: under a Python older than 3.10 (simulated by its version_info), each module says that 3.10 is needed, in one line, with exit code 2."""
+        for script in ("ws_server.py", "sse_server.py"):
+            with self.subTest(script=script):
+                result = self.run_script(script, prelude="sys.version_info = (3, 9, 18, 'final', 0); ")
+                self.assertEqual(result.returncode, 2)
+                self.assertEqual(result.stderr.strip().splitlines(), [result.stderr.strip()])
+                self.assertIn("Python 3.10 or later is needed", result.stderr)
+
+
 def find_nginx() -> str | None:
     explicit = os.environ.get("NGINX")
     if explicit:
