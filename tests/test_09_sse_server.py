@@ -478,7 +478,7 @@ class Test13HostileRequests(SSEServerTestCase):
     def test_01_each_hostile_head_gets_one_status_line(self):
         """RFC 9112 §3, §5, §6.3 Every answer is a status line, even to what http.server would answer with none."""
         heads = {b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n": 404,
-                 b"GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n": 200,
+                 b"GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n": 400,
                  b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n": 400,
                  b"GET / HTTP/1.1\r\n\r\n": 400,
                  b"GET / HTTP/1.1\r\nHost : x\r\n\r\n": 400,
