@@ -206,16 +206,24 @@ class EventStreamParser:
     """Feed it the bytes of a stream as they come; it returns the events a browser would fire.
 
     Pure (no sockets), incremental (a line or a CRLF may be split across two `feed` calls),
-    linear in its input.  After the stream ends, `last_event_id` is what a browser would send as
-    `Last-Event-ID` when it reconnects (WHATWG HTML §9.2.4), and `retry` its reconnection time.
+    linear in its input however it is cut: each piece is searched for line breaks once, and the
+    pieces of an unfinished line are joined only when its end arrives.  After the stream ends,
+    `last_event_id` is what a browser would send as `Last-Event-ID` when it reconnects (WHATWG
+    HTML §9.2.4), and `retry` its reconnection time.
+
+    A browser keeps any line however long.  `max_line`, if given, bounds one line's length in
+    characters (`LineTooLong` past it): a client's defence against a server that sends one
+    endless line (the client of Part II, `--max-line`).
     """
 
-    def __init__(self, last_event_id: str = "", retry: int | None = None) -> None:
+    def __init__(self, last_event_id: str = "", retry: int | None = None, max_line: int | None = None) -> None:
         # WHATWG HTML §9.2.5: "decoded using the UTF-8 decode algorithm": invalid bytes become
         # U+FFFD, whatever charset the Content-Type names.
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._started = False  # has the first character (maybe a BOM) been seen?
-        self._partial = ""  # the start of a line whose end has not arrived
+        self._partial: list[str] = []  # the pieces of a line whose end has not arrived
+        self._partial_length = 0
+        self.max_line = max_line
         self._after_cr = False  # the last line ended with CR: a LF right after it is its pair
         self._data: list[str] = []  # WHATWG HTML §9.2.6 "data buffer", one entry per data line
         self._event_type = ""  # "event type buffer"
@@ -237,10 +245,17 @@ class EventStreamParser:
         if self._after_cr and text.startswith("\n"):  # the LF of a CRLF split across feeds
             text = text[1:]
         self._after_cr = False
-        lines = LINE_BREAK.split(self._partial + text)
-        self._partial = lines.pop()  # what follows the last line break: an unfinished line
-        if lines and not self._partial and text.endswith("\r"):
-            self._after_cr = True
+        lines = LINE_BREAK.split(text)
+        rest = lines.pop()  # what follows the last line break: the start of an unfinished line
+        if lines:  # the unfinished line so far ends here
+            lines[0] = "".join(self._partial) + lines[0]
+            self._partial, self._partial_length = [], 0
+            self._after_cr = not rest and text.endswith("\r")
+        if rest:
+            self._partial.append(rest)
+            self._partial_length += len(rest)
+        if self.max_line is not None and max([self._partial_length, *map(len, lines)]) > self.max_line:
+            raise LineTooLong(f"the server sent a line longer than {self.max_line} characters")
         events = []
         for line in lines:
             event = self._process_line(line)
@@ -1970,7 +1985,21 @@ class SSEServer(ThreadingHTTPServer):
 
 
 class StreamFailed(SSEError):
-    """WHATWG HTML §9.2.3 "fail the connection": a browser does not reconnect after this."""
+    """WHATWG HTML §9.2.3 "fail the connection": a browser does not reconnect after this.  Also
+    what retrying cannot mend: a certificate that fails verification, a name that does not
+    resolve, a URL that is not http(s)."""
+
+
+class LineTooLong(StreamFailed):
+    """A line of the stream is longer than the client's `--max-line` (`EventStreamParser`)."""
+
+
+#: The longest line the client keeps, in characters (--max-line): a browser has no limit.
+DEFAULT_MAX_LINE = 1 << 20
+
+#: The longest wait between two connections, whatever `retry:` the server sends: the field is
+#: any number of digits (WHATWG HTML §9.2.6), and a wait of years is a client that hung.
+MAX_RECONNECTION_TIME = 3600.0
 
 
 #: Fetch's "HTTP-redirect fetch": the statuses that redirect, and at most 20 redirects.
@@ -2025,11 +2054,13 @@ def read_events(response: http.client.HTTPResponse, parser: EventStreamParser) -
         yield from parser.feed(data)
 
 
-def follow(url: str, timeout: float | None = 60.0, cafile: str | None = None) -> Iterator[ServerSentEvent]:
+def follow(url: str, timeout: float | None = 60.0, cafile: str | None = None,
+           max_line: int | None = DEFAULT_MAX_LINE) -> Iterator[ServerSentEvent]:
     """Events from `url` forever, reconnecting like a browser (WHATWG HTML §9.2.3): after the stream ends
-    or breaks, wait the reconnection time, then ask again with Last-Event-ID.  A refusal (not
-    200 with the right type) raises StreamFailed: a browser gives up then too."""
-    parser = EventStreamParser()
+    or breaks, wait the reconnection time (at most `MAX_RECONNECTION_TIME`), then ask again with
+    Last-Event-ID.  A refusal (not 200 with the right type) raises StreamFailed: a browser gives
+    up then too; so does what no retry can mend (`fatal_failure`)."""
+    parser = EventStreamParser(max_line=max_line)
     while True:
         try:
             connection, response = open_stream(url, parser.last_event_id, timeout, cafile)
@@ -2040,15 +2071,37 @@ def follow(url: str, timeout: float | None = 60.0, cafile: str | None = None) ->
                 connection.close()
             log.info("stream ended")
         except (OSError, http.client.HTTPException) as error:
-            log.info("connection lost: %s", error)
-        delay = (parser.retry if parser.retry is not None else DEFAULT_RETRY) / 1000
+            fatal = fatal_failure(error, url)
+            if fatal is not None:
+                raise StreamFailed(fatal) from None
+            log.info("connection lost: %s", error or type(error).__name__)
+        delay = reconnection_delay(parser.retry)
         log.info("reconnecting in %g s with Last-Event-ID %r", delay, parser.last_event_id)
         time.sleep(delay)
-        parser = EventStreamParser(parser.last_event_id, parser.retry)
+        parser = EventStreamParser(parser.last_event_id, parser.retry, max_line)
 
 
-def run_client(url: str, cafile: str | None = None) -> None:
-    for event in follow(url, cafile=cafile):
+def reconnection_delay(retry: int | None) -> float:
+    """Seconds to wait before reconnecting: the stream's `retry` (ms), or the default, clamped to
+    `MAX_RECONNECTION_TIME`."""
+    return min((DEFAULT_RETRY if retry is None else retry) / 1000, MAX_RECONNECTION_TIME)
+
+
+def fatal_failure(error: BaseException, url: str) -> str | None:
+    """What a failed connection says when retrying cannot mend it; None when it may (a dropped
+    or refused connection, a timeout: the server may be back soon)."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (f"{url}: the server's certificate failed verification ({error.verify_message}); "
+                "for a private CA, give its certificate with --cafile")
+    if isinstance(error, ssl.SSLError):
+        return f"{url}: TLS failed ({ws_server.tls_failure(error)}); is the server's port a TLS one?"
+    if isinstance(error, socket.gaierror):
+        return f"{url}: the host name does not resolve ({error.strerror or error})"
+    return None
+
+
+def run_client(url: str, cafile: str | None = None, max_line: int = DEFAULT_MAX_LINE) -> None:
+    for event in follow(url, cafile=cafile, max_line=max_line):
         print(f"[{event.type}] id={event.last_event_id!r} {event.data}", flush=True)
 
 
@@ -2098,6 +2151,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--connect", metavar="URL", help="print the events of URL instead (reconnects)")
     parser.add_argument("--cafile", metavar="FILE",
                         help="with --connect https://...: trust the CA certificates in FILE (default: the system's)")
+    parser.add_argument("--max-line", type=int, default=DEFAULT_MAX_LINE, metavar="N",
+                        help=f"with --connect: the longest line of the stream kept, in characters "
+                             f"(default: {DEFAULT_MAX_LINE})")
     return parser
 
 
@@ -2109,7 +2165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("max_clients", "max_body", "max_queue", "max_header_bytes", "max_header_lines"):
+    for name in ("max_clients", "max_body", "max_queue", "max_header_bytes", "max_header_lines", "max_line"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.history < 0 or args.retry < 0 or args.write_timeout <= 0 or args.request_timeout <= 0:
@@ -2121,7 +2177,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, _interrupt)
     try:
         if args.connect:
-            run_client(args.connect, args.cafile)
+            run_client(args.connect, args.cafile, args.max_line)
             return 0
         tls = ws_server.server_tls_context(args.certfile, args.keyfile) if args.certfile else None
         config = ServerConfig(args.host, args.port, args.static, args.retry, args.heartbeat, args.history,

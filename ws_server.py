@@ -560,7 +560,7 @@ class Receiver:
             if header.rsv2 or header.rsv3 or self.compression is None:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set, no extension negotiated")
             if header.opcode not in (Opcode.TEXT, Opcode.BINARY):
-                # RFC 7692 §6.1: RSV1 only on the first frame of a data message
+                # RFC 7692 §6: RSV1 only on the first frame of a data message
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 on a control or continuation frame")
         if header.opcode not in OPCODE_NAMES:  # §5.2: "MUST _Fail the WebSocket Connection_"
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {header.opcode:#x}")
@@ -601,9 +601,9 @@ class Receiver:
             self._opcode, self._cost, self._compressed = header.opcode, header.length, header.rsv1
             if header.rsv1 and self._inflater is None:
                 self._inflater = self.compression.inflater(self.max_size)
-        # --max-size is what the application gets: a compressed message may take a little more
-        # on the wire than it inflates to (RFC 7692 §8: the limit is on the inflated data, which
-        # its inflater bounds), but no more than DEFLATE's worst case (II.4).
+        # --max-size bounds what the application gets (§10.4): a compressed message may take a
+        # little more on the wire than it inflates to, but no more than DEFLATE's worst case
+        # (II.4), and what it inflates to is bounded by its inflater (RFC 7692 §7.2.2).
         limit = self.max_size if not self._compressed else deflate_bound(self.max_size)
         if self._cost > limit:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message over the limit of {self.max_size} bytes")
@@ -949,7 +949,7 @@ class Protocol:
 
     def send_ping(self, payload: bytes = b"") -> None:
         """§5.5.2: a Ping; the peer answers with a Pong carrying the same payload."""
-        if self.state == State.CLOSED or self.close_received is not None:
+        if self.state != State.OPEN:  # after a Close either way, no Pong would come (§5.5.2, §1.4)
             raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
         self._queue(self._frame(Opcode.PING, payload[:MAX_CONTROL_PAYLOAD]))
 
@@ -3398,6 +3398,10 @@ def main(argv: list[str] | None = None) -> int:
     except StartupFailed as error:
         log.error("%s", error)
         return 2
+    except ssl.SSLCertVerificationError as error:
+        log.error("the server's certificate failed verification (%s); for a private CA, give its "
+                  "certificate with --cafile", error.verify_message)
+        return 1
     except (OSError, WebSocketError, ValueError, asyncio.TimeoutError) as error:
         log.error("%s", error or type(error).__name__)
         return 1

@@ -7,8 +7,11 @@ import http.server
 import json
 import os
 import tempfile
+import socket
+import ssl
 import threading
 import unittest
+import unittest.mock
 
 import sse_server
 from sse_server import EventStreamParser, ServerSentEvent
@@ -239,6 +242,68 @@ class Test05TheClient(SSEServerTestCase):
         with self.assertRaises(sse_server.StreamFailed) as caught:
             next(events)
         self.assertIn("404", str(caught.exception))
+
+
+
+class CountingLineBreaks:
+    """Stands in for `sse_server.LINE_BREAK` and counts the characters searched for line breaks:
+    the parser's work, measured without a clock."""
+
+    def __init__(self) -> None:
+        self.searched = 0
+        self.pattern = sse_server.LINE_BREAK
+
+    def split(self, text: str) -> list[str]:
+        self.searched += len(text)
+        return self.pattern.split(text)
+
+
+class Test06TheClientsBounds(unittest.TestCase):
+    """What the client keeps in bounds: the work per byte, a line's length, the wait."""
+
+    def searched(self, data: bytes, piece: int) -> int:
+        counter, parser = CountingLineBreaks(), EventStreamParser()
+        with unittest.mock.patch.object(sse_server, "LINE_BREAK", counter):
+            for i in range(0, len(data), piece):
+                parser.feed(data[i:i + piece])
+        return counter.searched
+
+    def test_01_a_long_line_in_small_pieces_is_searched_once_per_character(self):
+        """WHATWG HTML §9.2.5 The parser is linear however its input is cut: a 1 MiB line in 1 KiB pieces is searched for line breaks once per character, as in 64 KiB pieces (searching the line so far again at each piece would be 512 times as much)."""
+        line = b"data: " + b"x" * (1 << 20) + b"\n\n"
+        self.assertEqual(self.searched(line, 1024), len(line))
+        self.assertEqual(self.searched(line, 64 * 1024), len(line))
+
+    def test_02_a_line_longer_than_max_line_fails_the_stream_with_its_own_error(self):
+        """Operational: --max-line bounds one line of the stream, whether it arrives in one piece or many; the line at the limit is kept."""
+        parser = EventStreamParser(max_line=1000)
+        self.assertEqual(parser.feed(b"data: " + b"x" * 994 + b"\n\n")[0].data, "x" * 994)
+        for pieces in ([b"data: " + b"x" * 995 + b"\n"], [b"x" * 600, b"x" * 600]):
+            with self.subTest(pieces=len(pieces)):
+                parser = EventStreamParser(max_line=1000)
+                with self.assertRaises(sse_server.LineTooLong):
+                    for piece in pieces:
+                        parser.feed(piece)
+
+    def test_03_any_retry_the_server_sends_waits_at_most_the_clamp(self):
+        """WHATWG HTML §9.2.6 "retry" is any number of digits; the client waits that long, but at most MAX_RECONNECTION_TIME, and a 20-digit retry neither overflows nor crashes."""
+        parser = EventStreamParser()
+        parser.feed(b"retry: 99999999999999999999\n\n")
+        self.assertEqual(parser.retry, 99999999999999999999)
+        self.assertEqual(sse_server.reconnection_delay(parser.retry), sse_server.MAX_RECONNECTION_TIME)
+        self.assertEqual(sse_server.reconnection_delay(1500), 1.5)
+        self.assertEqual(sse_server.reconnection_delay(None), sse_server.DEFAULT_RETRY / 1000)
+
+    def test_04_what_retrying_cannot_mend_ends_the_client_with_a_hint(self):
+        """Operational: a certificate that fails verification (with the --cafile hint), a TLS failure and a name that does not resolve are fatal; a refused or dropped connection is retried."""
+        certificate = ssl.SSLCertVerificationError(1, "certificate verify failed")
+        certificate.verify_message = "unable to get local issuer certificate"
+        self.assertIn("--cafile", sse_server.fatal_failure(certificate, "https://x/sse"))
+        self.assertIn("TLS failed", sse_server.fatal_failure(ssl.SSLError(1, "WRONG_VERSION_NUMBER"), "https://x/sse"))
+        self.assertIn("does not resolve", sse_server.fatal_failure(socket.gaierror(-2, "Name or service not known"), "x"))
+        for retried in (ConnectionRefusedError(111, "refused"), ConnectionResetError(104, "reset"), TimeoutError()):
+            with self.subTest(error=type(retried).__name__):
+                self.assertIsNone(sse_server.fatal_failure(retried, "http://x/sse"))
 
 
 if __name__ == "__main__":

@@ -169,6 +169,16 @@ class Test03TheEventsOverTLS(SSEServerTestCase):
         with self.assertRaises(ssl.SSLCertVerificationError):
             sse_server.open_stream(f"https://localhost:{self.port}/sse", timeout=TIMEOUT)
 
+    def test_05_the_terminal_clients_end_on_an_unverified_certificate_and_name_cafile(self):
+        """Operational: `--connect` to a certificate the client cannot verify ends at once, exit code 1, with one line naming --cafile, for both clients (it is never retried as a lost connection)."""
+        for script, url in (("sse_server.py", f"https://localhost:{self.port}/sse"),
+                            ("ws_server.py", f"wss://localhost:{self.port}/")):
+            with self.subTest(script=script):
+                result = subprocess.run([sys.executable, str(ROOT / script), "--connect", url], capture_output=True,
+                                        text=True, timeout=TIMEOUT * 2, cwd=ROOT, stdin=subprocess.DEVNULL)
+                self.assertEqual(result.returncode, 1, result.stderr)
+                self.assertIn("--cafile", result.stderr.strip().splitlines()[-1])
+
     def test_04_plain_http_and_garbage_are_one_log_line_each_and_a_silent_client_is_dropped(self):
         """RFC 8446 §6 Not TLS: one log line, no traceback; no TLS at all: dropped after --request-timeout."""
         with self.assertLogs("sse_server", "INFO") as logs:
