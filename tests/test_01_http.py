@@ -29,7 +29,7 @@ class Test01TheRequestLine(unittest.TestCase):
         self.assertEqual((request.path, request.query), ("/chat", "room=1"))
 
     def test_02_a_line_that_is_not_three_parts_joined_by_single_spaces_is_400(self):
-        """RFC 9112 §3: one SP between the parts, nothing more; a method is a token."""
+        """RFC 9112 §3: one SP between the parts, nothing more; §3.1: a method is a token."""
         for head in (b"GET /", b"GET / HTTP/1.1 extra", b"GET  / HTTP/1.1", b"GET / HTTP/1.1 ",
                      b"\xff / HTTP/1.1", b"G(T / HTTP/1.1", b" / HTTP/1.1", b""):
             with self.subTest(head=head):
@@ -55,8 +55,8 @@ class Test01TheRequestLine(unittest.TestCase):
         self.assertEqual(parse_request(b"GET / HTTP/1.9\r\nHost: x").version, (1, 1))
         self.assertEqual(parse_request(b"GET / HTTP/1.0").version, (1, 0))
 
-    def test_06_origin_absolute_and_asterisk_forms_are_read_without_a_url_parser(self):
-        """RFC 9112 §3.2: origin-form, absolute-form (§3.2.2) and asterisk-form for OPTIONS (§3.2.4)."""
+    def test_06_origin_absolute_and_asterisk_forms_give_the_path_and_query(self):
+        """RFC 9112 §3.2: origin-form (§3.2.1), absolute-form (§3.2.2) and asterisk-form for OPTIONS (§3.2.4) give a path and a query; the authority is not parsed, so `http://[` (which a URL parser rejects) still gives "/"."""
         forms = {b"GET /a/b?c=d": ("/a/b", "c=d"), b"GET http://example.com/x?y": ("/x", "y"),
                  b"GET http://[::1]:8080/ok": ("/ok", ""), b"GET https://h?q": ("/", "q"),
                  b"OPTIONS *": ("*", ""), b"GET //[": ("//[", "")}
@@ -66,7 +66,7 @@ class Test01TheRequestLine(unittest.TestCase):
                 self.assertEqual((request.path, request.query), expected)
 
     def test_07_other_targets_are_400(self):
-        """RFC 9112 §3.2: authority-form is CONNECT's, `*` is OPTIONS's; targets are visible ASCII."""
+        """RFC 9112 §3.2: authority-form is CONNECT's (§3.2.3), `*` is OPTIONS's (§3.2.4), a target is visible ASCII; and this server reads absolute-form only for http, https, ws and wss (ftp: and mailto: are 400)."""
         for target in (b"*", b"example.com:443", b"ftp://x/", b"/caf\xc3\xa9", b"/a\x01b", b"/a\x7fb", b"mailto:x"):
             with self.subTest(target=target):
                 self.assertEqual(refusal(b"GET " + target + b" HTTP/1.1\r\nHost: x"), 400)
@@ -105,7 +105,7 @@ class Test02HeaderFields(unittest.TestCase):
         self.assertEqual(refusal(b"GET / HTTP/1.1\r\nHost: a\r\n folded"), 400)
 
     def test_04_a_control_character_in_a_value_is_400(self):
-        """RFC 9110 §5.5: a value is visible characters, SP and HTAB; RFC 9112 §2.2: no bare CR."""
+        """RFC 9110 §5.5: a value is visible characters, obs-text, SP and HTAB, no other control; RFC 9112 §2.2: no bare CR."""
         for value in (b"a\x00b", b"a\rb", b"a\x1bb", b"a\x7fb"):
             with self.subTest(value=value):
                 self.assertEqual(refusal(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + value), 400)
@@ -118,7 +118,7 @@ class Test02HeaderFields(unittest.TestCase):
                 self.assertEqual(refusal(b"GET / HTTP/1.1\r\nHost: x\r\n" + line), 400)
 
     def test_06_more_header_lines_than_the_limit_is_431(self):
-        """RFC 6585 §5: 431 Request Header Fields Too Large, past --max-header-lines."""
+        """Operational: --max-header-lines; one line past it is RFC 6585 §5's 431 Request Header Fields Too Large, at it the head is read."""
         head = b"GET / HTTP/1.1\r\nHost: x" + b"\r\nX: y" * 100
         with self.assertRaises(HTTPError) as caught:
             parse_request(head, max_header_lines=100)
@@ -127,11 +127,11 @@ class Test02HeaderFields(unittest.TestCase):
 
     def test_07_a_head_ends_at_an_empty_line_even_with_bare_lf(self):
         """RFC 9112 §2.2: a recipient MAY recognize a single LF as a line terminator."""
-        for head in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET / HTTP/1.1\nHost: x\n\n",
-                     b"GET / HTTP/1.1\r\nHost: x\n\r\n", b"GET / HTTP/1.1\nHost: x\r\n\n"):
+        for line_end, empty_line in ((b"\r\n", b"\r\n"), (b"\n", b"\n"), (b"\n", b"\r\n"), (b"\r\n", b"\n")):
+            head = b"GET / HTTP/1.1" + line_end + b"Host: x" + line_end + empty_line
             with self.subTest(head=head):
                 end, body = find_end_of_head(head + b"rest")
-                self.assertEqual(head[end:body] in (b"\r\n\r\n", b"\n\n", b"\n\r\n", b"\r\n\n"), True)
+                self.assertEqual(head[end:body], line_end + empty_line)  # the last line's end and the empty line
                 self.assertEqual((head + b"rest")[body:], b"rest")
                 self.assertEqual(parse_request(head[:end]).header("host"), "x")
         self.assertIsNone(find_end_of_head(b"GET / HTTP/1.1\r\nHost: x\r\n"))
@@ -169,13 +169,13 @@ class Test04TheLengthOfABody(unittest.TestCase):
         return body_length(parse_request(b"POST / HTTP/1.1\r\nHost: x\r\n" + b"\r\n".join(fields)))
 
     def test_01_no_content_length_and_no_transfer_encoding_means_no_body(self):
-        """RFC 9112 §6.3 item 7: a request with neither has a body of length zero."""
+        """RFC 9112 §6.3 item 7: a request with neither has a body of length zero (item 6: with a valid Content-Length, that length)."""
         self.assertEqual(self.length(b"X: y"), 0)
         self.assertEqual(self.length(b"Content-Length: 42"), 42)
 
-    def test_02_content_length_is_ascii_digits_with_a_length_cap(self):
-        """RFC 9110 §8.6: Content-Length = 1*DIGIT; "²" is a digit to str.isdigit(), not to HTTP."""
-        for value in ("\xb2", "\u0663", "-1", "+5", "1e3", " ", "0x10", "1" * 19, "1" * 5000):
+    def test_02_content_length_is_ascii_digits_only(self):
+        """RFC 9110 §8.6: Content-Length = 1*DIGIT, or 400 (RFC 9112 §6.3 item 5); "²" and "٣" are digits to str.isdigit(), not to HTTP."""
+        for value in ("\xb2", "\u0663", "-1", "+5", "1e3", " ", "0x10"):
             with self.subTest(value=value):
                 self.assertEqual(refusal(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + value.encode("latin-1", "replace")), 400)
 
@@ -189,8 +189,8 @@ class Test04TheLengthOfABody(unittest.TestCase):
         """RFC 9112 §6.3 item 3: the request smuggling shape; this server refuses it outright."""
         self.assertEqual(refusal(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked"), 400)
 
-    def test_05_chunked_is_read_and_must_be_the_last_coding(self):
-        """RFC 9112 §6.1, §6.3 item 4: chunked last, or 400; a coding the server lacks is 501."""
+    def test_05_chunked_is_recognised_in_any_case_and_must_be_the_last_coding(self):
+        """RFC 9112 §6.3 item 4: chunked last, or 400; §6.1: a coding the server lacks is 501; §7: coding names are case-insensitive."""
         self.assertIsNone(self.length(b"Transfer-Encoding: chunked"))
         self.assertIsNone(self.length(b"Transfer-Encoding: Chunked"))
         self.assertEqual(refusal(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip"), 400)
@@ -201,12 +201,21 @@ class Test04TheLengthOfABody(unittest.TestCase):
         """RFC 9112 §6.1: an HTTP/1.0 request with Transfer-Encoding has faulty framing."""
         self.assertEqual(refusal(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked"), 400)
 
-    def test_07_a_number_is_parsed_from_ascii_digits_only_and_never_long(self):
-        """RFC 9110 §5.6.1's DIGIT is ASCII; at most 18 of them, so int() is never slow."""
+    def test_07_a_number_is_parsed_from_ascii_digits_only(self):
+        """RFC 9110 §1.2: DIGIT is the core rule of RFC 5234 Appendix B.1, %x30-39: ASCII only."""
         self.assertEqual(parse_decimal("0042"), 42)
-        for text in ("", "٣", "²", "1 ", "-1", "1" * 19):
+        for text in ("", "٣", "²", "1 ", "-1"):
             with self.subTest(text=text):
                 self.assertIsNone(parse_decimal(text))
+
+    def test_08_a_number_has_at_most_18_digits_and_so_has_content_length(self):
+        """Operational: at most 18 digits, so that int() is never slow: 18 digits are read, 19 are refused; a Content-Length of 19 digits (or 5,000) is 400."""
+        self.assertEqual(parse_decimal("9" * 18), 10 ** 18 - 1)
+        self.assertIsNone(parse_decimal("1" * 19))
+        self.assertEqual(self.length(b"Content-Length: " + b"9" * 18), 10 ** 18 - 1)
+        for digits in (19, 5000):
+            with self.subTest(digits=digits):
+                self.assertEqual(refusal(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"1" * digits), 400)
 
 
 class Test05Responses(unittest.TestCase):
@@ -220,9 +229,16 @@ class Test05Responses(unittest.TestCase):
     def test_02_the_answer_to_head_has_the_length_and_no_body(self):
         """RFC 9110 §9.3.2: HEAD is GET without the content."""
         response = ws_server.build_error_response(404, "not found", head_only=True)
-        self.assertTrue(response.endswith(b"Content-Length: 14\r\nConnection: close\r\n\r\n"))
+        self.assertTrue(response.endswith(b"Content-Length: 14\r\nConnection: close\r\n\r\n"))  # len("404 not found\n")
 
-    def test_03_a_client_reads_a_status_line_and_its_header_fields(self):
+    def test_03_a_refusal_with_headers_of_its_own_still_says_connection_close(self):
+        """RFC 9112 §9.6: "close" signals "that the sender will close this connection after completion of the response", as every refusal does; headers a refusal adds (the 426's Upgrade, say) do not take it away."""
+        response = ws_server.parse_response(ws_server.build_error_response(
+            426, "unsupported version", [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")]).split(b"\r\n\r\n")[0])
+        self.assertEqual((response.status, response.header("upgrade")), (426, "websocket"))
+        self.assertEqual(response.tokens("connection"), ["close"])
+
+    def test_04_a_client_reads_a_status_line_and_its_header_fields(self):
         """RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ]."""
         response = ws_server.parse_response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket")
         self.assertEqual((response.status, response.reason, response.header("upgrade")),
@@ -241,7 +257,7 @@ class Test06Fuzz(unittest.TestCase):
              b"OPTIONS * HTTP/1.0\r\nLast-Event-ID: 12345\r\nExpect: 100-continue"]
 
     def test_01_random_heads_raise_only_http_errors_quickly(self):
-        """RFC 9112 §2.2 Whatever arrives, the answer is a status or a parsed request, in bounded time."""
+        """RFC 9112 §2.2 Whatever arrives, the answer is a parsed request or a status (HTTPError); operationally, each within a second."""
         def read(head: bytes) -> None:
             request = parse_request(head)
             body_length(request)
