@@ -6,9 +6,11 @@ import os
 import tempfile
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import ws_server
-from ws_server import HandshakeError, HandshakeFailed, check_request, check_response, parse_request, parse_response
+from ws_server import (Handshake, HandshakeError, HandshakeFailed, HTTPError, check_request, check_response, parse_request,
+                       parse_response)
 from tests.support import fuzz, mutations
 
 # §1.2: the client's handshake, as the RFC shows it.
@@ -75,11 +77,14 @@ class Test01TheClientsRequest(unittest.TestCase):
             with self.subTest(url=url), self.assertRaises(ValueError):
                 ws_server.parse_ws_url(url)
 
-    def test_04_the_key_is_a_fresh_16_byte_nonce_in_base64(self):
-        """§4.1 item 7: "a nonce consisting of a randomly selected 16-byte value"."""
+    def test_04_the_key_is_16_random_bytes_from_secrets_in_base64_new_each_time(self):
+        """§4.1 item 7: "a nonce consisting of a randomly selected 16-byte value that has been base64-encoded", selected "randomly for each connection": 16 bytes drawn from `secrets` (the OS's CSPRNG), a new draw for every key."""
         keys = {ws_server.new_key() for _ in range(10)}
         self.assertEqual(len(keys), 10)
         self.assertTrue(all(len(base64.b64decode(key)) == 16 for key in keys))
+        with mock.patch.object(ws_server.secrets, "token_bytes", return_value=bytes(range(16))) as draw:
+            self.assertEqual(ws_server.new_key(), base64.b64encode(bytes(range(16))).decode())
+        draw.assert_called_once_with(16)
 
 
 class Test02TheServersChecks(unittest.TestCase):
@@ -100,20 +105,24 @@ class Test02TheServersChecks(unittest.TestCase):
         """§4.2.1 item 1: "An HTTP/1.1 or higher GET request"."""
         self.assertRefused(parse_request(RFC_REQUEST.replace(b"GET", b"POST", 1)), 400, fragment="GET")
 
-    def test_03_the_http_version_must_be_1_1(self):
-        """§4.2.1 item 1: HTTP/1.0 is refused (and HTTP/2.0 is not HTTP/1.x at all: 505)."""
+    def test_03_http_1_0_is_400_and_http_2_0_is_505(self):
+        """§4.2.1 item 1: "HTTP/1.1 or higher": HTTP/1.0 is refused (400), HTTP/1.2 is read as 1.1 and accepted; an HTTP/2.0 request line is no HTTP/1.x at all and is refused before, by the request parser (RFC 9110 §15.6.6: 505)."""
         self.assertRefused(parse_request(RFC_REQUEST.replace(b"HTTP/1.1", b"HTTP/1.0", 1)), 400)
+        self.assertIsInstance(check_request(parse_request(RFC_REQUEST.replace(b"HTTP/1.1", b"HTTP/1.2", 1))), Handshake)
+        with self.assertRaises(HTTPError) as caught:
+            parse_request(RFC_REQUEST.replace(b"HTTP/1.1", b"HTTP/2.0", 1))
+        self.assertEqual(caught.exception.status, 505)
 
     def test_04_upgrade_must_name_websocket_in_any_case(self):
         """§4.2.1 item 3: an Upgrade header field containing "websocket", case-insensitively."""
         self.assertRefused(request_with(Upgrade=None), 400, fragment="Upgrade")
         self.assertRefused(request_with(Upgrade="h2c"), 400, fragment="Upgrade")
-        check_request(request_with(Upgrade="WebSocket"))
+        self.assertIsInstance(check_request(request_with(Upgrade="WebSocket")), Handshake)
 
     def test_05_connection_must_contain_the_upgrade_token(self):
         """§4.2.1 item 4: a Connection header field that includes the token "Upgrade"."""
         self.assertRefused(request_with(Connection="keep-alive"), 400, fragment="Connection")
-        check_request(request_with(Connection="keep-alive, Upgrade"))
+        self.assertIsInstance(check_request(request_with(Connection="keep-alive, Upgrade")), Handshake)
 
     def test_06_the_key_must_be_16_bytes_of_base64(self):
         """§4.2.1 item 5: a Sec-WebSocket-Key that decodes to 16 bytes, sent once."""
@@ -126,13 +135,14 @@ class Test02TheServersChecks(unittest.TestCase):
         """§4.2.1 item 6: a Sec-WebSocket-Version header field."""
         self.assertRefused(request_with(Sec_WebSocket_Version=None), 400, fragment="Version")
 
-    def test_08_a_handshake_has_no_body(self):
-        """§4.1: the client waits for the answer before it sends anything else; a body is refused."""
+    def test_08_a_handshake_that_announces_a_body_is_400(self):
+        """RFC 9110 §9.3.1: content in a GET "has no generally defined semantics"; after a handshake's head come frames, so a body announced by Content-Length or Transfer-Encoding is refused (400), not guessed at; Content-Length: 0 announces none."""
         self.assertRefused(request_with(Content_Length="5"), 400, fragment="body")
         self.assertRefused(request_with(Transfer_Encoding="chunked"), 400, fragment="body")
+        self.assertIsInstance(check_request(request_with(Content_Length="0")), Handshake)
 
     def test_09_a_websocket_request_is_told_from_a_plain_one_by_its_upgrade(self):
-        """RFC 9110 §7.8: an Upgrade naming another protocol may be ignored; the page is served."""
+        """RFC 9110 §7.8: a server may ignore an Upgrade naming another protocol (h2c): that request is read as plain HTTP, not as a WebSocket handshake."""
         self.assertTrue(ws_server.is_websocket_request(parse_request(RFC_REQUEST)))
         self.assertFalse(ws_server.is_websocket_request(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c")))
 
@@ -150,7 +160,7 @@ class Test03TheServersAnswer(unittest.TestCase):
         self.assertEqual(ws_server.build_switching_protocols(handshake), RFC_RESPONSE + b"\r\n\r\n")
 
     def test_03_the_first_offered_subprotocol_the_server_speaks_is_chosen(self):
-        """§4.2.2 /subprotocol/: the client's order decides; names compare exactly."""
+        """§4.2.2 /subprotocol/: one of the values the client offered that the server speaks; this server takes the client's first (§4.1 item 10: "ordered by preference") and compares names exactly."""
         self.assertEqual(check_request(parse_request(RFC_REQUEST), subprotocols=["superchat", "chat"]).subprotocol, "chat")
         self.assertIsNone(check_request(parse_request(RFC_REQUEST), subprotocols=["CHAT"]).subprotocol)
 
@@ -163,7 +173,7 @@ class Test03TheServersAnswer(unittest.TestCase):
 class Test04Versions(unittest.TestCase):
 
     def test_01_another_version_gets_426_naming_version_13_and_websocket(self):
-        """§4.4 and RFC 9110 §15.5.22: 426 with Sec-WebSocket-Version: 13 and Upgrade: websocket."""
+        """§4.4 and RFC 9110 §15.5.22: 426 with Sec-WebSocket-Version: 13 and Upgrade: websocket (and, RFC 9112 §9.6, still Connection: close)."""
         with self.assertRaises(HandshakeError) as caught:
             check_request(request_with(Sec_WebSocket_Version="8"))
         error = caught.exception
@@ -172,6 +182,7 @@ class Test04Versions(unittest.TestCase):
         self.assertTrue(response.startswith(b"HTTP/1.1 426 Upgrade Required\r\n"))
         for field in (b"Sec-WebSocket-Version: 13", b"Upgrade: websocket", b"Connection: Upgrade, close"):
             self.assertIn(b"\r\n" + field + b"\r\n", response)
+        self.assertEqual(response.count(b"\r\nConnection:"), 1)
 
 
 class Test05TheOrigin(unittest.TestCase):
@@ -184,12 +195,14 @@ class Test05TheOrigin(unittest.TestCase):
         self.assertEqual(caught.exception.status, 403)
 
     def test_02_origins_compare_case_insensitively(self):
-        """RFC 6454 §6.2: the ASCII serialization of an origin is lower case."""
-        check_request(parse_request(RFC_REQUEST), allowed_origins=["HTTP://EXAMPLE.COM"])
+        """RFC 6454 §4, §6.2: an origin's scheme and host are lower case in its serialization, so case does not tell two apart."""
+        self.assertIsInstance(check_request(parse_request(RFC_REQUEST), allowed_origins=["HTTP://EXAMPLE.COM"]), Handshake)
+        self.assertIsInstance(check_request(request_with(Origin="http://Example.COM"), allowed_origins=["http://example.com"]),
+                              Handshake)
 
     def test_03_no_origin_is_a_program_not_a_page_and_is_accepted(self):
-        """§10.2: browsers always send Origin; a request without one hijacks nobody."""
-        check_request(request_with(Origin=None), allowed_origins=["http://chat.example"])
+        """§10.2: browsers always send Origin; a request without one hijacks nobody and is accepted."""
+        self.assertIsInstance(check_request(request_with(Origin=None), allowed_origins=["http://chat.example"]), Handshake)
 
 
 class Test06TheClientChecksTheAnswer(unittest.TestCase):
@@ -215,7 +228,8 @@ class Test06TheClientChecksTheAnswer(unittest.TestCase):
         """§4.1 items 2 and 3: Upgrade: websocket and Connection: Upgrade, case-insensitively."""
         self.assertFails(response_with(Upgrade=None), "Upgrade")
         self.assertFails(response_with(Connection="close"), "Connection")
-        check_response(response_with(Upgrade="WebSocket", Connection="upgrade"), RFC_KEY, ["chat"])
+        self.assertIsInstance(check_response(response_with(Upgrade="WebSocket", Connection="upgrade"), RFC_KEY, ["chat"]),
+                              Handshake)
 
     def test_04_the_accept_value_must_match_our_key(self):
         """§4.1 item 4: Sec-WebSocket-Accept is base64(SHA-1(key + GUID)) of the key we sent."""
@@ -270,7 +284,7 @@ class Test07StaticFiles(unittest.TestCase):
         self.assertEqual(self.status_of("/sub/a.css?v=1"), 200)
 
     def test_02_traversal_attempts_get_404_and_a_link_out_403(self):
-        """RFC 3986 §3.3: dot-segments, percent-encoded or not, never leave the root."""
+        """RFC 3986 §3.3, §5.2.4: dot-segments, percent-encoded or not, and backslashes never lead out of the root (404); a symbolic link that leads out is 403; a missing file or a directory is 404."""
         attempts = {"/../secret.txt": 404, "/sub/../../secret.txt": 404, "/%2e%2e/secret.txt": 404,
                     "/%2E%2E%2fsecret.txt": 404, "/..%5csecret.txt": 404, "/sub\\..\\..\\secret.txt": 404,
                     "//etc/passwd": 404, "http://x/../secret.txt": 404, "/%00": 404,
@@ -280,7 +294,7 @@ class Test07StaticFiles(unittest.TestCase):
                 self.assertEqual(self.status_of(target), status)
 
     def test_03_a_path_that_is_not_utf8_once_decoded_names_no_file(self):
-        """RFC 3986 §2.5: `%ff` and the overlong `%c0%ae` (a ".") are no UTF-8 names: 404."""
+        """RFC 3986 §2.5: `%ff` and the overlong `%c0%ae` (a ".") are no UTF-8 names: 404; so are a lone `%` and `//[`."""
         for target in ("/%ff", "/%c0%ae%c0%ae/secret.txt", "//[", "/%"):
             with self.subTest(target=target):
                 self.assertEqual(self.status_of(target), 404)
@@ -309,7 +323,7 @@ class Test08Fuzz(unittest.TestCase):
              mutations(4001, [RFC_RESPONSE, b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3"]), (HandshakeFailed,))
 
     def test_02_any_path_maps_to_a_file_inside_the_root_or_to_no_file(self):
-        """RFC 3986 §3.3 Whatever the path, the answer is a file under the root, or FileNotFoundError/PermissionError."""
+        """Operational (fuzzing): whatever the path (RFC 3986 §3.3), the answer is a file under the root, or FileNotFoundError/PermissionError."""
         root = ws_server.STATIC_DIR
 
         def resolve(path: bytes) -> None:
