@@ -9,7 +9,7 @@ import unittest
 
 import ws_server
 from tests.support import fuzz, mutations
-from ws_server import (Close, CloseCode, Message, Opcode, Ping, Pong, ProtocolError, Receiver,
+from ws_server import (Close, CloseCode, Message, Opcode, Ping, Pong, Protocol, ProtocolError, Receiver,
                        apply_mask, encode_frame)
 
 # §5.7, byte for byte.
@@ -21,6 +21,11 @@ PONG_HELLO_MASKED = bytes([0x8A, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D,
 BINARY_256_HEADER = bytes([0x82, 0x7E, 0x01, 0x00])
 BINARY_64K_HEADER = bytes([0x82, 0x7F, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00])
 MASK = bytes([0x37, 0xFA, 0x21, 0x3D])
+
+# §5.2: a binary frame's header (FIN, opcode 2) for each payload length around the switches of form.
+LENGTH_FORMS = {0: bytes([0x82, 0]), 125: bytes([0x82, 125]),
+                126: bytes([0x82, 126, 0x00, 0x7E]), 65535: bytes([0x82, 126, 0xFF, 0xFF]),
+                65536: bytes([0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0])}
 
 
 def server_receiver(**options) -> Receiver:
@@ -76,10 +81,23 @@ class Test01RfcExamples(unittest.TestCase):
         self.assertEqual(client_receiver().feed(BINARY_64K_HEADER + payload), [Message(Opcode.BINARY, payload)])
 
     def test_07_the_length_encoding_is_always_minimal(self):
-        """§5.2 "the minimal number of bytes MUST be used to encode the length"."""
-        for length, header_size in ((0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)):
+        """§5.2 "the minimal number of bytes MUST be used to encode the length": 0-125 in the 7 bits, 126-65535 after 126 in 16 bits, from 65536 after 127 in 64 bits."""
+        for length, header in LENGTH_FORMS.items():
             with self.subTest(length=length):
-                self.assertEqual(len(encode_frame(Opcode.BINARY, bytes(length))), header_size + length)
+                self.assertEqual(encode_frame(Opcode.BINARY, bytes(length)), header + bytes(length))
+
+    def test_08_the_servers_own_send_path_uses_the_same_length_forms(self):
+        """§5.2 The same minimal forms for a message the server sends through `Protocol` (`encode_server_frame`), 125, 126, 65535 and 65536 bytes: the bytes on the wire, and a client decodes them back."""
+        for length, header in LENGTH_FORMS.items():
+            payload = os.urandom(length)
+            with self.subTest(length=length):
+                server = Protocol()
+                server.send_binary(payload)
+                [frame] = server.data_to_send()
+                wire = frame if isinstance(frame, bytes) else b"".join(frame)
+                self.assertEqual(wire, header + payload)
+                self.assertEqual(ws_server.encode_server_frame(Opcode.BINARY, payload), frame)
+                self.assertEqual(client_receiver().feed(wire), [Message(Opcode.BINARY, payload)])
 
 
 class Test02Masking(unittest.TestCase):
@@ -110,6 +128,8 @@ class Test02Masking(unittest.TestCase):
         """§5.3 A 70,000-byte payload fed in 997-byte pieces, which start at every position in the key, unmasks to the original."""
         payload = os.urandom(70_000)
         frame = masked(Opcode.BINARY, payload, key=b"\x01\x02\x03\x04")
+        header_size = 2 + 8 + 4  # the 64-bit length and the key
+        self.assertEqual({(i - header_size) % 4 for i in range(997, len(frame), 997)}, {0, 1, 2, 3})
         receiver, events = server_receiver(), []
         for i in range(0, len(frame), 997):
             events += receiver.feed(frame[i:i + 997])
@@ -139,7 +159,7 @@ class Test03Fragmentation(unittest.TestCase):
         self.assertEqual(server_receiver().feed(frames), [Ping(b"?"), Message(Opcode.TEXT, b"fragment")])
 
     def test_02_empty_fragments_are_fine(self):
-        """§5.4 A fragment may be empty."""
+        """§5.4 Nothing requires a fragment to carry data: three empty fragments are one empty message."""
         frames = (masked(Opcode.BINARY, b"", fin=False) + masked(Opcode.CONTINUATION, b"", fin=False)
                   + masked(Opcode.CONTINUATION, b""))
         self.assertEqual(server_receiver().feed(frames), [Message(Opcode.BINARY, b"")])
@@ -151,7 +171,7 @@ class Test03Fragmentation(unittest.TestCase):
         self.assertEqual(server_receiver().feed(frames), [Message(Opcode.TEXT, euro)])
 
     def test_04_close_in_the_middle_of_a_fragmented_message_is_a_close(self):
-        """§5.4 A Close in the middle of a fragmented message is a Close (Autobahn 7.1.5)."""
+        """§5.4 Control frames "MAY be injected in the middle of a fragmented message": a Close there is a Close (Autobahn 7.1.5)."""
         frames = masked(Opcode.TEXT, b"frag", fin=False) + masked(Opcode.CLOSE, b"\x03\xe8")
         self.assertEqual(server_receiver().feed(frames), [Close(1000, "")])
 
@@ -216,7 +236,7 @@ class Test04ProtocolErrors(unittest.TestCase):
         self.assertFails(masked(Opcode.TEXT, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"), 1007)
 
     def test_11_invalid_utf8_fails_fast_in_the_middle_of_a_frame(self):
-        """§8.1 Invalid UTF-8 fails at once, before the frame has ended (1007)."""
+        """§8.1 Invalid UTF-8 fails the connection (1007); this decoder checks as bytes arrive, so it fails before the frame has ended (Autobahn's "fail fast", which the RFC allows but does not require)."""
         frame = masked(Opcode.TEXT, b"valid so far \xff and then more text")
         self.assertFails(frame[:6 + 14], 1007)  # header, key and 14 bytes: the frame is unfinished
 
@@ -227,7 +247,7 @@ class Test04ProtocolErrors(unittest.TestCase):
         self.assertFails(frames, 1007)
 
     def test_13_events_before_the_error_are_kept(self):
-        """§7.1.7 A message that arrived complete before a bad frame is still delivered."""
+        """§6.2 A message whose last frame arrived "has been received"; a bad frame after it (§7.1.7) does not take it back: it is still delivered, then the error."""
         events = self.assertFails(HELLO_MASKED + masked(5, b""), 1002)
         self.assertEqual(events[0], Message(Opcode.TEXT, b"Hello"))
 
@@ -239,17 +259,18 @@ class Test04ProtocolErrors(unittest.TestCase):
 
 
 class Test05Limits(unittest.TestCase):
-    """--max-size, checked from the header; a flood of fragments is charged."""
+    """§10.4 and --max-size, checked from the header; a flood of fragments is charged (operational)."""
 
     def test_01_a_message_at_the_limit_passes_and_one_byte_more_is_1009(self):
-        """§7.4.1 A message over --max-size is refused with 1009, one at the limit passes."""
+        """§10.4 An endpoint limits the size of a message (here --max-size): one at the limit passes, one byte more is refused with §7.4.1's 1009."""
         self.assertEqual(server_receiver(max_size=1000).feed(masked(Opcode.BINARY, bytes(1000))),
                          [Message(Opcode.BINARY, bytes(1000))])
         events = server_receiver(max_size=1000).feed(masked(Opcode.BINARY, bytes(1001)))
+        self.assertIsInstance(events[-1], ProtocolError)
         self.assertEqual(events[-1].code, CloseCode.MESSAGE_TOO_BIG)
 
     def test_02_the_limit_is_checked_from_the_header_before_the_payload(self):
-        """§10.4 The size is checked from the frame header, before any payload is buffered."""
+        """§10.4 The size is checked from the frame header: a header that announces 1 TiB, with no payload at all, is already 1009."""
         header = bytes([0x82, 0xFF]) + (1 << 40).to_bytes(8, "big") + MASK  # announces 1 TiB
         events = server_receiver().feed(header)
         self.assertEqual(events[-1].code, 1009)
@@ -260,7 +281,7 @@ class Test05Limits(unittest.TestCase):
         self.assertEqual(server_receiver(max_size=1000).feed(frames)[-1].code, 1009)
 
     def test_04_a_flood_of_empty_continuations_is_stopped_by_the_fragment_charge(self):
-        """§10.4 A flood of empty continuation frames is charged 64 bytes each, so it ends."""
+        """Operational: each continuation frame costs FRAGMENT_CHARGE (64) bytes of --max-size, so a flood of empty ones ends: max_size / 64 of them pass, the next is 1009."""
         limit = 1 << 20
         receiver = server_receiver(max_size=limit)
         empty = masked(Opcode.CONTINUATION, b"", fin=False)
@@ -270,7 +291,7 @@ class Test05Limits(unittest.TestCase):
         self.assertEqual(receiver.feed(empty)[-1].code, 1009)  # frame number max_size / 64 + 1
 
     def test_05_autobahn_9_3_1_four_mib_in_64_byte_fragments_passes_with_16_mib(self):
-        """§10.4 4 MiB in 65,536 fragments of 64 bytes passes with a 16 MiB budget (Autobahn 9.3.1)."""
+        """Operational: the fragment charge still lets an honest message through: 4 MiB in 65,536 fragments of 64 bytes passes with a 16 MiB --max-size (Autobahn 9.3.1)."""
         chunk = b"*" * 64
         fragments = [masked(Opcode.TEXT, chunk, fin=False)]
         fragments += [masked(Opcode.CONTINUATION, chunk, fin=False)] * (65536 - 2)
@@ -305,29 +326,40 @@ class Test06ClosePayloads(unittest.TestCase):
             self.assertEqual(caught.exception.code, 1002)
 
     def test_05_registered_and_application_codes_are_accepted(self):
-        """§7.4.2 Registered codes and 3000-4999 are accepted."""
+        """§7.4.1 codes, those registered since with IANA (§11.7: 1012-1014), and §7.4.2's 3000-4999 are accepted."""
         for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999):
             with self.subTest(code=code):
                 self.assertEqual(ws_server.parse_close_payload(code.to_bytes(2, "big")).code, code)
 
     def test_06_a_reason_that_is_not_utf8_is_1007(self):
-        """§5.5.1 A Close reason that is not UTF-8 is 1007."""
+        """§5.5.1 A Close reason is UTF-8; §8.1, §7.4.1: one that is not is 1007."""
         with self.assertRaises(ProtocolError) as caught:
             ws_server.parse_close_payload(b"\x03\xe8\xff")
         self.assertEqual(caught.exception.code, 1007)
 
-    def test_07_our_close_payload_fits_in_125_bytes_even_with_a_long_reason(self):
-        """§5.5 Our Close body is trimmed, on a character boundary, to fit 125 bytes."""
-        payload = ws_server.build_close_payload(1000, "€" * 100)
-        self.assertLessEqual(len(payload), 125)
-        self.assertEqual(ws_server.parse_close_payload(payload).code, 1000)
+    def test_07_our_close_reason_is_trimmed_to_123_bytes_on_a_character_boundary(self):
+        """§5.5 A control frame carries at most 125 bytes: 2 for the code leave 123 for the reason; ours is trimmed to 123 bytes, and never in the middle of a character (§5.5.1: it stays UTF-8)."""
+        for reason, kept in (("x" * 123, "x" * 123), ("x" * 124, "x" * 123), ("€" * 100, "€" * 41),
+                             ("a" + "€" * 100, "a" + "€" * 40)):  # 1 + 3 x 41 = 124: the 41st euro does not fit
+            with self.subTest(reason=reason[:3], length=len(reason.encode())):
+                payload = ws_server.build_close_payload(1000, reason)
+                self.assertEqual(payload, b"\x03\xe8" + kept.encode())
+                self.assertLessEqual(len(payload), 125)
+                self.assertEqual(ws_server.parse_close_payload(payload), Close(1000, kept))
+
+    def test_08_a_received_close_with_a_124_byte_reason_is_1002(self):
+        """§5.5 A Close with a code and a 124-byte reason has a 126-byte payload: over 125, so 1002; 123 bytes pass."""
+        self.assertEqual(server_receiver().feed(masked(Opcode.CLOSE, b"\x03\xe8" + b"x" * 123)), [Close(1000, "x" * 123)])
+        events = server_receiver().feed(masked(Opcode.CLOSE, b"\x03\xe8" + b"x" * 124))
+        self.assertIsInstance(events[-1], ProtocolError)
+        self.assertEqual(events[-1].code, 1002)
 
 
 class Test07Fuzz(unittest.TestCase):
     """Random and mutated frames, in random pieces: only the protocol's own errors come out."""
 
     def test_01_random_and_mutated_input_never_raises_anything_but_protocol_errors(self):
-        """§5.2 Random and mutated frames, in random pieces: only the protocol's own errors come out."""
+        """§7.1.7 Whatever arrives, in whatever pieces, the decoder gives events or fails the connection with 1002, 1007 or 1009; no exception comes out."""
         rng = random.Random(20261124)
         valid = [HELLO_MASKED, PONG_HELLO_MASKED, masked(Opcode.TEXT, b"ab", fin=False),
                  masked(Opcode.CONTINUATION, "é".encode()), masked(Opcode.BINARY, bytes(300)),
