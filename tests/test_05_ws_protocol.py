@@ -5,7 +5,9 @@ The closing handshake from each side, ping and pong in every state, failing the 
 and the close code the connection ends with.
 """
 
+import os
 import unittest
+from unittest import mock
 
 import ws_server
 from tests.support import fuzz, mutations
@@ -85,10 +87,12 @@ class Test01TheClientsOpeningHandshake(unittest.TestCase):
         self.assertIsNotNone(client.handshake_failure)
 
     def test_05_an_answer_head_without_end_fails_past_the_limit(self):
-        """§4.1, §10.4: a client bounds what it reads of an answer, as a server bounds requests."""
+        """Operational: a client bounds the answer head it reads (16 KiB, as the server's --max-header-bytes): past it the handshake fails (§4.1) and TCP is to be closed."""
         client = Protocol(client=True, opening=RFC_OPENING)
         client.receive_data(b"HTTP/1.1 101 x\r\n" + b"X: y\r\n" * 5000)
         self.assertIn("over", client.handshake_failure.reason)
+        self.assertEqual(client.state, State.CLOSED)
+        self.assertTrue(client.close_transport)
 
 
 class Test02PingAndPong(unittest.TestCase):
@@ -137,7 +141,7 @@ class Test02PingAndPong(unittest.TestCase):
         self.assertEqual(sent(server), b"")
 
     def test_06_a_clients_pong_is_masked(self):
-        """§5.3 A client masks every frame it sends, a Pong too."""
+        """§5.1 A client masks every frame it sends, a Pong too."""
         client = Protocol(client=True)
         client.receive_data(bytes([0x89, 0x05]) + b"Hello")  # §5.7's unmasked Ping
         events(client)
@@ -150,6 +154,18 @@ class Test02PingAndPong(unittest.TestCase):
         self.assertEqual(sent(server), bytes([0x89, 0x04]) + b"1234")
         server.receive_data(encode_frame(Opcode.PONG, b"1234", masking_key=KEY))
         self.assertEqual(events(server), [Pong(b"1234")])
+
+    def test_08_no_ping_after_a_close(self):
+        """§5.5.2, §1.4 A Ping sent after this side's Close arrives after it, at a peer that, having received a Close, owes it no Pong and discards it; after the peer's Close the connection is over: send_ping raises ConnectionClosed in both cases and queues nothing."""
+        for who, close in (("this side", lambda protocol: protocol.send_close()),
+                           ("the peer", lambda protocol: (protocol.receive_data(MASKED_CLOSE_1000_BYE), events(protocol)))):
+            with self.subTest(closed_by=who):
+                server = Protocol()
+                close(server)
+                sent(server)  # the Close
+                with self.assertRaises(ConnectionClosed):
+                    server.send_ping(b"late")
+                self.assertEqual(sent(server), b"")
 
 
 class Test03TheClosingHandshakeStartedByThePeer(unittest.TestCase):
@@ -187,7 +203,7 @@ class Test03TheClosingHandshakeStartedByThePeer(unittest.TestCase):
         self.assertEqual(server.close_code, CloseCode.NO_STATUS_RCVD)
 
     def test_04_a_message_before_the_close_is_delivered_and_answered_first(self):
-        """§7.1.3 Events are handled in the order they arrived: the echo of a message goes out before the Close."""
+        """§5.5.1 The answering Close goes out "as soon as practical", and an endpoint may first finish what it is sending: events are handled in the order they arrived, so the echo of a message read before the Close goes out before the answering Close."""
         server = Protocol()
         server.receive_data(MASKED_TEXT_HI + MASKED_CLOSE_1000_BYE)  # one read
         self.assertEqual(server.next_event(), Message(Opcode.TEXT, b"hi"))
@@ -232,7 +248,7 @@ class Test04TheClosingHandshakeStartedHere(unittest.TestCase):
         self.assertFalse(server.send_frame(TEXT_HI, len(TEXT_HI) + ws_server.QUEUED_FRAME_CHARGE))
 
     def test_03_messages_received_while_closing_are_still_delivered(self):
-        """§5.5.1 The peer may still be sending when our Close arrives: its messages are delivered."""
+        """§1.4, §5.5.1 The peer may still be sending when our Close arrives (it "MAY delay sending a Close frame until its current message is sent"): its messages are delivered."""
         server = Protocol()
         server.send_close()
         server.receive_data(MASKED_TEXT_HI)
@@ -319,7 +335,7 @@ class Test05FailingTheConnection(unittest.TestCase):
                 self.assertEqual(decoded(sent(server), masked=False)[0].code, code)
 
     def test_05_the_io_layer_may_fail_a_connection_and_drop_what_is_queued(self):
-        """§7.1.7 For its own reasons too (a client too slow): the Close need not wait behind queued data."""
+        """Operational: the I/O layer fails a connection for its own reasons too (a client too slow for --max-buffer: 1008, §7.1.7), and with discard_queued the Close does not wait behind queued data."""
         server = Protocol()
         for _ in range(3):
             server.send_text("queued")
@@ -327,7 +343,7 @@ class Test05FailingTheConnection(unittest.TestCase):
         self.assertEqual(decoded(sent(server), masked=False), [Close(1008, "too slow")])
 
     def test_06_a_message_complete_before_the_bad_frame_is_delivered(self):
-        """§7.1.7 What arrived whole before the broken rule is still handed over, in order."""
+        """§6.2, §7.1.7 A message received whole before the broken rule is still handed over, then the error, in order."""
         server = Protocol()
         server.receive_data(MASKED_TEXT_HI + encode_frame(5, b"", masking_key=KEY))
         kinds = [type(event) for event in events(server)]
@@ -344,17 +360,24 @@ class Test06Sending(unittest.TestCase):
         server.send_binary(b"\x00\xff")
         self.assertEqual(sent(server), TEXT_HI + bytes([0x82, 0x02, 0x00, 0xFF]))
 
-    def test_02_a_clients_frames_are_masked_with_a_fresh_key_each(self):
-        """§5.3 "The masking key ... MUST be unpredictable", one per frame."""
+    def test_02_a_clients_frames_are_masked_each_with_a_fresh_key_from_os_urandom(self):
+        """§5.3 The client "MUST pick a fresh masking key" for each frame, "derived from a strong source of entropy": each frame's key is a new draw from os.urandom (the OS's CSPRNG), and the frames unmask to what was sent."""
+        keys = [b"\x01\x02\x03\x04", b"\xa0\xb0\xc0\xd0"]
         client = Protocol(client=True)
-        client.send_text("hi")
-        client.send_text("hi")
+        with mock.patch.object(ws_server.os, "urandom", side_effect=keys) as draw:
+            client.send_text("hi")
+            client.send_text("hi")
+        self.assertEqual(draw.call_args_list, [mock.call(4), mock.call(4)])
         first, second = client.data_to_send()
-        self.assertNotEqual(first[2:6], second[2:6])
+        self.assertEqual((first[2:6], second[2:6]), tuple(keys))
         self.assertEqual(decoded(first + second, masked=True), [Message(Opcode.TEXT, b"hi")] * 2)
+        client.send_text("hi")
+        client.send_text("hi")
+        third, fourth = client.data_to_send()  # the real source: two draws, two keys
+        self.assertNotEqual(third[2:6], fourth[2:6])
 
     def test_03_data_to_send_with_a_limit_takes_whole_frames_and_at_least_one(self):
-        """§5.2 Frames leave whole and in order; a limit only says how many leave now."""
+        """Operational: data_to_send(limit) takes whole frames, in order, and at least one; the limit only says how many leave now, each costing its bytes plus QUEUED_FRAME_CHARGE."""
         server = Protocol()
         for text in ("a", "b", "c"):
             server.send_text(text)
@@ -365,13 +388,38 @@ class Test06Sending(unittest.TestCase):
         self.assertEqual(server.pending_bytes, 0)
 
     def test_04_a_frame_encoded_once_for_many_is_queued_only_while_open(self):
-        """§5.5.1 A broadcast frame is data: once this side has sent its Close, it is not queued."""
+        """§5.5.1 A broadcast frame is data: once this side has sent its Close it is not queued; §1.4 nor once the peer's Close has come (and been answered)."""
+        cost = len(TEXT_HI) + ws_server.QUEUED_FRAME_CHARGE
+        ours = Protocol()
+        self.assertTrue(ours.send_frame(TEXT_HI, cost))
+        ours.send_close()
+        self.assertEqual(ours.state, State.CLOSING)
+        self.assertFalse(ours.send_frame(TEXT_HI, cost))
+        self.assertEqual(sent(ours), TEXT_HI + CLOSE_1000)
+        theirs = Protocol()
+        self.assertTrue(theirs.send_frame(TEXT_HI, cost))
+        theirs.receive_data(MASKED_CLOSE_1000_BYE)
+        events(theirs)
+        self.assertFalse(theirs.send_frame(TEXT_HI, cost))
+        self.assertEqual(sent(theirs), TEXT_HI + CLOSE_1000)
+
+    def test_05_a_frame_of_64_kib_or_more_is_queued_as_header_and_payload_and_leaves_whole(self):
+        """Operational: from LARGE_PAYLOAD (64 KiB) up a server frame is queued as (header, payload), not copied into one bytes; frame_size counts both, data_to_send takes it whole even under a smaller limit, and its bytes on the wire decode back (§5.2)."""
+        payload = os.urandom(ws_server.LARGE_PAYLOAD)
         server = Protocol()
-        self.assertTrue(server.send_frame(TEXT_HI, len(TEXT_HI) + ws_server.QUEUED_FRAME_CHARGE))
-        server.receive_data(MASKED_CLOSE_1000_BYE)
-        events(server)
-        self.assertFalse(server.send_frame(TEXT_HI, len(TEXT_HI) + ws_server.QUEUED_FRAME_CHARGE))
-        self.assertEqual(sent(server), TEXT_HI + CLOSE_1000)
+        server.send_binary(payload)
+        server.send_text("after")
+        self.assertEqual(server.pending_bytes, 10 + len(payload) + 7 + 2 * ws_server.QUEUED_FRAME_CHARGE)
+        [frame] = server.data_to_send(limit=1000)  # at least one frame, and never part of one
+        self.assertIsInstance(frame, tuple)
+        header, body = frame
+        self.assertIs(body, payload)  # the payload itself, not a copy
+        self.assertEqual(ws_server.frame_size(frame), 10 + len(payload))
+        self.assertEqual(decoded(header + body, masked=False), [Message(Opcode.BINARY, payload)])
+        self.assertEqual(server.data_to_send(), [b"\x81\x05after"])
+        smaller = Protocol()
+        smaller.send_binary(payload[:-1])  # 65535 bytes: one bytes object
+        self.assertIsInstance(smaller.data_to_send()[0], bytes)
 
 
 class Test07Fuzz(unittest.TestCase):
