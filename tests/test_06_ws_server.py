@@ -35,16 +35,18 @@ class Test01TheHandshakeOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCa
         self.assertEqual(headers["sec-websocket-protocol"], "chat")
 
     async def test_02_a_bad_handshake_gets_400_with_a_one_line_reason_and_is_closed(self):
-        """§4.2.1 A refused handshake gets its status, a one-line reason, and the end of the connection."""
+        """§4.2.1 A handshake that breaks a rule gets "an appropriate error code (such as 400 Bad Request)": here with a one-line reason, Connection: close, and the end of the connection."""
         status, headers, body = await http_exchange(self.port, handshake_request(Sec_WebSocket_Key="c2hvcnQ="))
         self.assertEqual(status, 400)
         self.assertEqual(headers["content-type"], "text/plain; charset=utf-8")
+        self.assertEqual(headers["connection"], "close")
         self.assertEqual(body, b"400 Sec-WebSocket-Key must be 16 bytes in base64\n")  # then EOF
 
     async def test_03_a_wrong_version_gets_426_naming_version_13_and_websocket(self):
-        """§4.4, RFC 9110 §15.5.22 Another version gets 426 with Sec-WebSocket-Version and Upgrade."""
-        status, headers, _ = await http_exchange(self.port, handshake_request(Sec_WebSocket_Version="8"))
+        """§4.4, RFC 9110 §15.5.22 Another version gets 426 with Sec-WebSocket-Version and Upgrade, and (RFC 9112 §9.6) a Connection header that still says close, as the connection ends."""
+        status, headers, _ = await http_exchange(self.port, handshake_request(Sec_WebSocket_Version="8"))  # read to EOF
         self.assertEqual((status, headers["sec-websocket-version"], headers["upgrade"]), (426, "13", "websocket"))
+        self.assertIn("close", [token.strip().lower() for token in headers["connection"].split(",")])
 
     async def test_04_a_foreign_origin_gets_403(self):
         """§10.2 A page from an origin outside the allow-list is refused with 403."""
@@ -53,12 +55,12 @@ class Test01TheHandshakeOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCa
         self.assertIn(b"evil.example", body)
 
     async def test_05_an_oversized_head_gets_431(self):
-        """RFC 6585 §5 A head over --max-header-bytes gets 431."""
+        """Operational: a head over --max-header-bytes (1024 here) gets RFC 6585 §5's 431."""
         status, _, _ = await http_exchange(self.port, handshake_request(X_Filler="x" * 2000))
         self.assertEqual(status, 431)
 
     async def test_06_a_head_that_never_ends_gets_408_after_the_handshake_timeout(self):
-        """RFC 9110 §15.5.9 A head not complete within --handshake-timeout gets 408 (slowloris)."""
+        """Operational: a head not complete within --handshake-timeout gets RFC 9110 §15.5.9's 408 (slowloris)."""
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the empty line
         status, _, _ = await read_response(reader)
@@ -66,7 +68,7 @@ class Test01TheHandshakeOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCa
         self.assertEqual(status, 408)
 
     async def test_07_a_byte_now_and_then_does_not_extend_the_timeout(self):
-        """RFC 9110 §15.5.9 The timeout bounds the whole head, not each read: a trickle is dropped too."""
+        """Operational: --handshake-timeout bounds the whole head, not each read: a byte every 50 ms gets 408 too."""
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         answered = asyncio.ensure_future(read_response(reader))
         for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 100:
@@ -79,9 +81,16 @@ class Test01TheHandshakeOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCa
         self.assertEqual(status, 408)
 
     async def test_08_a_connection_that_asks_nothing_is_closed_without_an_answer(self):
-        """RFC 9112 §9.5 An idle connection (a browser's preconnect) is closed quietly after the timeout."""
-        reader, _ = await asyncio.open_connection("127.0.0.1", self.port)
-        self.assertEqual(await asyncio.wait_for(reader.read(), TIMEOUT), b"")
+        """RFC 9112 §9.5 A server may close an inactive connection: one that sends nothing (a browser's preconnect) is closed without an answer once --handshake-timeout (0.5 s) has passed."""
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            opened = loop.time()
+            self.assertEqual(await asyncio.wait_for(reader.read(), TIMEOUT), b"")
+            self.assertGreaterEqual(loop.time() - opened, 0.4)  # the timeout, less the time to connect
+        finally:
+            writer.close()
+            await writer.wait_closed()
 
     async def test_09_a_head_with_bare_lf_line_ends_is_answered(self):
         """RFC 9112 §2.2 A recipient MAY recognize a single LF as a line terminator: the handshake succeeds."""
@@ -144,7 +153,7 @@ class Test02ThePagesOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCase):
 class Test03TheChat(ServerTestCase, unittest.IsolatedAsyncioTestCase):
 
     async def test_01_two_clients_chat_and_the_sender_gets_its_own_message(self):
-        """§5.6 Every message goes to every client, the sender too; text stays text, binary stays binary."""
+        """The tutorial's chat: every message goes to every client, the sender too; §5.6: text stays text, binary stays binary."""
         alice, bob = await self.client(), await self.client()
         await self.wait_for_clients(2)
         await alice.send("hello from alice")
@@ -178,7 +187,7 @@ class Test03TheChat(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         self.assertTrue(await raw.at_eof())
 
     async def test_05_the_clients_close_completes_the_handshake(self):
-        """§7.1.2 close() sends a Close, reads the server's, and waits for the end of TCP."""
+        """§7.1.2 close() sends a Close and reads the server's, which echoes the code (1001): the client ends CLOSED and the server lets it go."""
         client = await self.client()
         await client.close(CloseCode.GOING_AWAY, "done")
         self.assertEqual(client.state, ws_server.State.CLOSED)
@@ -225,7 +234,7 @@ class Test03TheChat(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, b"two"))
 
     async def test_09_a_broadcast_leaves_at_the_end_of_the_turn_and_one_failing_write_holds_no_one_back(self):
-        """§5.6 A broadcast's frames leave in one callback at the end of the loop's turn, client by client in order; a client whose write fails is dropped, and the clients after it still get theirs."""
+        """Operational: a broadcast's frames leave in one callback at the end of the loop's turn, client by client in order; a client whose write fails is dropped, and the clients after it still get theirs."""
         flushed = []
 
         class StandIn:  # what EndOfTurnWrites asks of a connection
@@ -271,15 +280,21 @@ class Test04Compression(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         return raw, headers
 
     async def test_01_chromiums_offer_is_answered_and_long_messages_come_back_compressed(self):
-        """RFC 7692 §6 A message at the threshold or longer is compressed (RSV1), a shorter one not."""
+        """RFC 7692 §6, operational --compression-threshold (128): a message of 128 bytes or more comes back compressed (RSV1), one of 127 plain."""
         raw, headers = await self.negotiated()
         self.assertEqual(headers["sec-websocket-extensions"],
                          "permessage-deflate; server_no_context_takeover; client_no_context_takeover")
-        long_line = b"compress me " * 20
-        raw.send(Opcode.TEXT, ws_server.MessageDeflater().compress(long_line), rsv=4)
-        raw.send(Opcode.TEXT, b"short")
-        self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, long_line))
-        self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, b"short"))
+        frames = []
+        raw.receiver.on_frame = lambda header, payload, inflated: frames.append(header)
+        at_threshold, below = b"x" * ws_server.DEFAULT_COMPRESSION_THRESHOLD, b"y" * (ws_server.DEFAULT_COMPRESSION_THRESHOLD - 1)
+        raw.send(Opcode.TEXT, ws_server.MessageDeflater().compress(at_threshold), rsv=4)
+        raw.send(Opcode.TEXT, below)
+        self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, at_threshold))
+        self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, below))
+        compressed, plain = frames
+        self.assertTrue(compressed.rsv1)
+        self.assertLess(compressed.length, len(at_threshold))
+        self.assertEqual((plain.rsv1, plain.length), (False, len(below)))
 
     async def test_02_our_client_chats_with_compression_text_and_binary(self):
         """RFC 7692 §5 Our client offers the extension and every message arrives as sent."""
@@ -290,7 +305,7 @@ class Test04Compression(ServerTestCase, unittest.IsolatedAsyncioTestCase):
             self.assertEqual(await asyncio.wait_for(client.recv(), TIMEOUT), message)
 
     async def test_03_a_bomb_is_refused_with_1009_and_others_go_on(self):
-        """RFC 7692 §8.1 16 MiB of zeros in 16 KiB: 1009 after at most --max-size inflated."""
+        """RFC 6455 §10.4, §7.4.1 16 MiB of zeros compressed to a few KiB: its sender gets 1009 (--max-size), and the other clients go on."""
         bystander = await self.client()
         raw, _ = await self.negotiated()
         await self.wait_for_clients(2)
@@ -348,7 +363,7 @@ class Test05BadInputAndOthersKeepGoing(ServerTestCase, unittest.IsolatedAsyncioT
         await self.check(lambda raw: raw.send(Opcode.TEXT, b"\xff"), 1007)
 
     async def test_07_message_over_max_size_1009(self):
-        """§7.4.1 A message over --max-size: 1009."""
+        """Operational: a message over --max-size (1000 here): §7.4.1's 1009."""
         await self.check(lambda raw: raw.send(Opcode.BINARY, bytes(1001)), 1009)
 
     async def test_08_one_byte_close_payload_1002(self):
@@ -375,7 +390,7 @@ class Test06WhatAClientMayHold(ServerTestCase, unittest.IsolatedAsyncioTestCase)
     limits = Limits(max_buffer=256 * 1024, ping_interval=0, close_timeout=1)
 
     async def test_01_a_client_that_stops_reading_is_dropped_while_the_reader_keeps_up(self):
-        """§7.4.1 1008: the server's policy that clients keep up; what it held stayed within the budget."""
+        """Operational: --max-buffer; a client that stops reading is failed with §7.4.1's 1008 (policy violation) while what it held stayed within the budget, and a reading client gets everything."""
         reader = await self.client()
         sleeper = await self.raw_client()
         sleeper.writer.transport.pause_reading()  # connects, then never reads again
@@ -400,7 +415,7 @@ class Test06WhatAClientMayHold(ServerTestCase, unittest.IsolatedAsyncioTestCase)
             self.assertEqual(message, payload)
 
     async def test_02_pings_whose_pongs_are_never_read_count_against_the_budget(self):
-        """§5.5.2 Every Ping gets its Pong, and Pongs count: a client that never reads them is dropped."""
+        """Operational: --max-buffer counts Pongs too (§5.5.2: every Ping gets one): a client that pings and never reads is failed with 1008 within the budget."""
         flooder = await self.raw_client()
         flooder.writer.transport.pause_reading()
         await self.wait_for_clients(1)
@@ -422,7 +437,7 @@ class Test07Keepalive(ServerTestCase, unittest.IsolatedAsyncioTestCase):
     limits = Limits(ping_interval=0.1, ping_timeout=0.3, close_timeout=0.5)
 
     async def test_01_the_server_pings_and_a_client_that_answers_stays(self):
-        """§5.5.2 Keepalive: a Ping every --ping-interval; a client that answers stays connected."""
+        """Operational: --ping-interval, a Ping (§5.5.2: "a keepalive") every 0.1 s here; a client that answers stays connected."""
         raw = await self.raw_client()
         pings = 0
         while pings < 3:
@@ -434,7 +449,7 @@ class Test07Keepalive(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         self.assertEqual(await raw.next_event(), Message(Opcode.TEXT, b"still open"))
 
     async def test_02_a_client_that_sends_no_pong_is_dropped_with_1011(self):
-        """§5.5.3 No Pong within --ping-timeout: the server fails the connection (1011)."""
+        """Operational: no Pong within --ping-timeout: the server fails the connection with 1011 (§7.4.1, it cannot go on) and ends TCP."""
         raw = await self.raw_client()
         self.assertIsInstance(await raw.next_event(), Ping)
         self.assertEqual(await raw.expect_close(), CloseCode.INTERNAL_ERROR)
@@ -442,11 +457,11 @@ class Test07Keepalive(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         await self.wait_for_clients(0)
 
     async def test_03_our_client_answers_pings_while_it_waits_in_recv(self):
-        """§5.5.2 The client answers the server's pings from recv(), so an idle client stays."""
+        """§5.5.2 Our client answers the server's Pings from recv(): idle in recv() for longer than --ping-interval plus --ping-timeout (0.4 s), it stays."""
         client = await self.client()
         waiting = asyncio.ensure_future(client.recv())
         raw = await self.raw_client()
-        for _ in range(3):  # three of the server's pings answered by the raw client: time enough
+        for _ in range(8):  # eight of the server's pings to the raw client: 0.8 s, twice what an unanswered ping allows
             event = await raw.next_event()
             raw.send(Opcode.PONG, event.payload)
         raw.send(Opcode.TEXT, b"still open")
@@ -457,7 +472,7 @@ class Test07Keepalive(ServerTestCase, unittest.IsolatedAsyncioTestCase):
 class Test08ShutdownAndTrace(ServerTestCase, unittest.IsolatedAsyncioTestCase):
 
     async def test_01_shutdown_closes_every_client_with_1001(self):
-        """§7.4.1 1001 going away: a server shutting down says so to every client."""
+        """§7.4.1 1001 "going away, such as a server going down": shutdown() says so to every client."""
         a, b = await self.client(), await self.client()
         await self.wait_for_clients(2)
         shutdown = asyncio.create_task(self.server.shutdown())
@@ -469,7 +484,7 @@ class Test08ShutdownAndTrace(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         self.assertEqual(self.server.room.clients, set())
 
     async def test_02_trace_logs_every_frame_dissected(self):
-        """§5.2 --trace shows each frame's FIN, RSV, opcode, MASK, length, key and payload."""
+        """Operational: --trace logs the handshake and each frame's §5.2 fields (FIN, RSV, opcode, MASK, length, key) and payload, both ways."""
         self.server.config.trace = True
         with self.assertLogs("ws_server", "INFO") as logs:
             client = await self.client()
@@ -486,7 +501,7 @@ class Test09HostileBatch(ServerTestCase, unittest.IsolatedAsyncioTestCase):
     server_options = {"handshake_timeout": 0.3}
 
     async def test_01_after_hostile_requests_a_client_chats_and_nothing_is_left_behind(self):
-        """§10 After bad heads, broken frames and abandoned sockets, service goes on; fds and tasks are back."""
+        """Operational: after bad heads, broken frames and abandoned sockets, service goes on, and file descriptors and tasks are back to where they were."""
         fds, tasks = open_fds(), len(asyncio.all_tasks())
         for head in (b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\n", b"\x16\x03\x01\x02\x00",
                      b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", handshake_request(Sec_WebSocket_Version="7")):
@@ -538,15 +553,15 @@ class Test10TheCommandLine(unittest.TestCase):
             await client.close()
 
     def test_01_ctrl_c_closes_clients_with_1001_and_exits_0_without_a_traceback(self):
-        """§7.4.1 Ctrl-C: every client gets 1001, the process exits 0, nothing is printed but the log."""
+        """Operational: Ctrl-C (SIGINT): every client gets §7.4.1's 1001, the process exits 0, and no traceback is printed."""
         self.ctrl_c_closes_with_1001()
 
     def test_02_the_server_runs_without_what_windows_lacks(self):
-        """Every platform: with no poll, epoll, MSG_DONTWAIT, add_signal_handler, fcntl or fork, it serves and stops."""
+        """Operational (platforms): with no poll, epoll, MSG_DONTWAIT, SO_REUSEPORT, add_signal_handler, fcntl, resource or fork, as on Windows, it serves and Ctrl-C stops it with 1001."""
         self.ctrl_c_closes_with_1001(prelude=WINDOWS_PRELUDE)
 
     def test_03_the_terminal_client_prints_messages_as_text_and_ends_when_the_server_closes(self):
-        """§5.6 Text is printed as it is, binary readably; the client ends when the server closes, stdin still open."""
+        """Operational: the terminal client (--connect) prints text as it is and binary readably (§5.6 keeps them apart), and ends when the server closes, stdin still open."""
         server, port = start_process("ws_server.py")
         client = subprocess.Popen([os.sys.executable, str(ROOT / "ws_server.py"), "--connect", f"ws://127.0.0.1:{port}/"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
