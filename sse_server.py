@@ -748,9 +748,15 @@ PUBLISH_PATH = "/publish"
 
 def publish_event_name(query: str) -> str | None:
     """`?event=NAME` names the published event (its `event:` field, WHATWG HTML §9.2.6); 400
-    unless the name is one non-empty line: a line break would inject fields."""
-    names = urllib.parse.parse_qs(query, keep_blank_values=True).get("event")
-    name = names[-1] if names else None
+    unless the query is UTF-8 (as the stream is, WHATWG HTML §9.2.5), names at most one event,
+    and the name is one non-empty line: a line break would inject fields."""
+    try:
+        names = urllib.parse.parse_qs(query, keep_blank_values=True, errors="strict").get("event")
+    except UnicodeDecodeError:
+        raise HTTPError(400, "the query is not UTF-8") from None
+    if names and len(names) > 1:
+        raise HTTPError(400, "the query names the event more than once")
+    name = names[0] if names else None
     if name is not None and (not name or LINE_BREAK.search(name)):
         raise HTTPError(400, "the event name must be one non-empty line")
     return name
@@ -758,11 +764,23 @@ def publish_event_name(query: str) -> str | None:
 
 def publish_text(body: bytes) -> str:
     """An event stream is UTF-8 (WHATWG HTML §9.2.5), so a published body must be too (400
-    otherwise)."""
+    otherwise), and not empty (400): an event with no data is never dispatched (WHATWG HTML
+    §9.2.6), and the page refuses to publish one too.
+
+    Its line breaks may be LF, CR or CRLF: each line becomes a `data:` line (`format_event`),
+    and the browser joins them with LF, so every kind arrives as LF (`LINE_BREAK_NOTICE`)."""
+    if not body:
+        raise HTTPError(400, "the body is empty: there is nothing to publish")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPError(400, "the body is not UTF-8 text") from None
+
+
+#: What a publish whose text has CR or CRLF line breaks is answered with (200 instead of 204),
+#: so that nobody is surprised when they arrive as LF.
+LINE_BREAK_NOTICE = (b"published; its CR and CRLF line breaks arrive as LF: an event's data lines "
+                     b"are joined with LF (WHATWG HTML \xc2\xa79.2.6)\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -835,7 +853,7 @@ class Subscriber:
                 return
             if self.draining:
                 if len(self.backlog) >= self.max_queue:
-                    self._drop(f"too slow: {self.max_queue} events waiting")
+                    self._drop(f"too slow, {self.max_queue} events waiting")
                     return
                 self.backlog.append(data)
                 self._raise_signal()
@@ -1033,10 +1051,10 @@ def departure_reason(sock: socket.socket) -> str:
     try:
         data = socket.socket.recv(sock, 1, socket.MSG_PEEK)
     except BlockingIOError:
-        return "left"
+        return "it left"
     except OSError as error:
-        return f"gone ({error.strerror or error})"
-    return "left (its end of the connection closed)" if not data else "sent bytes after its request"
+        return f"its connection broke ({error.strerror or error})"
+    return "it closed its end of the connection" if not data else "it sent bytes after its request"
 
 
 #: What a `reset` event says when a shared store lost its history (see RedisHistory).
@@ -1714,7 +1732,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
             subscriber.close(f"write failed ({error})")
         finally:
             self.server.hub.unsubscribe(subscriber)
-            log.info("subscriber %s left: %s (%d open)", subscriber.peer, subscriber.reason,
+            log.info("subscriber %s ended: %s (%d open)", subscriber.peer, subscriber.reason,
                      self.server.hub.subscriber_count)
 
     def _send_stream_head(self, chunked: bool) -> None:
@@ -1737,7 +1755,12 @@ class SSERequestHandler(BaseHTTPRequestHandler):
         except StoreError as error:
             log.warning("publish refused: %s", error)
             raise HTTPError(503, str(error)) from None
-        self._send_head(204)
+        if "\r" in text:
+            self._send_head(200, [("Content-Type", "text/plain; charset=utf-8"),
+                                  ("Content-Length", str(len(LINE_BREAK_NOTICE)))])
+            self._write(LINE_BREAK_NOTICE)
+        else:
+            self._send_head(204)
 
     def read_body(self, max_body: int) -> bytes:
         """The request's body, whole (RFC 9112 §6.3): Content-Length bytes, or the chunked coding
@@ -2201,9 +2224,14 @@ def main(argv: list[str] | None = None) -> int:
                   os.strerror(error.errno) if error.errno else error)
         return 2
     host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host
-    log.info("Serving the clock on %s://%s:%d/ (stream at /sse, POST /publish)", server.scheme, host, server.port)
+    log.info("Serving %s on %s://%s:%d/ (stream at /sse, POST /publish)",
+             "the clock" if config.clock > 0 else "events (no clock)", server.scheme, host, server.port)
     if config.redis is not None:
         log.info("Events shared through Redis at %s:%d (stream %s)", config.redis.host, config.redis.port, EVENT_STREAM)
+    elif config.store is not None:
+        log.info("Events kept in the store %s (the last %d replayed after a restart)", config.store, config.history)
+    else:
+        log.info("Events kept in memory (the last %d, lost when the server stops)", config.history)
     try:
         server.start_background()
         server.serve_forever()

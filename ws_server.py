@@ -1230,9 +1230,10 @@ class WebSocketServer:
             self.room.leave(connection)
             if connection.state != State.CLOSED:
                 connection.abort()
-            failed = f", after failing it with {protocol.failure}" if protocol.failure else ""
-            log.info("%s disconnected: close code %s %s%s (%d open)", connection.name, connection.close_code,
-                     connection.close_reason, failed, len(self.room.clients))
+            how = f"close code {describe_close(connection.close_code, connection.close_reason)}"
+            if protocol.failure:
+                how += f", after failing it with {describe_close(protocol.failure.code, protocol.failure.reason)}"
+            log.info("%s disconnected: %s (%d open)", connection.name, how, len(self.room.clients))
 
     async def shutdown(self, code: int = CloseCode.GOING_AWAY) -> None:
         """Stop accepting, close every client with `code` (1001, going away), wait for them."""
@@ -3199,6 +3200,9 @@ async def run_server(config: ServerConfig) -> None:
     host = f"[{config.host}]" if ":" in config.host else config.host
     log.info("Serving the chat on %s://%s:%d/ (WebSocket on %s://%s:%d/) ...", server.scheme,
              host, server.port, "wss" if config.tls else "ws", host, server.port)
+    if config.redis is not None:
+        log.info("The chat is shared through Redis at %s:%d (stream %s)", config.redis.host, config.redis.port,
+                 CHAT_STREAM)
     stop = asyncio.Event()
     restore = stop_on_signals(asyncio.get_running_loop(), stop)
     try:
@@ -3262,6 +3266,21 @@ async def run_client(url: str, trace: bool, cafile: str | None = None) -> None:
             await connection.close()
         printing.cancel()
         await asyncio.gather(printing, return_exceptions=True)
+
+
+#: C0 and C1 control characters, DEL included: what a terminal may take for a command.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with its control characters written as escapes (`\\n`, `\\x1b`): what a peer sent
+    (a close reason, a header, a message) cannot forge a log line or command a terminal."""
+    return _CONTROL_CHARACTERS.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def describe_close(code: int | None, reason: str) -> str:
+    """A close code and its reason for a log line: `1001 (going away)`, or `1006` alone."""
+    return f"{code} ({escape_controls(reason)})" if reason else str(code)
 
 
 def port_number(text: str) -> int:

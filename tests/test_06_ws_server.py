@@ -495,6 +495,24 @@ class Test08ShutdownAndTrace(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         self.assertIn("<<< FIN=1 RSV=000 opcode=0x1 TEXT MASK=1 len=6 key=", lines)
         self.assertIn(">>> FIN=1 RSV=000 opcode=0x1 TEXT MASK=0 len=6 key=- payload=b'traced'", lines)
 
+    async def test_03_the_disconnect_line_reads_as_a_sentence_and_escapes_what_the_peer_sent(self):
+        """Operational: the log line of a departure gives the close code, its reason in parentheses only when there is one, and the reason's control characters escaped, so a peer's close reason cannot forge a log line."""
+        with self.assertLogs("ws_server", "INFO") as logs:
+            client = await self.client()
+            await self.wait_for_clients(1)
+            await client.close(1000, "bye\n2026-12-06 00:00:00 forged line \x1b[31m")
+            await self.wait_for_clients(0)
+            quiet = await self.client()
+            await self.wait_for_clients(1)
+            await quiet.close(1000)
+            await self.wait_for_clients(0)
+        departures = [line for line in logs.output if "disconnected" in line]
+        self.assertEqual(len(departures), 2)
+        self.assertIn("disconnected: close code 1000 (bye\\n2026-12-06 00:00:00 forged line \\x1b[31m) (0 open)",
+                      departures[0])
+        self.assertTrue(departures[1].endswith("disconnected: close code 1000 (0 open)"), departures[1])
+        self.assertFalse([line for line in logs.output if "\n" in line or "\x1b" in line])
+
 
 class Test09HostileBatch(ServerTestCase, unittest.IsolatedAsyncioTestCase):
 

@@ -180,6 +180,14 @@ class Test03DecisionsAboutARequest(unittest.TestCase):
                 sse_server.check_origin_allowed(origin, "127.0.0.1:8088", allowed)
             self.assertEqual(caught.exception.status, 403)
 
+    def test_07_an_empty_body_an_event_named_twice_or_a_query_not_utf8_is_400(self):
+        """WHATWG HTML §9.2.6 An event with no data is never dispatched: an empty body is a 400; so are `?event=` given twice and a query that is not UTF-8 (§9.2.5), rather than one name kept silently or U+FFFD."""
+        for check in (lambda: sse_server.publish_text(b""), lambda: sse_server.publish_event_name("event=a&event=b"),
+                      lambda: sse_server.publish_event_name("event=%FF")):
+            with self.assertRaises(HTTPError) as caught:
+                check()
+            self.assertEqual(caught.exception.status, 400)
+
 
 def stored(id: int) -> StoredEvent:
     return StoredEvent.from_payload(id, format_event(f"event {id}", id=str(id)).encode())

@@ -162,6 +162,24 @@ class Test03Publishing(SSEServerTestCase):
                 self.assertTrue(sock.recv(1024).startswith(b"HTTP/1.1 204 "))
         self.assertEqual([e.data for e in stream.next_events(3)], ["one", "two", "three"])
 
+    def test_12_an_empty_body_an_event_named_twice_or_a_query_not_utf8_is_400(self):
+        """WHATWG HTML §9.2.6 An event with no data is never dispatched, so an empty body is refused (400), as the page refuses it; a query that names the event twice, or that is not UTF-8 (§9.2.5), is refused too."""
+        stream = self.subscribed(self.stream())
+        for body, query in ((b"", ""), (b"x", "?event=a&event=b"), (b"x", "?event=%FF")):
+            with self.subTest(body=body, query=query):
+                self.assertEqual(self.publish(body, query), 400)
+        self.assertEqual(self.publish(b"after", ""), 204)
+        self.assertEqual([event.data for event in stream.next_events(1)], ["after"])
+
+    def test_13_cr_and_crlf_line_breaks_arrive_as_lf_and_the_answer_says_so(self):
+        """WHATWG HTML §9.2.6 A body with CR or CRLF line breaks is published, each line a data line, and arrives joined with LF; the answer is 200 with a line that says so (204 when there is no CR)."""
+        stream = self.subscribed(self.stream())
+        status, _, body = http_request(self.port, "POST", "/publish", b"one\r\ntwo\rthree")
+        self.assertEqual(status, 200)
+        self.assertIn(b"arrive as LF", body)
+        self.assertEqual(stream.next_events(1)[0].data, "one\ntwo\nthree")
+        self.assertEqual(self.publish(b"one\ntwo", ""), 204)
+
 
 class Test04Resumption(SSEServerTestCase):
     """§9.2.4: a client reconnects with Last-Event-ID and gets what it missed, then live events."""
