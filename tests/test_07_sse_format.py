@@ -1,16 +1,19 @@
 """Chapter 7: the event stream from the server's side: the text/event-stream format (WHATWG
-HTML §9.2.5), the chunked coding both ways (RFC 9112 §7.1), the decisions about a request, and
-the history that makes Last-Event-ID work (§9.2.4), in memory and in SQLite.
+HTML §9.2.5; sse_server I.1), the chunked coding both ways (RFC 9112 §7.1; II.2), the decisions
+about a request (II.3, I.6), and the history that makes Last-Event-ID work (WHATWG HTML §9.2.4;
+I.5), in memory and in SQLite (II.5), and the hub (II.4).
 
 Pure functions, literal bytes, and the hub without sockets.
 """
 
+import json
 import os
 import socket
 import sqlite3
 import tempfile
 import threading
 import unittest
+from unittest import mock
 
 import sse_server
 from sse_server import (ChunkedDecoder, History, HTTPError, Hub, ServerSentEvent, SQLiteHistory, StoredEvent,
@@ -23,64 +26,73 @@ def parse(stream: bytes) -> list[ServerSentEvent]:
 
 
 class Test01FormattingAnEvent(unittest.TestCase):
-    """§9.2.5: fields are `name: value` lines; a blank line ends the event."""
+    """WHATWG HTML §9.2.5: fields are `name: value` lines; a blank line ends the event."""
 
     def test_01_data_becomes_a_data_line_and_a_blank_line_ends_the_event(self):
-        """§9.2.5 An event is `data:` lines and a blank line that ends it."""
+        """WHATWG HTML §9.2.5 event = *( comment / field ) end-of-line: a `data:` line, then the blank line that ends it."""
         self.assertEqual(format_event("hello"), "data: hello\n\n")
 
     def test_02_multi_line_data_becomes_one_data_line_per_line_split_on_cr_lf_and_crlf(self):
-        """§9.2.5 Each line of the data is a `data:` line of its own; lines end with CR, LF or CRLF."""
+        """WHATWG HTML §9.2.5 A field's value holds no CR or LF, so each line of the data is a `data:` line of its own (split on CR, LF and CRLF)."""
         self.assertEqual(format_event("a\nb\rc\r\nd"), "data: a\ndata: b\ndata: c\ndata: d\n\n")
 
     def test_03_only_cr_lf_and_crlf_split_lines_not_what_str_splitlines_splits_on(self):
-        """§9.2.5 end-of-line is CRLF, LF or CR only: U+2028, NEL and form feed stay inside a line."""
+        """WHATWG HTML §9.2.5 end-of-line = ( cr lf / cr / lf ), no others: U+2028, NEL and form feed stay inside a line."""
         # U+2028 LINE SEPARATOR, U+0085 NEL and form feed are ordinary characters in an event
         # stream; str.splitlines() would split on them and drop the trailing empty line.
         self.assertEqual(format_event("a\u2028b\x85c\x0cd"), "data: a\u2028b\x85c\x0cd\n\n")
         self.assertEqual(format_event("line\n"), "data: line\ndata: \n\n")
 
     def test_04_event_id_and_retry_fields(self):
-        """§9.2.6 The event, id and retry fields, each on its line."""
+        """WHATWG HTML §9.2.6 The event, id and retry fields, each on its line, before the data."""
         self.assertEqual(format_event("x", event="note", id="42", retry=5000),
                          "event: note\nid: 42\nretry: 5000\ndata: x\n\n")
 
     def test_05_an_event_name_with_cr_or_lf_is_refused_so_no_field_can_be_injected(self):
-        """§9.2.5 A name with CR or LF would start a new field: refused, so nothing can be injected."""
+        """WHATWG HTML §9.2.5 any-char excludes CR and LF: a name with one would start a new field, so it is refused (ValueError)."""
         for name in ("a\nb", "a\rb", "a\r\ndata: injected"):
             with self.subTest(name=name), self.assertRaises(ValueError):
                 format_event("x", event=name)
 
     def test_06_an_id_with_cr_lf_or_nul_is_refused(self):
-        """§9.2.6 An id with CR or LF would inject fields; one with NUL would be ignored: refused."""
+        """WHATWG HTML §9.2.6 An id with CR or LF would inject fields; one with NUL is ignored by the browser: both refused."""
         for id in ("1\n", "1\rretry: 1", "1\x002"):
             with self.subTest(id=id), self.assertRaises(ValueError):
                 format_event("x", id=id)
 
     def test_07_a_negative_retry_is_refused(self):
-        """§9.2.6 retry is a number of milliseconds, ASCII digits: never negative."""
+        """WHATWG HTML §9.2.6 retry is "only ASCII digits", a number of milliseconds: a negative one is refused."""
         with self.assertRaises(ValueError):
             format_event("x", retry=-1)
         with self.assertRaises(ValueError):
             format_retry(-1)
 
     def test_08_comments_start_with_a_colon_one_per_line(self):
-        """§9.2.5 A comment is a line that starts with a colon."""
+        """WHATWG HTML §9.2.5 comment = colon *any-char end-of-line: one comment line per line of text."""
         self.assertEqual(format_comment("heartbeat"), ": heartbeat\n")
         self.assertEqual(format_comment("two\nlines"), ": two\n: lines\n")
         self.assertEqual(format_comment(), ":\n")
 
-    def test_09_every_stream_starts_with_retry_alone(self):
-        """§9.2.6 retry alone sets the reconnection time without dispatching an event."""
+    def test_09_every_stream_opens_with_retry_alone_which_dispatches_nothing(self):
+        """WHATWG HTML §9.2.6 retry sets the reconnection time; a blank line with no data dispatches nothing."""
         self.assertEqual(format_retry(3000), "retry: 3000\n\n")
+        parser = sse_server.EventStreamParser()
+        self.assertEqual(parser.feed(format_retry(3000).encode()), [])  # no event
+        self.assertEqual(parser.retry, 3000)
+        # What stream_opening (I.3) writes first, before a replay or none:
+        self.assertEqual(sse_server.stream_opening(3000, [], chunked=False), b"retry: 3000\n\n")
+        self.assertEqual(sse_server.stream_opening(3000, [stored(7)], chunked=False),
+                         b"retry: 3000\n\nid: 7\ndata: event 7\n\n")
 
-    def test_10_whatever_is_formatted_parses_back_to_the_same_data(self):
-        """§9.2.6 Whatever is formatted, a browser parses back to the same data, name and id."""
-        for data in ("", " leading space", "a\r\nb", "\n\n", "tab\there", "emoji \U0001F600", ":colon", "x\r"):
-            with self.subTest(data=data):
-                text = format_event(data, event="e", id="7")
-                expected = data.replace("\r\n", "\n").replace("\r", "\n")
-                self.assertEqual(parse(text.encode()), [ServerSentEvent(expected, "e", "7")])
+    def test_10_whatever_data_is_formatted_parses_back_to_the_same_data(self):
+        """WHATWG HTML §9.2.6 Formatted data parses back the same (line breaks as LF), with its name and id: tricky values, then 2000 seeded random ones."""
+        tricky = ["", " leading space", "a\r\nb", "\n\n", "tab\there", "emoji \U0001F600", ":colon", "x\r",
+                  "\ufeffbom", "nul\x00inside"]
+        random = [data.decode("utf-8", "replace") for data in mutations(7010, [b"a\r\nb\rc\nd", b": x\n\ndata: y"])]
+        for data in tricky + random:
+            text = format_event(data, event="e", id="7")
+            expected = data.replace("\r\n", "\n").replace("\r", "\n")
+            self.assertEqual(parse(text.encode()), [ServerSentEvent(expected, "e", "7")], repr(data))
 
 
 class Test02ChunkedFraming(unittest.TestCase):
@@ -122,7 +134,7 @@ class Test02ChunkedFraming(unittest.TestCase):
             self.assertEqual(caught.exception.status, 400)
 
     def test_06_a_body_over_the_limit_is_413_before_its_data_is_read(self):
-        """RFC 9110 §15.5.14 413: the size line alone says it is too large."""
+        """RFC 9110 §15.5.14 413 (Operational: the decoder's limit is --max-body): the size line alone says it is too large."""
         decoder = ChunkedDecoder(10)
         decoder.feed(b"6\r\nabcdef\r\n")
         with self.assertRaises(HTTPError) as caught:
@@ -135,10 +147,10 @@ class Test02ChunkedFraming(unittest.TestCase):
 
 
 class Test03DecisionsAboutARequest(unittest.TestCase):
-    """The pure checks of a publish, of CORS, and of Last-Event-ID; each refusal an HTTPError."""
+    """The pure checks of a publish (II.3), of CORS (I.6), and of Last-Event-ID (I.5); each refusal an HTTPError."""
 
     def test_01_an_event_name_must_be_one_non_empty_line(self):
-        """§9.2.6 `?event=NAME` names the event; a line break would inject a field (400)."""
+        """WHATWG HTML §9.2.6 `event` sets the type: `?event=NAME` names it; one with a line break would inject a field (WHATWG HTML §9.2.5), or empty: 400."""
         self.assertEqual(sse_server.publish_event_name("event=note"), "note")
         self.assertIsNone(sse_server.publish_event_name("other=1"))
         for query in ("event=a%0Adata:%20injected", "event=a%0Db", "event="):
@@ -147,13 +159,13 @@ class Test03DecisionsAboutARequest(unittest.TestCase):
             self.assertEqual(caught.exception.status, 400)
 
     def test_02_a_published_body_must_be_utf8(self):
-        """§9.2.5 The stream is UTF-8, so a body that is not is refused (400)."""
+        """WHATWG HTML §9.2.5 "Event streams in this format must always be encoded as UTF-8": a body that is not is refused (400)."""
         self.assertEqual(sse_server.publish_text("é".encode()), "é")
         with self.assertRaises(HTTPError):
             sse_server.publish_text(b"\xff\xfe")
 
     def test_03_the_last_event_id_header_is_utf8(self):
-        """§9.2.4 The header carries the last event ID string, UTF-8 encoded."""
+        """WHATWG HTML §9.2.3 Last-Event-ID is "the last event ID string, encoded as UTF-8" (the header: WHATWG HTML §9.2.4): read back as UTF-8."""
         request = sse_server.ws_server.parse_request(
             "GET /sse HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 日本 ".encode("utf-8"))
         self.assertEqual(sse_server.last_event_id(request), "日本")
@@ -170,7 +182,7 @@ class Test03DecisionsAboutARequest(unittest.TestCase):
         self.assertEqual(sse_server.cors_headers("http://b.example", ("http://a.example",)), [("Vary", "Origin")])
 
     def test_06_with_an_allow_list_other_pages_are_refused_and_broken_origins_too(self):
-        """RFC 6454 §6.1 An origin is compared as a string, never parsed: `http://[` is refused, not a crash."""
+        """Operational: --allow-origin: another page's Origin is 403; origins (RFC 6454 §7.1) are compared as strings, never parsed, so `http://[` is a 403, not a crash; same origin and no Origin pass."""
         allowed = ("http://a.example",)
         sse_server.check_origin_allowed(None, "x", allowed)  # a program, not a page
         sse_server.check_origin_allowed("http://a.example", "x", allowed)
@@ -201,34 +213,49 @@ def keep(history: History, data: str) -> StoredEvent:
 
 
 class Test04TheHistoryForLastEventID(unittest.TestCase):
-    """§9.2.4: a reconnecting client sends the last id it saw; the server resumes after it."""
+    """WHATWG HTML §9.2.4: a reconnecting client sends the last id it saw; the History (I.5) resumes after it."""
 
     def test_01_every_event_after_the_last_id_in_order(self):
-        """§9.2.4 Every event after the client's last event ID, in order, none twice."""
+        """WHATWG HTML §9.2.4 Last-Event-ID names the last event seen; History.after gives every event after it, in order, none twice."""
         history = History(10, first_id=1)
         self.assertEqual([keep(history, f"event {id}").id for id in range(1, 6)], [1, 2, 3, 4, 5])
         self.assertEqual([e.id for e in history.after(2)], [3, 4, 5])
         self.assertEqual(history.after(5), [])
         self.assertEqual([e.id for e in history.after(0)], [1, 2, 3, 4, 5])
 
-    def test_02_an_id_older_than_the_history_or_never_issued_cannot_be_resumed(self):
-        """§9.2.4 A position that no longer exists is not guessed at: the client gets a reset."""
+    def test_02_an_id_older_than_the_history_or_never_issued_cannot_be_resumed_and_gets_a_reset(self):
+        """WHATWG HTML §9.2.4 Last-Event-ID, and this server's answer: a position that no longer exists is not guessed at; first_events gives a `reset` event with the newest id."""
         history = History(3, first_id=1)
         for id in range(1, 8):
             keep(history, f"event {id}")  # keeps 5, 6, 7
         self.assertEqual([e.id for e in history.after(4)], [5, 6, 7])
         self.assertIsNone(history.after(3))  # event 4 is gone: a gap
         self.assertIsNone(history.after(8))  # not issued yet
+        for last_event_id in ("3", "8"):
+            with self.subTest(last_event_id=last_event_id):
+                reset = parse(b"".join(e.payload for e in sse_server.first_events(history, last_event_id)))
+                self.assertEqual([(e.type, e.last_event_id) for e in reset], [("reset", "7")])
+                self.assertEqual(json.loads(reset[0].data)["last_event_id"], last_event_id)
+        self.assertEqual([e.id for e in sse_server.first_events(history, "4")], [5, 6, 7])  # resumable: no reset
+        self.assertEqual(sse_server.first_events(history, None), [])  # no Last-Event-ID: nothing before live events
 
-    def test_03_ids_of_an_earlier_run_in_memory_are_too_old_for_this_one(self):
-        """§9.2.4 Ids never repeat across runs: kept in memory, they start at the start time in µs."""
-        earlier = History(10)
-        keep(earlier, "from an earlier run")
-        later = History(10, first_id=earlier.next_id + 1000)
-        self.assertIsNone(later.after(earlier.next_id - 1))
+    def test_03_in_memory_ids_start_at_the_start_time_in_microseconds_so_an_earlier_runs_are_too_old(self):
+        """Operational (History, I.5): kept in memory, the first id is the start time in µs, so the ids of an earlier run (fewer events than µs since) are too old for a later one."""
+        started = 1_764_576_000_123_456_789  # ns since the epoch: the earlier run's start (time.time_ns, mocked)
+        with mock.patch.object(sse_server.time, "time_ns", return_value=started):
+            earlier = History(10)  # the default: no first_id given
+        self.assertEqual(earlier.next_id, started // 1000)
+        ids = [keep(earlier, f"from an earlier run {n}").id for n in range(3)]
+        with mock.patch.object(sse_server.time, "time_ns", return_value=started + 1_000_000_000):  # a second later
+            later = History(10)
+        self.assertEqual(later.next_id, started // 1000 + 1_000_000)
+        self.assertGreater(later.next_id, ids[-1])
+        keep(later, "the later run's first event")
+        for id in ids:
+            self.assertIsNone(later.after(id))  # too old: a reset, never another run's position
 
     def test_04_a_last_event_id_is_ascii_digits_with_a_length_cap(self):
-        """§9.2.4 An id is whatever the client sends: only a short ASCII number names a position here."""
+        """WHATWG HTML §9.2.4 The header's value is essentially any UTF-8 string: only a short ASCII number names a position here."""
         history = History(10, first_id=1)
         self.assertEqual(history.parse_id("42"), 42)
         for text in ("4" * 5000, "٣", "²", "-1", "1.5", ""):
@@ -237,7 +264,7 @@ class Test04TheHistoryForLastEventID(unittest.TestCase):
 
 
 class Test05TheSQLiteStore(unittest.TestCase):
-    """--store FILE: the history kept across restarts, owned by one server process."""
+    """Operational: --store FILE: the history kept across restarts, owned by one server process (II.5)."""
 
     def setUp(self):
         self.folder = tempfile.TemporaryDirectory()
@@ -247,7 +274,7 @@ class Test05TheSQLiteStore(unittest.TestCase):
         self.folder.cleanup()
 
     def test_01_a_store_keeps_events_and_ids_across_a_restart(self):
-        """§9.2.4 A restarted server replays what its clients missed, and continues the ids."""
+        """Operational: --store: a restarted server replays what its clients missed (WHATWG HTML §9.2.4 Last-Event-ID), and continues the ids."""
         first = SQLiteHistory(self.path, maxlen=3)
         start = first.next_id
         for id in range(start, start + 5):
@@ -263,7 +290,7 @@ class Test05TheSQLiteStore(unittest.TestCase):
             second.close()
 
     def test_02_a_second_process_cannot_open_a_store_in_use(self):
-        """One store, one process: a second opener is refused, and told which file and why."""
+        """Operational: --store: one store, one process: a second opener is refused, and told which file and why."""
         owner = SQLiteHistory(self.path, maxlen=10)
         try:
             with self.assertRaises(StoreError) as caught:
@@ -275,7 +302,7 @@ class Test05TheSQLiteStore(unittest.TestCase):
         SQLiteHistory(self.path, maxlen=10).close()  # free again once the owner has closed it
 
     def test_03_a_file_that_is_not_an_event_store_is_refused_by_name(self):
-        """Every store error names the file: another program's database, or no database at all."""
+        """Operational: --store: every store error names the file: another program's database, or no database at all."""
         with sqlite3.connect(self.path) as other:
             other.execute("CREATE TABLE events (name TEXT, at REAL)")
         other.close()
@@ -291,7 +318,7 @@ class Test05TheSQLiteStore(unittest.TestCase):
         self.assertIn(garbage, str(caught.exception))
 
     def test_04_an_insert_that_fails_is_a_store_error_and_leaves_the_history_as_it_was(self):
-        """A refused insert (here a duplicate id) raises StoreError; memory and store still agree."""
+        """Operational: --store: a refused insert (here a duplicate id) raises StoreError; memory and the file still agree."""
         history = SQLiteHistory(self.path, maxlen=10)
         try:
             start = history.next_id
@@ -303,8 +330,14 @@ class Test05TheSQLiteStore(unittest.TestCase):
             self.assertEqual(history.next_id, start + 1)
             keep(history, "second")  # and the store goes on
             self.assertEqual([e.id for e in history.after(start - 1)], [start, start + 1])
+            in_memory = [e.payload for e in history.after(start - 1)]
         finally:
             history.close()
+        reopened = SQLiteHistory(self.path, maxlen=10)  # what the file kept
+        try:
+            self.assertEqual([e.payload for e in reopened.after(start - 1)], in_memory)
+        finally:
+            reopened.close()
 
 
 class FailingStore(History):
@@ -328,19 +361,25 @@ class SlowStore(History):
 
 
 class Test06TheHub(unittest.TestCase):
-    """Numbering, storing, keeping and fan-out, in an order that makes acknowledgements true."""
+    """Operational (the hub, II.4): numbering, storing, keeping and fan-out, in an order that makes acknowledgements true."""
 
     def test_01_an_event_the_store_refuses_is_not_sent_not_kept_and_its_id_is_reused(self):
-        """A publish is acknowledged if and only if its event is stored."""
+        """Operational (Hub.publish): an event the store refuses raises StoreError, reaches no subscriber, is not kept, and leaves its id to the next."""
         hub = Hub(FailingStore(10, first_id=1))
-        self.addCleanup(hub.close)
+        self.addCleanup(hub.close, 0.1)
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        subscriber, _ = hub.subscribe(ours, chunked=True, last_event_id=None)
+        self.addCleanup(hub.unsubscribe, subscriber)  # (before the hub closes: it has no thread to end)
         with self.assertRaises(StoreError):
             hub.publish("lost")
-        self.assertEqual(hub.history.next_id, 1)
-        self.assertEqual(hub.history.after(0), [])
+        self.assertEqual(subscriber.backlog, [])  # not sent (until its thread starts, all it gets waits here)
+        self.assertEqual(hub.history.next_id, 1)  # the next event gets id 1
+        self.assertEqual(hub.history.after(0), [])  # not kept
 
     def test_02_a_slow_store_does_not_hold_up_a_new_subscriber(self):
-        """Nothing slow happens under the hub's lock: a subscriber joins while a publish waits on the disk."""
+        """Operational (Hub): nothing slow happens under the hub's lock: a subscriber joins while a publish waits on the disk, and then gets that event live."""
         history = SlowStore()
         hub = Hub(history)
         self.addCleanup(hub.close, 0.1)
@@ -377,7 +416,7 @@ class Test07Fuzz(unittest.TestCase):
              (HTTPError,))
 
     def test_02_any_publish_query_body_and_origin_are_accepted_or_refused_with_a_status(self):
-        """§9.2.5 Whatever the query, body, Origin or Last-Event-ID: a decision, or an HTTPError."""
+        """Operational (II.3, I.6, I.5), fuzzed: whatever the query, body, Origin or Last-Event-ID: a decision, or an HTTPError."""
         def decide(data: bytes) -> None:
             text = data.decode("latin-1")
             for check in (lambda: sse_server.publish_event_name(text), lambda: sse_server.publish_text(data),
