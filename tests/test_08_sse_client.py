@@ -1,11 +1,16 @@
 """Chapter 8: the event stream from the browser's side: the processing model of an EventSource
-(WHATWG HTML §9.2.2-§9.2.6), first as a parser fed literal bytes, then as a client that
-reconnects, follows redirects and sends Last-Event-ID the way a browser does.
+(WHATWG HTML §9.2.2-§9.2.6), first as a parser fed literal bytes (sse_server I.2), then as a
+client (II.9) that reconnects, follows redirects and sends Last-Event-ID the way a browser does.
+
+Every wait is bounded: the client reconnects forever by design, so each of its events is
+awaited for at most TIMEOUT seconds (`next_event`), and a broken parser fails a test, never
+hangs it.
 """
 
 import http.server
 import json
 import os
+import queue
 import tempfile
 import socket
 import ssl
@@ -15,7 +20,7 @@ import unittest.mock
 
 import sse_server
 from sse_server import EventStreamParser, ServerSentEvent
-from tests.support import TIMEOUT, SSEServerTestCase, fuzz, mutations
+from tests.support import TIMEOUT, SSEServerTestCase, fuzz, mutations, wait_until
 
 
 def parse(stream: bytes) -> list[ServerSentEvent]:
@@ -23,15 +28,15 @@ def parse(stream: bytes) -> list[ServerSentEvent]:
 
 
 class Test01ParsingTheSpecExamples(unittest.TestCase):
-    """The examples of §9.2.6, through the parser, with the results the spec gives."""
+    """The examples of WHATWG HTML §9.2.6, through the parser, with the results the spec gives."""
 
     def test_01_three_data_lines_make_one_event_joined_with_lf(self):
-        """§9.2.6 Three data lines make one event, joined with LF (the spec's stock example)."""
+        """WHATWG HTML §9.2.6 Three data lines make one event, joined with LF (the spec's stock example)."""
         stream = b"data: YHOO\ndata: +2\ndata: 10\n\n"
         self.assertEqual(parse(stream), [ServerSentEvent("YHOO\n+2\n10")])
 
     def test_02_comment_id_and_an_id_field_with_no_value(self):
-        """§9.2.6 A comment, an id, and an `id` with no value that resets the last event ID (the spec's example)."""
+        """WHATWG HTML §9.2.6 A comment, an id, and an `id` with no value that resets the last event ID (the spec's example)."""
         stream = b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n"
         self.assertEqual(parse(stream), [
             ServerSentEvent("first event", last_event_id="1"),
@@ -39,40 +44,41 @@ class Test01ParsingTheSpecExamples(unittest.TestCase):
             ServerSentEvent(" third event", last_event_id=""),  # only one space is removed
         ])
 
-    def test_03_empty_data_events_and_a_last_block_with_no_blank_line_is_discarded(self):
-        """§9.2.6 Empty data fires an event; a block with no blank line after it is discarded at the end."""
-        stream = b"data\n\ndata\ndata\n\ndata:"
-        self.assertEqual(parse(stream), [ServerSentEvent(""), ServerSentEvent("\n")])
+    def test_03_empty_data_fires_an_event_and_a_last_block_with_no_blank_line_fires_nothing(self):
+        """WHATWG HTML §9.2.6 Empty data fires an event, two empty data lines fire "\\n", and a last block with no blank line after it fires nothing (the spec's example; its end of stream: Test05 test_05)."""
+        for stream in (b"data\n\ndata\ndata\n\ndata:\n", b"data\n\ndata\ndata\n\ndata:"):  # its line ended, or not
+            with self.subTest(stream=stream):
+                self.assertEqual(parse(stream), [ServerSentEvent(""), ServerSentEvent("\n")])
 
     def test_04_the_space_after_the_colon_is_optional(self):
-        """§9.2.6 `data:test` and `data: test` are the same field (the spec's example)."""
+        """WHATWG HTML §9.2.6 `data:test` and `data: test` are the same field (the spec's example)."""
         self.assertEqual(parse(b"data:test\n\ndata: test\n\n"), [ServerSentEvent("test")] * 2)
 
 
 class Test02ParsingRules(unittest.TestCase):
-    """§9.2.5 and §9.2.6, rule by rule."""
+    """WHATWG HTML §9.2.5 and §9.2.6, rule by rule."""
 
     def test_01_one_leading_bom_is_ignored_a_second_one_is_not(self):
-        """§9.2.5 One leading U+FEFF BYTE ORDER MARK is ignored; a second one is part of a field name."""
+        """WHATWG HTML §9.2.6 UTF-8 decode strips one leading BOM (§9.2.5: stream = [ bom ] *event); a second one is part of a field name."""
         self.assertEqual(parse(b"\xef\xbb\xbfdata: a\n\n"), [ServerSentEvent("a")])
         # "\ufeffdata" is then a field name nobody knows: ignored.
         self.assertEqual(parse(b"\xef\xbb\xbf\xef\xbb\xbfdata: a\n\n"), [])
 
     def test_02_lines_end_with_cr_lf_or_crlf(self):
-        """§9.2.5 end-of-line = ( cr lf / cr / lf )."""
+        """WHATWG HTML §9.2.6 A line ends with CRLF, a lone LF or a lone CR (§9.2.5: end-of-line = ( cr lf / cr / lf ))."""
         for eol in (b"\n", b"\r", b"\r\n"):
             with self.subTest(eol=eol):
                 self.assertEqual(parse(b"data: a" + eol + b"data: b" + eol + eol), [ServerSentEvent("a\nb")])
 
     def test_03_a_crlf_split_across_two_reads_is_one_line_break(self):
-        """§9.2.5 A CRLF split across two reads is one line break, not two."""
+        """WHATWG HTML §9.2.6 Only a CR "not followed by" LF ends a line alone: a CRLF split across two reads is one line break, not two."""
         parser = EventStreamParser()
         self.assertEqual(parser.feed(b"data: a\r"), [])
         self.assertEqual(parser.feed(b"\ndata: b\r\n\r"), [ServerSentEvent("a\nb")])
         self.assertEqual(parser.feed(b"\ndata: c\n\n"), [ServerSentEvent("c")])
 
     def test_04_feeding_one_byte_at_a_time_gives_the_same_events(self):
-        """§9.2.6 The stream is parsed as it arrives: one byte at a time gives the same events."""
+        """WHATWG HTML §9.2.6 "Lines must be processed, in the order they are received": one byte at a time gives the same events."""
         stream = "\ufeffid: 1\r\nevent: é\rdata: ü\r\n\r\n: c\ndata: x\n\nretry: 10\n".encode()
         parser = EventStreamParser()
         events = [e for i in range(len(stream)) for e in parser.feed(stream[i:i + 1])]
@@ -80,23 +86,23 @@ class Test02ParsingRules(unittest.TestCase):
         self.assertEqual(events, [ServerSentEvent("ü", "é", "1"), ServerSentEvent("x", "message", "1")])
 
     def test_05_event_names_the_type_which_defaults_to_message_for_the_next_event(self):
-        """§9.2.6 event sets the type of this event only; the next one is `message` again."""
+        """WHATWG HTML §9.2.6 event sets the type of this event only (dispatch empties the buffer); the next one is `message` again."""
         self.assertEqual(parse(b"event: add\ndata: 1\n\ndata: 2\n\n"),
                          [ServerSentEvent("1", "add"), ServerSentEvent("2", "message")])
 
     def test_06_the_last_event_id_persists_until_the_stream_sets_another(self):
-        """§9.2.6 The last event ID persists from event to event, and is set at dispatch even with no data."""
+        """WHATWG HTML §9.2.6 The last event ID buffer "does not get reset": it persists from event to event, and is set at dispatch even with no data."""
         parser = EventStreamParser()
         events = parser.feed(b"id: 7\ndata: a\n\ndata: b\n\nid: 8\n\n")
         self.assertEqual([e.last_event_id for e in events], ["7", "7"])
         self.assertEqual(parser.last_event_id, "8")  # set at dispatch even with no data
 
     def test_07_an_id_containing_nul_is_ignored(self):
-        """§9.2.6 "If the field value does not contain U+0000 NULL, then set the last event ID buffer"."""
+        """WHATWG HTML §9.2.6 "If the field value does not contain U+0000 NULL, then set the last event ID buffer"."""
         self.assertEqual(parse(b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n")[1].last_event_id, "1")
 
     def test_08_retry_takes_ascii_digits_only(self):
-        """§9.2.6 "If the field value consists of only ASCII digits", retry sets the reconnection time."""
+        """WHATWG HTML §9.2.6 "If the field value consists of only ASCII digits", retry sets the reconnection time; else it is ignored."""
         parser = EventStreamParser()
         parser.feed(b"retry: 1500\n")
         self.assertEqual(parser.retry, 1500)
@@ -105,23 +111,23 @@ class Test02ParsingRules(unittest.TestCase):
         self.assertEqual(parser.retry, 1500)
 
     def test_09_unknown_fields_and_comments_are_ignored(self):
-        """§9.2.6 Other field names, and comments, are ignored; names are case-sensitive."""
+        """WHATWG HTML §9.2.6 Other field names, and comments, are ignored; names are compared "with no case folding"."""
         self.assertEqual(parse(b": hi\nfoo: bar\nDATA: no\ndata: yes\n\n"), [ServerSentEvent("yes")])
 
     def test_10_a_field_with_no_colon_has_an_empty_value(self):
-        """§9.2.6 A line with no colon is a field name with an empty value."""
+        """WHATWG HTML §9.2.6 A line with no colon is a field name with an empty value."""
         self.assertEqual(parse(b"data\ndata\n\n"), [ServerSentEvent("\n")])
 
     def test_11_only_the_first_colon_separates_name_and_value(self):
-        """§9.2.6 Only the first colon separates the name from the value."""
+        """WHATWG HTML §9.2.6 Only the first colon separates the name from the value."""
         self.assertEqual(parse(b"data: a: b\n\n"), [ServerSentEvent("a: b")])
 
     def test_12_invalid_utf8_becomes_the_replacement_character(self):
-        """§9.2.5 The stream is decoded with UTF-8 decode: invalid bytes become U+FFFD."""
+        """WHATWG HTML §9.2.6 "Streams must be decoded using the UTF-8 decode algorithm": invalid bytes become U+FFFD."""
         self.assertEqual(parse(b"data: \xff\xfe ok\n\n"), [ServerSentEvent("\ufffd\ufffd ok")])
 
     def test_13_a_utf8_character_split_across_two_reads_is_kept_whole(self):
-        """§9.2.5 A character split across two reads is decoded whole."""
+        """WHATWG HTML §9.2.6 UTF-8 decode reads the stream as one: a character split across two reads is decoded whole."""
         parser = EventStreamParser()
         data = "data: €\n\n".encode()
         self.assertEqual(parser.feed(data[:7]) + parser.feed(data[7:]), [ServerSentEvent("€")])
@@ -130,7 +136,7 @@ class Test02ParsingRules(unittest.TestCase):
 class Test03ParsingAnything(unittest.TestCase):
 
     def test_01_any_bytes_parse_to_events_and_never_raise(self):
-        """§9.2.5 A browser never refuses a stream: whatever the bytes, events come out, in any pieces."""
+        """WHATWG HTML §9.2.6 Interpreting a stream has no error case: whatever the bytes (seeded mutations), in pieces of 3, events come out and nothing raises."""
         def feed(stream: bytes) -> None:
             parser = EventStreamParser()
             for i in range(0, len(stream), 3):
@@ -140,10 +146,10 @@ class Test03ParsingAnything(unittest.TestCase):
 
 
 class Test04ParsingWhatRealServersSend(unittest.TestCase):
-    """§9.2.6 on streams as servers write them: ours, and the tutorial's."""
+    """WHATWG HTML §9.2.6 on streams as servers write them: ours, and the tutorial's."""
 
     def test_01_our_stream_parses_to_retry_then_events_with_ids(self):
-        """§9.2.6 retry first, then each event's id and data, and a comment that dispatches nothing."""
+        """WHATWG HTML §9.2.6 retry first, then each event's id and data, and a comment that dispatches nothing."""
         parser = EventStreamParser()
         stream = (sse_server.format_retry(3000) + sse_server.format_comment("heartbeat")
                   + sse_server.format_event('{"message": "Current time: 12:00:00"}', id="1764576000000000")).encode()
@@ -152,14 +158,60 @@ class Test04ParsingWhatRealServersSend(unittest.TestCase):
         self.assertEqual(parser.retry, 3000)
 
     def test_02_the_tutorials_stream_parses_too(self):
-        """§9.2.6 The tutorial sends `data: {json}` with no id: the last event ID stays empty."""
+        """WHATWG HTML §9.2.6 The tutorial sends `data: {json}` with no id: the last event ID stays empty."""
         events = parse(b'data: {"message":"Current time: 12:00:00"}\n\n')
         self.assertEqual(json.loads(events[0].data)["message"], "Current time: 12:00:00")
         self.assertEqual(events[0].last_event_id, "")
 
 
+class Following:
+    """The client (`sse_server.follow`), each of its events awaited for at most `timeout` seconds.
+
+    follow() reconnects forever, by design: a bare next() on it waits as long as no event comes,
+    which for a broken parser is forever.  Here each next() runs in a thread of its own and the
+    test waits for it with a bound, then fails.  (A next() that timed out is left running in its
+    daemon thread, reconnecting, until the test process ends: the test has failed by then.)"""
+
+    def __init__(self, url: str) -> None:
+        self.events = sse_server.follow(url, timeout=TIMEOUT)
+        self.running: threading.Thread | None = None
+
+    def next(self, meanwhile=None, timeout: float = TIMEOUT) -> ServerSentEvent:
+        """The next event (or what follow raised), once `meanwhile()` has run in this thread."""
+        results: queue.Queue = queue.Queue()
+
+        def take() -> None:
+            try:
+                results.put((True, next(self.events)))
+            except BaseException as error:  # StreamFailed, StopIteration: the test's to see
+                results.put((False, error))
+        self.running = threading.Thread(target=take, name="follow", daemon=True)
+        self.running.start()
+        if meanwhile is not None:
+            meanwhile()
+        try:
+            taken, value = results.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no event from the client within {timeout:g} s") from None
+        self.running.join(timeout)
+        self.running = None
+        if not taken:
+            raise value
+        return value
+
+    def close(self) -> None:
+        if self.running is None:  # (a generator still running cannot be closed; see above)
+            self.events.close()  # its connection, if any, closes with it
+
+
+def publish_once_subscribed(server: sse_server.SSEServer, text: str, count: int = 1) -> None:
+    """Publish `text` once the server has `count` subscribers: the client is there to get it live."""
+    wait_until(lambda: server.hub.subscriber_count == count, message=f"{count} subscribers")
+    server.hub.publish(text)
+
+
 class Redirector(http.server.BaseHTTPRequestHandler):
-    """Answers every GET with a redirect to `target` (set on the server)."""
+    """Answers every GET with a redirect (`status`) to `target` (both set on the server)."""
 
     def do_GET(self):
         self.send_response(self.server.status)
@@ -189,59 +241,108 @@ class OneEventStream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class Test05TheClient(SSEServerTestCase):
-    """`--connect URL`: an EventSource in a terminal (§9.2.2-§9.2.4)."""
+class EndsInTheMiddleOfAnEvent(http.server.BaseHTTPRequestHandler):
+    """The first stream: an event, then an event with no blank line after it, ending on an
+    unfinished line, then the end of the stream (HTTP/1.0: the connection closes).  Every later
+    stream: one event, then its end."""
 
-    def follow(self, url):
-        events = sse_server.follow(url, timeout=TIMEOUT)
-        self.addCleanup(events.close)
-        return events
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self):
+        self.server.connections += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        if self.server.connections == 1:
+            self.wfile.write(b"retry: 10\ndata: complete\n\ndata: pending\ndata: unfinish")
+        else:
+            self.wfile.write(b"data: after the reconnection\n\n")
+
+    def log_message(self, *args):
+        pass
+
+
+class Test05TheClient(SSEServerTestCase):
+    """`--connect URL`: an EventSource in a terminal (WHATWG HTML §9.2.2-§9.2.4, §9.2.6)."""
+
+    def follow(self, url: str) -> Following:
+        client = Following(url)
+        self.addCleanup(client.close)
+        return client
+
+    def serve(self, handler, **attributes) -> http.server.ThreadingHTTPServer:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        for name, value in attributes.items():
+            setattr(server, name, value)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        return server
 
     def test_01_it_reconnects_by_itself_with_last_event_id(self):
-        """§9.2.3 After the stream ends, wait the reconnection time and ask again with Last-Event-ID."""
-        with tempfile.TemporaryDirectory() as folder:
-            store = os.path.join(folder, "events.sqlite3")
-            first = self.start_server(store=store, retry=50)
-            events = self.follow(f"http://127.0.0.1:{first.port}/sse")
-            timer = threading.Timer(0.3, first.hub.publish, ["one"])
-            timer.start()
-            self.assertEqual(next(events).data, "one")
-            timer.join(TIMEOUT)
-            port = first.port
-            first.stop()
-            second = self.start_server(store=store, port=port)
-            second.hub.publish("two")  # published while the client is away, or just back
-            self.assertEqual(next(events).data, "two")
+        """WHATWG HTML §9.2.2 (the end of the body reestablishes the connection) and §9.2.3: wait the reconnection time, ask again with Last-Event-ID, and get what was missed."""
+        folder = tempfile.TemporaryDirectory()
+        self.addCleanup(folder.cleanup)  # (registered first: it runs after both servers stopped)
+        store = os.path.join(folder.name, "events.sqlite3")
+        first = self.start_server(store=store, retry=50)
+        client = self.follow(f"http://127.0.0.1:{first.port}/sse")
+        one = client.next(meanwhile=lambda: publish_once_subscribed(first, "one"))
+        self.assertEqual(one.data, "one")
+        port = first.port
+        first.stop()  # the stream ends (its last chunk): the client waits 50 ms, and asks again
+        # The next server has "two" before it serves anyone (a connection waits in its listen
+        # queue): only a client that comes back with Last-Event-ID (one's id) is replayed "two".
+        second = sse_server.SSEServer(sse_server.ServerConfig(port=port, clock=0, heartbeat=0, store=store))
+        self.addCleanup(second.stop)
+        second.hub.publish("two")
+        second.start()
+        two = client.next()
+        self.assertEqual((two.data, two.last_event_id), ("two", str(int(one.last_event_id) + 1)))
 
     def test_02_it_sends_last_event_id_utf8_encoded(self):
-        """§9.2.4 "the last event ID string, encoded as UTF-8": an id of 日本 comes back intact."""
-        streamer = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OneEventStream)
-        streamer.last_event_ids = []
-        threading.Thread(target=streamer.serve_forever, daemon=True).start()
-        self.addCleanup(streamer.server_close)
-        self.addCleanup(streamer.shutdown)
-        events = self.follow(f"http://127.0.0.1:{streamer.server_address[1]}/sse")
-        self.assertEqual(next(events).last_event_id, "日本")
-        self.assertEqual(next(events).data, "again")  # the second connection
+        """WHATWG HTML §9.2.3 Last-Event-ID is "the last event ID string, encoded as UTF-8": an id of 日本 comes back intact."""
+        streamer = self.serve(OneEventStream, last_event_ids=[])
+        client = self.follow(f"http://127.0.0.1:{streamer.server_address[1]}/sse")
+        self.assertEqual(client.next().last_event_id, "日本")
+        self.assertEqual(client.next().data, "again")  # the second connection
         self.assertEqual(streamer.last_event_ids, [None, "日本".encode("utf-8")])
 
     def test_03_it_follows_redirects(self):
-        """§9.2.2 EventSource fetches with redirect mode "follow": a 307 leads to the stream."""
+        """WHATWG HTML §9.2.1 "Event stream requests can be redirected using HTTP 301 and 307 redirects": each leads to the stream."""
         redirector = http.server.HTTPServer(("127.0.0.1", 0), Redirector)
-        redirector.status, redirector.target = 307, f"http://127.0.0.1:{self.port}/sse"
+        redirector.target = f"http://127.0.0.1:{self.port}/sse"
         threading.Thread(target=redirector.serve_forever, daemon=True).start()
         self.addCleanup(redirector.server_close)
         self.addCleanup(redirector.shutdown)
-        events = self.follow(f"http://127.0.0.1:{redirector.server_address[1]}/old")
-        threading.Timer(0.3, self.server.hub.publish, ["through the redirect"]).start()
-        self.assertEqual(next(events).data, "through the redirect")
+        for status in (301, 307):
+            with self.subTest(status=status):
+                redirector.status = status
+                client = self.follow(f"http://127.0.0.1:{redirector.server_address[1]}/old")
+                text = f"through the {status}"
+                self.assertEqual(client.next(meanwhile=lambda: publish_once_subscribed(self.server, text)).data, text)
+                client.close()
+                wait_until(lambda: self.server.hub.subscriber_count == 0, message="the client gone")
 
     def test_04_a_refusal_fails_the_connection_for_good(self):
-        """§9.2.3 A status other than 200, or another Content-Type, fails the connection: no retry."""
-        events = self.follow(f"http://127.0.0.1:{self.port}/not-a-stream")
-        with self.assertRaises(sse_server.StreamFailed) as caught:
-            next(events)
-        self.assertIn("404", str(caught.exception))
+        """WHATWG HTML §9.2.2 A status other than 200, or a Content-Type other than text/event-stream, fails the connection; once failed (§9.2.3) it does not reconnect."""
+        for path, said in (("/not-a-stream", "404"), ("/", "text/html")):
+            with self.subTest(path=path):
+                client = self.follow(f"http://127.0.0.1:{self.port}{path}")
+                with self.assertRaises(sse_server.StreamFailed) as caught:
+                    client.next()
+                self.assertIn(said, str(caught.exception))
+                with self.assertRaises(StopIteration):
+                    client.next()  # the client is over: no reconnection
+
+    def test_05_at_the_end_of_a_stream_an_unfinished_event_is_discarded(self):
+        """WHATWG HTML §9.2.6 "Once the end of the file is reached, any pending data must be discarded": the next connection starts clean."""
+        streamer = self.serve(EndsInTheMiddleOfAnEvent, connections=0)
+        client = self.follow(f"http://127.0.0.1:{streamer.server_address[1]}/sse")
+        self.assertEqual(client.next(), ServerSentEvent("complete"))
+        # Not "pending\nunfinishdata: after the reconnection": the pending event and the
+        # unfinished line ended with the first stream.
+        self.assertEqual(client.next(), ServerSentEvent("after the reconnection"))
+        self.assertEqual(streamer.connections, 2)
 
 
 
