@@ -69,7 +69,7 @@ class Test01ChatPage(BrowserTestCase):
         return tab
 
     async def test_01_two_tabs_chat_both_ways_with_the_button_and_with_enter(self):
-        """§5.6 Two tabs chat both ways, with the button and with the Enter key."""
+        """RFC 6455 §5.6 text frames, through the chat page: two tabs chat both ways, with the button and with the Enter key."""
         first, second = await self.open_chat(), await self.open_chat()
         await first.evaluate("document.getElementById('messageInput').value = 'hello from the first tab';"
                              "document.getElementById('sendButton').click()")
@@ -83,7 +83,7 @@ class Test01ChatPage(BrowserTestCase):
         self.assertEqual(await second.evaluate("document.getElementById('messageInput').value"), "")
 
     async def test_02_a_message_that_looks_like_html_is_shown_as_text_and_creates_no_element(self):
-        """HTML §4.16 A message that looks like HTML is shown as text: no element, no script."""
+        """DOM Standard textContent (a Text node, never parsed): a message that looks like HTML is shown as text: no element, no script, no dialog."""
         tab = await self.open_chat()
         client = await ws_server.connect(self.url.replace("http", "ws"))
         payload = "<img src=x onerror=alert(1)>"
@@ -95,7 +95,7 @@ class Test01ChatPage(BrowserTestCase):
         await client.close()
 
     async def test_03_a_binary_message_is_shown_readably(self):
-        """§5.6 A binary message is shown as its size and first bytes, not "[object Blob]"."""
+        """RFC 6455 §5.6 binary frames, through the chat page: a binary message is shown as its size and first bytes, not "[object Blob]"."""
         tab = await self.open_chat()
         client = await ws_server.connect(self.url.replace("http", "ws"))
         await client.send(b"\x00\x01\xfe\xff")
@@ -139,7 +139,7 @@ class Test01ChatPage(BrowserTestCase):
         self.assertEqual(over["code"], 1009)
 
     async def test_05_the_state_line_is_a_status_and_the_chat_a_log(self):
-        """ARIA 1.2 role=status and role=log: what a screen reader announces, in the live page."""
+        """WAI-ARIA 1.2 role=status and role=log, and the input's label: what a screen reader announces, in the live page."""
         tab = await self.open_chat()
         self.assertEqual(await tab.evaluate("document.getElementById('state').getAttribute('role')"), "status")
         self.assertEqual(await tab.evaluate("document.getElementById('chatBox').getAttribute('role')"), "log")
@@ -147,7 +147,7 @@ class Test01ChatPage(BrowserTestCase):
         self.assertEqual(label, "Message")
 
     async def test_04_the_page_reconnects_after_the_server_restarts(self):
-        """§7.4.1 The page shows 1001 when the server stops, and reconnects by itself when it is back."""
+        """RFC 6455 §7.4.1 1001 (going away): the page shows it when the server stops, and reconnects by itself when it is back."""
         tab = await self.open_chat()
         port = self.server.port
         stopping = asyncio.create_task(self.server.shutdown())
@@ -189,15 +189,15 @@ class Test02SSEPage(BrowserTestCase):
         return f"[...document.querySelectorAll('#ul li')].filter(li => li.textContent.includes({json.dumps(contains)})).length"
 
     async def test_01_the_page_shows_the_clock_ticking_with_ids(self):
-        """§9.2.6 The SSE page shows the tutorial's clock ticking, with each event's id."""
+        """WHATWG HTML §9.2.6 lastEventId: the SSE page shows the tutorial's clock ticking, with each event's type and id."""
         tab = await self.open_page()
         await tab.wait_for(f"{self.items('Current time: ')} >= 2", timeout=5)
         text = await tab.evaluate("document.querySelector('#ul li').textContent")
         self.assertRegex(text, r"^Current time: \d\d:\d\d:\d\d \[message, id \d+\]$")
         self.assertEqual(await tab.evaluate("document.getElementById('state').dataset.state"), "open")
 
-    async def test_02_after_the_server_is_killed_and_restarted_the_page_reconnects_by_itself(self):
-        """§9.2.3 EventSource reconnects by itself after a restart, and the page shows the reset."""
+    async def test_02_after_the_server_stops_and_restarts_the_page_reconnects_by_itself(self):
+        """WHATWG HTML §9.2.2 (the end of the body) and §9.2.3 "reestablish the connection": EventSource reconnects by itself after a restart, and the page shows the reset."""
         tab = await self.open_page()
         await tab.wait_for(f"{self.items('Current time: ')} >= 1", timeout=5)
         await asyncio.to_thread(self.server.stop)
@@ -210,7 +210,7 @@ class Test02SSEPage(BrowserTestCase):
         await tab.wait_for(f"{self.items('after the restart')} === 1")
 
     async def test_03_a_message_published_with_post_appears_as_text(self):
-        """§9.2.6 A published event appears in the page as text, never as HTML."""
+        """DOM Standard textContent: a published event's data (a string, WHATWG HTML §9.2.6) appears in the page as text, never as HTML."""
         tab = await self.open_page()
         status, _, _ = await asyncio.to_thread(http_request, self.port, "POST", "/publish",
                                                b"<b onmouseover=alert(1)>published</b>")
@@ -219,7 +219,7 @@ class Test02SSEPage(BrowserTestCase):
         self.assertEqual(await tab.evaluate("document.querySelectorAll('#ul b').length"), 0)
 
     async def test_04_the_page_form_publishes_a_named_event_that_the_page_listens_to(self):
-        """§9.2.6 The page's form publishes a named event, and the page listens for that name."""
+        """WHATWG HTML §9.2.6 `event` sets the type: the page's form publishes a named event, and the page listens for that name."""
         tab = await self.open_page()
         await tab.evaluate("document.getElementById('publishText').value = 'from the form';"
                            "document.getElementById('publishEvent').value = 'note';"
@@ -229,7 +229,7 @@ class Test02SSEPage(BrowserTestCase):
         self.assertRegex(text, r"^from the form \[note, id \d+\]$")
 
     async def test_06_an_event_named_message_is_shown_once(self):
-        """§9.2.6 An event named "message" reaches the one listener for that name, once."""
+        """WHATWG HTML §9.2.6 An event named "message" has the type of one with no name: it reaches the page's one listener for it, once."""
         tab = await self.open_page()
         await tab.evaluate("document.getElementById('publishText').value = 'named message';"
                            "document.getElementById('publishEvent').value = 'message';"
@@ -242,7 +242,7 @@ class Test02SSEPage(BrowserTestCase):
         self.assertEqual(await tab.evaluate("document.getElementById('state').getAttribute('role')"), "status")
 
     async def test_07_an_empty_message_is_not_published(self):
-        """§9.2.5 An empty publish would be an empty line on every page: the form says so instead."""
+        """WHATWG HTML §9.2.6 An empty publish would dispatch an event with empty data, an empty line on every page: the form says so instead, and sends nothing."""
         tab = await self.open_page()
         history = self.server.hub.history
         before = history.next_id - 1
@@ -295,7 +295,7 @@ class Test03ThePagesOverTLS(BrowserTestCase):
             await asyncio.wait_for(server.shutdown(), TIMEOUT + 2)
 
     async def test_02_the_clock_page_works_over_https(self):
-        """WHATWG §9.2.3 EventSource over https, and a publish from the page's form."""
+        """Operational (TLS deployment): EventSource (WHATWG HTML §9.2.2) over https shows the clock, and the page's form publishes over https."""
         tls = ws_server.server_tls_context(CERT_FILE, KEY_FILE)
         server = sse_server.SSEServer(sse_server.ServerConfig(port=0, heartbeat=0, tls=tls))
         server.start()
@@ -303,6 +303,9 @@ class Test03ThePagesOverTLS(BrowserTestCase):
             tab = await self.tab(f"https://localhost:{server.port}/")
             await tab.wait_for("source.readyState === 1")
             await tab.wait_for("[...document.querySelectorAll('#ul li')].some(li => li.textContent.includes('Current time'))")
+            await tab.evaluate("document.getElementById('publishText').value = 'over https';"
+                               "document.querySelector('#publishForm button').click()")
+            await tab.wait_for("[...document.querySelectorAll('#ul li')].some(li => li.textContent.includes('over https'))")
         finally:
             for tab in self.tabs:
                 await tab.close()
