@@ -17,6 +17,7 @@ import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 import unittest
 
@@ -90,7 +91,7 @@ class Test01RESP(unittest.TestCase):
         self.assertEqual([comparable(r) for r in one_by_one], expected)
 
     def test_04_a_reply_cannot_make_the_client_allocate_without_limit(self):
-        """Bounded reads: a length, a count, a depth or a line over its limit is refused before anything that size is kept."""
+        """Operational (bounded reads): a length, a count, a depth or a line over its limit is refused before anything that size is kept."""
         small = dict(max_bulk=1000, max_elements=10, max_depth=3, max_line=100)
         for data in (b"$1001\r\n",  # announced, not sent: refused at once
                      b"$9999999999999999999\r\n", b"*11\r\n", b"*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
@@ -99,18 +100,18 @@ class Test01RESP(unittest.TestCase):
                 RESPParser(**small).feed(data)
 
     def test_05_what_is_not_resp_is_an_error_not_a_guess(self):
-        """An unknown first byte, a length that is not a number, a bulk string not ended by CRLF: RedisError."""
+        """RESP types: an unknown first byte, a length that is not a number, a bulk string not ended by CRLF are not RESP: RedisError."""
         for data in (b"!oops\r\n", b"\r\n", b":12a\r\n", b":\r\n", b"$x\r\n", b"$3\r\nabcd\r\n", b":1" + b"0" * 20 + b"\r\n"):
             with self.subTest(data=data), self.assertRaises(RedisError):
                 RESPParser().feed(data)
 
     def test_06_any_bytes_are_parsed_or_refused_with_a_redis_error(self):
-        """Fuzz: mutations of the documented replies give replies or RedisError, nothing else."""
+        """RESP, fuzzed: mutations of the documented replies give replies or RedisError, nothing else."""
         seeds = [data for data, _ in DOCUMENTED_REPLIES]
         fuzz(self, lambda data: RESPParser(max_bulk=1 << 16).feed(data), mutations(13, seeds), (RedisError,))
 
     def test_07_a_redis_url_names_the_host_port_password_and_database(self):
-        """redis://[:password@]host[:port][/db]: AUTH and SELECT are sent first when given."""
+        """Operational: --redis redis://[:password@]host[:port][/db]: AUTH and SELECT are sent first when given; anything else is a ValueError."""
         address = ws_server.RedisAddress.parse("redis://:s%40cret@10.0.0.7:6380/2")
         self.assertEqual((address.host, address.port, address.password, address.db), ("10.0.0.7", 6380, "s@cret", 2))
         self.assertEqual(address.setup_commands(), [("AUTH", "s@cret"), ("SELECT", 2)])
@@ -121,7 +122,7 @@ class Test01RESP(unittest.TestCase):
                 ws_server.RedisAddress.parse(url)
 
     def test_08_stream_ids_and_stream_replies(self):
-        """Stream entry ids are "milliseconds-sequence", compared as numbers; XREAD replies have one shape."""
+        """Redis streams: entry ids are "milliseconds-sequence", compared as numbers; XREAD replies have one shape."""
         self.assertEqual(ws_server.stream_id("1733040000000-12"), (1733040000000, 12))
         self.assertLess(ws_server.stream_id("99-1"), ws_server.stream_id("100-0"))  # not as text
         for text in ("", "5", "5-", "-5", "a-1", "1-1-1", "١-١", "9" * 30 + "-0"):
@@ -139,7 +140,7 @@ def entry(id: str, data: str) -> sse_server.StoredEvent:
 
 
 class Test02ASharedHistory(unittest.TestCase):
-    """sse_server II.6: which Last-Event-IDs a shared history can resume from (no Redis needed)."""
+    """Operational (sse_server II.6): which Last-Event-IDs a shared history can resume from (no Redis needed)."""
 
     def history(self, maxlen: int) -> sse_server.RedisHistory:
         history = sse_server.RedisHistory(ws_server.RedisAddress("127.0.0.1", free_port()), maxlen, timeout=0.05)
@@ -147,7 +148,7 @@ class Test02ASharedHistory(unittest.TestCase):
         return history
 
     def test_01_an_id_read_from_the_stream_is_resumed_after(self):
-        """§9.2.4 Every entry after the client's id, in the stream's order; ids compared as numbers."""
+        """WHATWG HTML §9.2.4 Last-Event-ID: every entry after the client's id, in the stream's order; ids compared as numbers."""
         history = self.history(10)
         for id in ("99-0", "99-1", "100-0"):
             history.append(entry(id, f"event {id}"))
@@ -156,7 +157,7 @@ class Test02ASharedHistory(unittest.TestCase):
         self.assertEqual(history.newest_id(), "100-0")
 
     def test_02_a_well_formed_id_that_was_never_read_here_is_not_guessed_at(self):
-        """§9.2.4 An id between two entries, or older than the window, names no position: reset."""
+        """WHATWG HTML §9.2.4 Last-Event-ID: an id between two entries, or older than the window, names no position, and first_events answers with a reset."""
         history = self.history(2)
         for id in ("1-0", "2-0", "3-0"):
             history.append(entry(id, "x"))  # keeps 2-0 and 3-0; 1-0 fell out
@@ -165,9 +166,14 @@ class Test02ASharedHistory(unittest.TestCase):
         self.assertIsNone(history.after((2, 5)))  # between two entries: no such entry
         self.assertEqual(history.parse_id("2-0"), (2, 0))
         self.assertIsNone(history.parse_id("2"))
+        for last_event_id in ("0-5", "2-5", "2"):
+            with self.subTest(last_event_id=last_event_id):
+                first = sse_server.first_events(history, last_event_id)
+                self.assertEqual(len(first), 1)
+                self.assertTrue(first[0].payload.startswith(b"event: reset\nid: 3-0\n"), first[0].payload)
 
     def test_03_after_the_store_lost_entries_no_id_from_before_resumes(self):
-        """A Redis restarted empty reuses the same kind of ids: no id from before is trusted, only the reset's."""
+        """Operational: a Redis restarted empty reuses the same kind of ids: no id from before is trusted, only the reset's."""
         history = self.history(10)
         for id in ("1-0", "2-0"):
             history.append(entry(id, "x"))
@@ -179,18 +185,31 @@ class Test02ASharedHistory(unittest.TestCase):
         history.append(entry("5-0", "after the restart"))
         self.assertEqual([e.id for e in history.after(history.parse_id(marker))], ["5-0"])
 
-    def test_04_a_client_ahead_of_this_process_waits_a_bounded_time_for_it(self):
-        """An id seen on another process a moment ago: this one's reader is waited for, not forever."""
+    def test_04_a_client_ahead_of_this_process_waits_for_the_reader_a_bounded_time(self):
+        """Operational: an id seen on another process a moment ago: catch_up waits until this one's reader gets there, and returns after --redis-timeout if it never does."""
+        def in_a_thread(last_id):
+            thread = threading.Thread(target=history.catch_up, args=(last_id,), daemon=True)
+            thread.start()
+            return thread
         history = self.history(10)
         history.append(entry("1-0", "x"))
-        history.catch_up((1, 0))  # reached: returns at once
-        started = time.monotonic()
-        history.catch_up((9, 0))  # never reached: returns after the (tiny) timeout
+        reached = in_a_thread((1, 0))  # already there
+        reached.join(TIMEOUT)
+        self.assertFalse(reached.is_alive())
+        history.timeout = TIMEOUT * 4  # long enough that only the reader can end the wait below
+        waiting = in_a_thread((2, 0))
+        history.append(entry("2-0", "y"))  # the reader gets there
+        waiting.join(TIMEOUT)
+        self.assertFalse(waiting.is_alive())
+        self.assertEqual(history.after((1, 0))[0].id, "2-0")
+        history.timeout = 0.05
+        never = in_a_thread((9, 0))  # never reached: returns after the (tiny) timeout
+        never.join(TIMEOUT)
+        self.assertFalse(never.is_alive())
         self.assertIsNone(history.after((9, 0)))
-        self.assertLess(time.monotonic() - started, TIMEOUT)
 
     def test_05_publishing_without_redis_is_a_store_error_saying_so(self):
-        """A publish is acknowledged only once Redis returned the entry's id: unreachable, it is a 503 with the reason."""
+        """Operational: with Redis unreachable, a publish is a StoreError saying it was not stored (the handler's 503: Test05 test_03)."""
         history = self.history(10)
         with self.assertLogs("sse_server", "WARNING") as logged:
             history.start_reading()  # nothing listens on that port
@@ -258,7 +277,7 @@ class Test03TheClients(RedisTestCase):
         asyncio.run(run())
 
     def test_02_auth_and_select_come_first_and_a_wrong_password_is_said(self):
-        """AUTH with the URL's password and SELECT its database, on every (re)connection."""
+        """Operational: --redis URL: AUTH with its password and SELECT its database come first; a wrong password is said (refused AUTH)."""
         self.redis.command("CONFIG", "SET", "requirepass", "s3cret")
         try:
             right = ws_server.RedisAddress.parse(f"{self.redis.url.replace('//', '//:s3cret@')}/3")
@@ -289,7 +308,7 @@ class Test03TheClients(RedisTestCase):
             admin.close()
 
     def test_03_a_redis_that_does_not_answer_is_a_timeout_and_one_that_is_gone_is_unreachable(self):
-        """Timeouts on every command: a stalled Redis is a RedisError within the timeout; then a reconnection."""
+        """Operational: --redis-timeout on every command: a stalled Redis is a RedisError (not "unreachable": sent, outcome unknown); then a reconnection; a Redis gone is unreachable."""
         blocking = sse_server.BlockingRedis(self.redis.address, timeout=0.3)
         self.addCleanup(blocking.close)
         self.assertEqual(blocking.command("PING"), "PONG")
@@ -348,7 +367,7 @@ class Test04TheChatAcrossProcesses(RedisTestCase):
         return [await asyncio.wait_for(client.recv(), TIMEOUT) for _ in range(count)]
 
     def test_01_every_client_of_every_process_sees_every_message_once_in_the_same_order(self):
-        """Redis's order everywhere; text stays text, binary stays binary; nothing shown twice."""
+        """Operational (--redis, ws_server II.8): Redis's order everywhere; text stays text, binary stays binary; nothing shown twice."""
         ports = self.chat_servers()
 
         async def run():
@@ -370,7 +389,7 @@ class Test04TheChatAcrossProcesses(RedisTestCase):
         asyncio.run(run())
 
     def test_02_while_redis_is_gone_the_sender_is_told_and_nobody_gets_the_message(self):
-        """No silent loss: a message Redis did not take reaches no one, and its sender reads [not delivered]."""
+        """Operational: no silent loss: a message Redis did not take reaches no one, and its sender reads [not delivered]."""
         ports = self.chat_servers()
 
         async def run():
@@ -399,7 +418,7 @@ class Test04TheChatAcrossProcesses(RedisTestCase):
         asyncio.run(run())
 
     def test_03_a_redis_that_stalls_is_not_confirmed_and_then_everyone_or_no_one_sees_the_message(self):
-        """A Redis that took the message but did not answer in time: [not confirmed]; never some clients and not others."""
+        """Operational: a Redis that took the message but did not answer in time: [not confirmed]; never some clients and not others."""
         if not hasattr(signal, "SIGSTOP"):
             self.skipTest("pausing redis-server needs SIGSTOP")
         ports = self.chat_servers()
@@ -425,7 +444,7 @@ class Test04TheChatAcrossProcesses(RedisTestCase):
         asyncio.run(run())
 
     def test_04_a_server_started_while_redis_is_down_serves_and_uses_redis_once_it_is_there(self):
-        """Started without Redis, both servers serve; a message or event is refused until Redis comes, then shared."""
+        """Operational: started without Redis, both servers serve; a message or event is refused until Redis comes, then shared."""
         self.redis.stop()
         chat = self.server("ws_server.py", "--redis-timeout", "0.5")
         events = self.server("sse_server.py", "--clock", "0", "--heartbeat", "0", "--redis-timeout", "0.5")
@@ -447,7 +466,7 @@ class Test04TheChatAcrossProcesses(RedisTestCase):
         self.assertEqual([e.data for e in stream.next_events(1)], ["now"])
 
     def test_05_a_configuration_that_cannot_work_is_one_line_and_exit_status_2(self):
-        """The command line: a redis:// URL, a timeout above 0, SO_REUSEPORT for --reuse-port, one place for a history."""
+        """Operational, the command line: a redis:// URL, a timeout above 0, SO_REUSEPORT for --reuse-port, one place for a history: else exit 2."""
         cases = [("ws_server.py", ("--redis", "http://x"), "", "redis://"),
                  ("sse_server.py", ("--redis", "http://x"), "", "redis://"),
                  # (the next two are checked by one function both servers call)
@@ -482,7 +501,7 @@ class Test05TheEventStreamAcrossProcesses(RedisTestCase):
         return status, body
 
     def test_01_published_on_one_process_received_on_the_other_and_resumed_on_either(self):
-        """§9.2.4 Ids are the stream's: a client resumes on any process after the last id it saw, no gap, no duplicate."""
+        """WHATWG HTML §9.2.4 Last-Event-ID with --redis: ids are the stream's, so a client resumes on any process after the last id it saw, no gap, no duplicate."""
         first, second = self.event_servers()
         watcher = self.stream(second)
         published = [f"event {n}" for n in range(3)]
@@ -506,7 +525,7 @@ class Test05TheEventStreamAcrossProcesses(RedisTestCase):
                 back.close()
 
     def test_02_an_id_redis_trimmed_or_never_had_gets_a_reset(self):
-        """§9.2.4 The position must still exist: trimmed away (--history) or unknown, the client gets `reset`, not a gap."""
+        """WHATWG HTML §9.2.4 Last-Event-ID with --redis: trimmed away (--history) or unknown, the client gets this server's `reset`, not a gap."""
         first, second = self.event_servers("--history", "5")
         watchers = [self.stream(first), self.stream(second)]
         self.publish(first, "oldest")
@@ -525,7 +544,7 @@ class Test05TheEventStreamAcrossProcesses(RedisTestCase):
                 back.close()
 
     def test_03_redis_stopped_is_503_with_a_reason_and_started_again_empty_is_a_reset(self):
-        """No acknowledged event is missing: 503 while Redis is gone, subscribers kept, then `reset` and events again."""
+        """Operational: no acknowledged event is missing: 503 while Redis is gone, subscribers kept, then `reset` and events again."""
         first, second = self.event_servers()
         watcher = self.stream(second)
         self.assertEqual(self.publish(first, "before")[0], 204)
@@ -552,8 +571,8 @@ class Test05TheEventStreamAcrossProcesses(RedisTestCase):
             with self.subTest(port=port):
                 self.assertEqual(self.stream(port, before.last_event_id).next_events(1)[0].type, "reset")
 
-    def test_04_the_clock_ticks_once_a_second_per_subscriber_whatever_the_number_of_processes(self):
-        """Each process ticks for its own subscribers, with no id, not through Redis: no process sends another's ticks."""
+    def test_04_each_process_ticks_for_its_own_subscribers_only_with_no_id_and_not_through_redis(self):
+        """Operational (--redis with the clock): each process ticks for its own subscribers, with no id, not through Redis: no process sends another's ticks."""
         quiet = self.server("sse_server.py", "--clock", "0", "--heartbeat", "0")
         ticking = self.server("sse_server.py", "--clock", "0.05", "--heartbeat", "0")
         near, far = self.stream(ticking), self.stream(quiet)
@@ -579,7 +598,7 @@ class Test06TwoProcessesOnOnePort(RedisTestCase):
         return port
 
     def test_01_two_chat_processes_on_one_port_are_one_chat(self):
-        """Every client, whichever process the kernel gave it to, gets every message."""
+        """Operational: --reuse-port: every client, whichever process the kernel gave it to, gets every message."""
         port = self.two_on_one_port("ws_server.py")
 
         async def run():
@@ -595,7 +614,7 @@ class Test06TwoProcessesOnOnePort(RedisTestCase):
         wait_until(lambda: all(" connected (" in logs.text for logs in self.logs), message="clients on both processes")
 
     def test_02_two_event_processes_on_one_port_are_one_stream(self):
-        """Every subscriber, whichever process holds its stream, gets every event."""
+        """Operational: --reuse-port: every subscriber, whichever process holds its stream, gets every event."""
         port = self.two_on_one_port("sse_server.py", "--clock", "0", "--heartbeat", "0")
         streams = [StreamClient(port) for _ in range(self.CLIENTS)]
         for stream in streams:
