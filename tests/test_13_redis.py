@@ -397,7 +397,7 @@ class Test04TheChatAcrossProcesses(RedisTestCase):
             try:
                 self.assertEqual(await send_until_shared(self, sender, "before"), [])
                 self.assertEqual(await self.receive(other, 1), ["before"])
-                self.redis.stop()
+                await asyncio.to_thread(self.redis.stop)  # (blocking: not in the event loop)
                 # The first try may be written into the connection Redis just closed, before the
                 # server has read that it is closed: that one is "not confirmed".  The next are
                 # certainly refused.  Either way, nobody gets them.
@@ -409,7 +409,7 @@ class Test04TheChatAcrossProcesses(RedisTestCase):
                     if reply == ws_server.NOT_DELIVERED:
                         break
                     self.assertLess(time.monotonic(), deadline)
-                self.redis.start()  # empty, on the same port: the servers reconnect by themselves
+                await asyncio.to_thread(self.redis.start)  # empty, on the same port: the servers reconnect by themselves
                 self.assertEqual(await send_until_shared(self, sender, "after"), [])
                 self.assertEqual(await self.receive(other, 1), ["after"])  # kept connected; never the lost one
             finally:
@@ -457,7 +457,7 @@ class Test04TheChatAcrossProcesses(RedisTestCase):
             try:
                 await client.send("too early")
                 self.assertEqual(await asyncio.wait_for(client.recv(), TIMEOUT), ws_server.NOT_DELIVERED)
-                self.redis.start()
+                await asyncio.to_thread(self.redis.start)
                 self.assertEqual(await send_until_shared(self, client, "now"), [])
             finally:
                 await client.close()
