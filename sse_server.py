@@ -217,7 +217,7 @@ class EventStreamParser:
     """
 
     def __init__(self, last_event_id: str = "", retry: int | None = None, max_line: int | None = None) -> None:
-        # WHATWG HTML §9.2.5: "decoded using the UTF-8 decode algorithm": invalid bytes become
+        # WHATWG HTML §9.2.6: "decoded using the UTF-8 decode algorithm": invalid bytes become
         # U+FFFD, whatever charset the Content-Type names.
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._started = False  # has the first character (maybe a BOM) been seen?
@@ -240,7 +240,7 @@ class EventStreamParser:
             return []
         if not self._started:
             self._started = True
-            if text.startswith("\ufeff"):  # WHATWG HTML §9.2.5: one leading BOM is ignored
+            if text.startswith("\ufeff"):  # WHATWG HTML §9.2.6: one leading BOM is ignored
                 text = text[1:]
         if self._after_cr and text.startswith("\n"):  # the LF of a CRLF split across feeds
             text = text[1:]
@@ -297,7 +297,7 @@ class EventStreamParser:
 
 
 # ---------------------------------------------------------------------------------------------
-# I.3 The stream's response (WHATWG HTML §9.2.3)
+# I.3 The stream's response (WHATWG HTML §9.2.2)
 # ---------------------------------------------------------------------------------------------
 #
 # The tutorial answers `GET /sse` with three headers, and then writes events:
@@ -323,7 +323,7 @@ STREAM_PATHS = ("/sse", "/sse/")
 #: parameters follow a semicolon (RFC 9110 §8.3.1): the right spelling is this one.  Browsers
 #: accept the tutorial's only by accident: Fetch's "extract a MIME type" reads the comma as
 #: separating two header values and skips the invalid second one, `utf-8`.  The charset tells a
-#: browser nothing new: it decodes every event stream as UTF-8 (WHATWG HTML §9.2.5), whatever the
+#: browser nothing new: it decodes every event stream as UTF-8 (WHATWG HTML §9.2.6), whatever the
 #: header says, and the type's registration (HTML, "IANA considerations") allows `charset` only
 #: as `utf-8`, for old servers' sake.  It is sent for other clients, which would guess otherwise.
 EVENT_STREAM_TYPE = "text/event-stream; charset=utf-8"
@@ -334,7 +334,7 @@ DEFAULT_RETRY = 3000
 
 
 def stream_headers(chunked: bool) -> list[tuple[str, str]]:
-    """The stream's own response headers, sent with status 200 (WHATWG HTML §9.2.3: anything
+    """The stream's own response headers, sent with status 200 (WHATWG HTML §9.2.2: anything
     but a 200 with this type makes the browser give up).  `chunked` for an HTTP/1.1 request.
 
     The handler adds what every answer carries: the CORS headers (I.6), `Connection: close`
@@ -748,7 +748,7 @@ PUBLISH_PATH = "/publish"
 
 def publish_event_name(query: str) -> str | None:
     """`?event=NAME` names the published event (its `event:` field, WHATWG HTML §9.2.6); 400
-    unless the query is UTF-8 (as the stream is, WHATWG HTML §9.2.5), names at most one event,
+    unless the query is UTF-8 (as the stream is, WHATWG HTML §9.2.6), names at most one event,
     and the name is one non-empty line: a line break would inject fields."""
     try:
         names = urllib.parse.parse_qs(query, keep_blank_values=True, errors="strict").get("event")
@@ -763,7 +763,7 @@ def publish_event_name(query: str) -> str | None:
 
 
 def publish_text(body: bytes) -> str:
-    """An event stream is UTF-8 (WHATWG HTML §9.2.5), so a published body must be too (400
+    """An event stream is UTF-8 (WHATWG HTML §9.2.6), so a published body must be too (400
     otherwise), and not empty (400): an event with no data is never dispatched (WHATWG HTML
     §9.2.6), and the page refuses to publish one too.
 
@@ -1702,7 +1702,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
     # -- the stream ----------------------------------------------------------------------------
 
     def _stream(self) -> None:
-        """WHATWG HTML §9.2.3: 200 with the event-stream type (`stream_headers`), then events
+        """WHATWG HTML §9.2.2: 200 with the event-stream type (`stream_headers`), then events
         until one side goes away."""
         config, request = self.server.config, self.request_head
         check_origin_allowed(request.header("origin"), request.header("host"), config.allowed_origins)
@@ -1717,7 +1717,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if joined is None:
-            # An EventSource does not retry after a 503 (WHATWG HTML §9.2.3: any status but 200
+            # An EventSource does not retry after a 503 (WHATWG HTML §9.2.2: any status but 200
             # fails the connection for good); Retry-After is for other clients.
             raise HTTPError(503, f"too many clients ({config.max_clients})", [("Retry-After", "5")])
         subscriber, first = joined
@@ -2032,7 +2032,7 @@ MAX_REDIRECTS = 20
 
 def open_stream(url: str, last_event_id: str = "", timeout: float | None = None, cafile: str | None = None
                 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """GET the stream the way EventSource does (WHATWG HTML §9.2.2, §9.2.4): redirects followed
+    """GET the stream the way EventSource does (WHATWG HTML §9.2.2, §9.2.3): redirects followed
     (EventSource fetches with redirect mode "follow"), Last-Event-ID sent UTF-8 encoded;
     StreamFailed unless 200 with the event-stream type.  https:// verifies the server's certificate and name
     (`cafile` for a private CA).  The caller closes the connection."""
