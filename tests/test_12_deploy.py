@@ -308,23 +308,31 @@ def find_nginx() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
 
 
-def readme_nginx_configuration() -> str:
-    """The nginx block of the README's "Deploying" section: the configuration under test."""
+def readme_nginx_configuration(tls: bool = False) -> str:
+    """The nginx block of the README's "Deploying" section: the configuration under test; with
+    `tls`, its `listen 80;` replaced by the README's TLS lines (its second nginx block)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    return re.search(r"```nginx\n(.*?)```", readme, re.S).group(1)
+    site, tls_lines = re.findall(r"```nginx\n(.*?)```", readme, re.S)[:2]
+    if not tls:
+        return site
+    listen = re.search(r"^ *listen 80;.*$", site, re.M).group()
+    return site.replace(listen, tls_lines.rstrip())
 
 
 class Nginx:
     """Debian's nginx in the foreground, in a folder of its own, with the README's configuration
     on a free port in front of the two servers."""
 
-    def __init__(self, binary: str, chat_port: int, events_port: int) -> None:
+    def __init__(self, binary: str, chat_port: int, events_port: int, tls: bool = False) -> None:
         self.folder = tempfile.TemporaryDirectory(prefix="nginx-")
         os.chmod(self.folder.name, 0o755)  # nginx's workers may run as another user
         self.port = free_port()
-        site = (readme_nginx_configuration().replace("127.0.0.1:8080", f"127.0.0.1:{chat_port}")
+        site = (readme_nginx_configuration(tls).replace("127.0.0.1:8080", f"127.0.0.1:{chat_port}")
                 .replace("127.0.0.1:8088", f"127.0.0.1:{events_port}")
-                .replace("listen 80;", f"listen 127.0.0.1:{self.port};"))
+                .replace("listen 80;", f"listen 127.0.0.1:{self.port};")
+                .replace("listen 443 ", f"listen 127.0.0.1:{self.port} ")
+                .replace("/etc/nginx/tls/fullchain.pem", str(CERT_FILE))
+                .replace("/etc/nginx/tls/privkey.pem", str(KEY_FILE)))
         folder = self.folder.name
         temp = "\n".join(f"    {kind}_temp_path {folder}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         config = (f"daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\nerror_log stderr notice;\n"
@@ -445,3 +453,50 @@ class Test05BehindNginx(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Test06BehindNginxWithTLS(unittest.TestCase):
+    """Both servers behind Debian's nginx with the README's TLS lines and the test certificate."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        binary = find_nginx()
+        if binary is None:
+            raise unittest.SkipTest(NGINX_HINT)
+        cls.chat, chat_port = start_process("ws_server.py")
+        cls.events, events_port = start_process("sse_server.py", "--clock", "0")
+        try:
+            cls.nginx = Nginx(binary, chat_port, events_port, tls=True)
+        except BaseException:
+            stop_process(cls.chat)
+            stop_process(cls.events)
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.nginx.close()
+        stop_process(cls.chat)
+        stop_process(cls.events)
+
+    def test_01_the_readme_tls_lines_serve_wss_and_https_through_nginx(self):
+        """Operational (the README's nginx TLS lines, accepted by Debian's nginx): a chat message over wss:// and an event over https://, both through nginx, the certificate verified."""
+        async def chat() -> str:
+            client = await ws_server.connect(f"wss://localhost:{self.nginx.port}/", cafile=CA_FILE)
+            try:
+                await client.send("over wss through nginx")
+                return await asyncio.wait_for(client.recv(), TIMEOUT)
+            finally:
+                await client.close()
+        self.assertEqual(asyncio.run(chat()), "over wss through nginx")
+        connection, response = sse_server.open_stream(f"https://localhost:{self.nginx.port}/events/sse",
+                                                      timeout=TIMEOUT, cafile=CA_FILE)
+        try:
+            self.assertEqual(https_request(self.nginx.port, "POST", "/events/publish", b"over https")[0], 204)
+            parser, events = sse_server.EventStreamParser(), []
+            while not events:
+                data = response.read1(65536)
+                self.assertTrue(data, "the stream ended before the event came")
+                events += parser.feed(data)
+            self.assertEqual(events[0].data, "over https")
+        finally:
+            connection.close()
