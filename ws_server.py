@@ -45,6 +45,7 @@ import collections
 import dataclasses
 import enum
 import hashlib
+import hmac
 import ipaddress
 import logging
 import mimetypes
@@ -1398,9 +1399,10 @@ STATUS_PHRASES = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 204: "No Content",
     301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
     307: "Temporary Redirect", 308: "Permanent Redirect",
-    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
     408: "Request Timeout", 411: "Length Required", 413: "Content Too Large",
-    417: "Expectation Failed", 426: "Upgrade Required", 431: "Request Header Fields Too Large",
+    417: "Expectation Failed", 421: "Misdirected Request", 426: "Upgrade Required", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
     505: "HTTP Version Not Supported",
 }
@@ -3136,7 +3138,161 @@ class RedisChatBus:
 
 
 # ---------------------------------------------------------------------------------------------
-# II.9 The server's configuration and the command line
+# II.9 Who may connect: hosts, origins and credentials (both servers)
+# ---------------------------------------------------------------------------------------------
+#
+# A server on the visitor's own machine is still reachable from every page the visitor opens.
+# Three defences, each against one attack:
+#
+# - The Host header, against DNS rebinding: a page at http://evil.example:8080 has its name
+#   re-resolved to 127.0.0.1, and its requests then reach this server, with `Host:
+#   evil.example:8080` and an `Origin` of the same.  A server on loopback answers only the Hosts
+#   that name loopback (`localhost`, 127.0.0.1, [::1]) or that `--allowed-host` names; anything
+#   else is 421, Misdirected Request (RFC 9110 §15.5.20).
+# - The Origin header, against cross-site requests: a page elsewhere may make the visitor's
+#   browser open the chat (a WebSocket is not bound by the same-origin policy: cross-site
+#   WebSocket hijacking, RFC 6455 §10.2) or POST a "simple" request with no preflight (Fetch,
+#   "CORS protocol": CORS hides the answer, it does not stop the request).  So a request that
+#   carries an Origin must come from this server's own pages (scheme and a Host that passed the
+#   check above) or from an origin that `--allow-origin` names: 403 otherwise.  A request with
+#   no Origin is not a browser page's (curl, a script), and nothing is forged there.
+# - A credential, against everyone else: a browser cannot put a header on a WebSocket or an
+#   EventSource, but it sends cookies, so the access token travels in a cookie (HttpOnly, so no
+#   script reads it; SameSite=Strict, so no other site's page sends it), set by opening a link
+#   that carries it once (`?access=TOKEN`); programs may send `Authorization: Bearer TOKEN`.
+#   Tokens are compared in constant time (hmac.compare_digest) and never logged.
+
+#: The cookie that carries the access token (--access-token).
+ACCESS_COOKIE = "access"
+
+#: The query parameter of the link that sets that cookie.
+ACCESS_PARAMETER = "access"
+
+
+def host_name_and_port(host: str) -> tuple[str, int | None]:
+    """A Host value (valid: `is_valid_authority`) as its name, lower-cased, IPv6 brackets off,
+    and its port, if any."""
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        port = rest[1:]
+    else:
+        name, _, port = host.partition(":")
+    return name.lower(), int(port) if port else None
+
+
+def is_loopback_name(name: str) -> bool:
+    """`localhost` and the names under it (RFC 6761 §6.3), and loopback addresses (127.0.0.0/8,
+    ::1)."""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def listens_on_loopback(address: str) -> bool:
+    """Does a server bound to `address` (--host) answer only this machine?"""
+    return is_loopback_name(address.strip("[]").lower())
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of `Authorization: Bearer TOKEN` (RFC 6750 §2.1), if any."""
+    scheme, _, token = (request.header("authorization") or "").strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def cookie_value(request: Request, name: str) -> str | None:
+    """The value of the cookie `name` (RFC 6265 §5.4: `Cookie: a=1; b=2`), read by hand: a
+    malformed Cookie header must not raise."""
+    for field in request.headers.get("cookie", []):
+        for pair in field.split(";"):
+            key, equals, value = pair.strip().partition("=")
+            if equals and key == name:
+                return value.strip().strip('"')
+    return None
+
+
+def token_matches(given: str | None, expected: str) -> bool:
+    """Constant-time comparison: how long it takes says nothing about how much of a guess was
+    right."""
+    return given is not None and hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
+@dataclasses.dataclass(frozen=True)
+class AccessRules:
+    """Who may reach one server: its Host names, the origins of the pages allowed to use it,
+    and the access token, if any.  Each check raises the HTTPError that answers it."""
+
+    loopback: bool  # bound to loopback only (listens_on_loopback)
+    port: int  # the port the server listens on, once bound
+    allowed_hosts: tuple[str, ...] = ()  # --allowed-host: NAME or NAME:PORT
+    allowed_origins: tuple[str, ...] = ()  # --allow-origin
+    access_token: str | None = None  # --access-token, or ACCESS_TOKEN in the environment
+
+    def check_host(self, request: Request) -> None:
+        """421 unless the Host is one this server answers for (DNS rebinding)."""
+        host = request.header("host")
+        if host is None:  # HTTP/1.0 without Host: only reachable by address, not by a name
+            return
+        name, port = host_name_and_port(host)
+        for allowed in self.allowed_hosts:
+            allowed_name, allowed_port = host_name_and_port(allowed.lower())
+            if name == allowed_name and (allowed_port is None or allowed_port == port):
+                return
+        if self.loopback or self.allowed_hosts:
+            if not (is_loopback_name(name) and port in (None, self.port)):
+                raise HTTPError(421, f"this server does not answer for the host {escape_controls(host[:100])!r}")
+
+    def is_own_origin(self, origin: str, request: Request) -> bool:
+        """Is `origin` one of this server's own pages: its scheme, and the Host it was asked by
+        (which `check_host` has checked, so a rebound name never gets here)?"""
+        host = (request.header("host") or "").lower()
+        return bool(host) and origin.lower() in (f"http://{host}", f"https://{host}")
+
+    def check_origin(self, request: Request) -> None:
+        """403 for a browser page of another origin than this server's own or those allowed."""
+        origin = request.header("origin")
+        if origin is None or "*" in self.allowed_origins:
+            return
+        if origin.lower() in {allowed.lower() for allowed in self.allowed_origins}:
+            return
+        if not self.is_own_origin(origin, request):
+            raise HTTPError(403, f"origin {escape_controls(origin[:100])!r} is not allowed")
+
+    def check_access(self, request: Request) -> None:
+        """401 unless the request carries the access token, in its cookie or as a Bearer token
+        (when there is one to carry)."""
+        if self.access_token is None:
+            return
+        given = cookie_value(request, ACCESS_COOKIE) or bearer_token(request)
+        if not token_matches(given, self.access_token):
+            raise HTTPError(401, "an access token is required: open the link that carries it",
+                            [("WWW-Authenticate", 'Bearer realm="access"')])
+
+    def access_link_answer(self, request: Request, secure: bool) -> bytes | None:
+        """For a GET whose query carries `access=TOKEN`: 303 to the same path without it, with
+        the cookie set when the token is right (401 when it is wrong); None for any other request."""
+        if self.access_token is None or request.method != "GET":
+            return None
+        given = urllib.parse.parse_qs(request.query).get(ACCESS_PARAMETER)
+        if not given:
+            return None
+        if not token_matches(given[-1], self.access_token):
+            raise HTTPError(401, "wrong access token", [("WWW-Authenticate", 'Bearer realm="access"')])
+        cookie = f"{ACCESS_COOKIE}={self.access_token}; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
+        return build_response(303, [("Location", request.path), ("Set-Cookie", cookie), ("Content-Length", "0"),
+                                    ("Cache-Control", "no-store"), ("Connection", "close")])
+
+
+def token_from(flag_value: str | None, variable: str) -> str | None:
+    """A token from its flag, else from the environment variable `variable` (which, unlike a
+    command line, `ps` does not show); None when neither is set, or when empty."""
+    return flag_value or os.environ.get(variable) or None
+
+
+# ---------------------------------------------------------------------------------------------
+# II.10 The server's configuration and the command line
 # ---------------------------------------------------------------------------------------------
 
 

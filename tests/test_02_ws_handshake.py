@@ -333,5 +333,69 @@ class Test08Fuzz(unittest.TestCase):
              (FileNotFoundError, PermissionError))
 
 
+
+def head(*lines: str) -> ws_server.Request:
+    return parse_request(("\r\n".join(["GET / HTTP/1.1", *lines]) + "\r\n").encode())
+
+
+class Test09WhoMayConnect(unittest.TestCase):
+    """`AccessRules` (ws_server.py II.9), shared by both servers: Host, Origin, credentials."""
+
+    def test_01_on_loopback_only_loopback_hosts_are_answered(self):
+        """RFC 9110 §15.5.20 A server on loopback answers localhost, 127.0.0.0/8 and [::1] on its own port, and 421 to any other Host: a page whose name was rebound to 127.0.0.1 (DNS rebinding) is refused."""
+        rules = ws_server.AccessRules(loopback=True, port=8080)
+        for host in ("localhost:8080", "localhost", "127.0.0.1:8080", "[::1]:8080", "app.localhost:8080"):
+            with self.subTest(host=host):
+                rules.check_host(head(f"Host: {host}"))
+        for host in ("evil.example:8080", "evil.example", "localhost:9999", "10.0.0.1:8080"):
+            with self.subTest(host=host), self.assertRaises(HTTPError) as caught:
+                rules.check_host(head(f"Host: {host}"))
+            self.assertEqual(caught.exception.status, 421)
+
+    def test_02_allowed_hosts_add_names_and_any_host_is_answered_on_a_public_address_without_them(self):
+        """Operational: --allowed-host adds names (a port, if given, must match); a server bound to another address with no --allowed-host answers any Host."""
+        rules = ws_server.AccessRules(loopback=False, port=8080, allowed_hosts=("chat.example", "other.example:8443"))
+        for host in ("chat.example", "chat.example:443", "other.example:8443", "localhost:8080"):
+            with self.subTest(host=host):
+                rules.check_host(head(f"Host: {host}"))
+        for host in ("other.example:443", "evil.example"):
+            with self.subTest(host=host), self.assertRaises(HTTPError):
+                rules.check_host(head(f"Host: {host}"))
+        ws_server.AccessRules(loopback=False, port=8080).check_host(head("Host: anything.example"))
+
+    def test_03_an_origin_must_be_the_servers_own_or_allowed_and_no_origin_is_not_a_browser(self):
+        """§10.2 and Fetch "CORS protocol": a request with an Origin is a browser page's, admitted only from this server's own origin (scheme and checked Host) or --allow-origin (403 otherwise); a request without one is a program's, and admitted."""
+        rules = ws_server.AccessRules(loopback=True, port=8080, allowed_origins=("https://app.example",))
+        for origin in ("http://localhost:8080", "https://localhost:8080", "https://app.example", None):
+            with self.subTest(origin=origin):
+                rules.check_origin(head("Host: localhost:8080", *([f"Origin: {origin}"] if origin else [])))
+        for origin in ("http://evil.example", "http://localhost:9999", "null", "http://["):
+            with self.subTest(origin=origin), self.assertRaises(HTTPError) as caught:
+                rules.check_origin(head("Host: localhost:8080", f"Origin: {origin}"))
+            self.assertEqual(caught.exception.status, 403)
+
+    def test_04_the_access_token_comes_in_its_cookie_or_as_a_bearer_token_and_a_link_sets_the_cookie(self):
+        """RFC 6265 §4.1 and RFC 6750 §2.1: with an access token, a request needs it in the `access` cookie or as `Authorization: Bearer` (401 with WWW-Authenticate otherwise); `?access=TOKEN` answers 303 with an HttpOnly, SameSite=Strict cookie, and a wrong token there is 401."""
+        rules = ws_server.AccessRules(loopback=True, port=8080, access_token="s3cret")
+        for line in ("Cookie: theme=dark; access=s3cret", "Authorization: Bearer s3cret"):
+            with self.subTest(line=line):
+                rules.check_access(head("Host: localhost", line))
+        for lines in ((), ("Cookie: access=guess",), ("Authorization: Bearer guess",), ("Cookie: ;;=;access",)):
+            with self.subTest(lines=lines), self.assertRaises(HTTPError) as caught:
+                rules.check_access(head("Host: localhost", *lines))
+            self.assertEqual(caught.exception.status, 401)
+            self.assertIn(("WWW-Authenticate", 'Bearer realm="access"'), caught.exception.headers)
+        answer = rules.access_link_answer(parse_request(b"GET /chat?access=s3cret HTTP/1.1\r\nHost: localhost"), secure=True)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 303 "))
+        self.assertIn(b"Location: /chat\r\n", answer)
+        self.assertIn(b"Set-Cookie: access=s3cret; Path=/; HttpOnly; SameSite=Strict; Secure\r\n", answer)
+        with self.assertRaises(HTTPError) as caught:
+            rules.access_link_answer(parse_request(b"GET /?access=guess HTTP/1.1\r\nHost: localhost"), secure=False)
+        self.assertEqual(caught.exception.status, 401)
+        self.assertIsNone(rules.access_link_answer(parse_request(b"GET /?other=1 HTTP/1.1\r\nHost: localhost"), False))
+        self.assertIsNone(ws_server.AccessRules(True, 8080).access_link_answer(
+            parse_request(b"GET /?access=x HTTP/1.1\r\nHost: localhost"), False))
+
+
 if __name__ == "__main__":
     unittest.main()
