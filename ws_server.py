@@ -24,9 +24,9 @@ code that runs (nothing in it is a simplified copy):
   I.8  The broadcast: the tutorial's `server.clients.forEach(...)`.
   I.9  The server's main path: accept, handshake, read messages, broadcast them, close.
 
-Part II, "For real use", is what a server exposed to the Internet needs besides: strict HTTP,
-static files, compression, byte budgets and batched writes, the client, TLS, Redis, speed, the
-command line.  Part I calls into Part II where it must (Python looks names up when a function
+Part II, "For real use", is what a server exposed to the Internet needs besides: limits and
+speed, strict HTTP, static files, compression, the connection's pump (byte budgets, batched
+writes, keepalive), the client, TLS, Redis, who may connect, the command line.  Part I calls into Part II where it must (Python looks names up when a function
 runs), and says at each such call what it is for; it defines nothing of Part II.
 
 Sans I/O: everything up to `Protocol` is pure (bytes in, bytes and decisions out); the
