@@ -489,7 +489,8 @@ class Receiver:
 
     Compression (RFC 7692, Part II), when negotiated, sits between frames and messages: RSV1 on
     the first frame marks a compressed message, whose pieces are inflated as they arrive, before
-    their UTF-8 is checked; `max_size` then bounds the inflated message too.
+    their UTF-8 is checked; `max_size` then bounds the inflated message, and its frames may take
+    up to `deflate_bound(max_size)` on the wire (DEFLATE's worst case).
     """
 
     __slots__ = ("_buffer", "_compressed", "_cost", "_decoder", "_frame", "_frame_start", "_inflater",
@@ -504,7 +505,7 @@ class Receiver:
         self.on_frame = on_frame  # for --trace: called with each frame, its payload, and "inflated?"
         self.compression = compression  # permessage-deflate, if negotiated
         self.failed: ProtocolError | None = None
-        self._buffer = b""  # the start of a header that has not arrived whole
+        self._buffer = b""  # kept for the next feed: a header, or a control frame, not whole yet
         # The data frame whose payload is being read: its header, what is left of its payload,
         # and where its pieces start among the message's.
         self._frame: FrameHeader | None = None
