@@ -152,7 +152,8 @@ class Handshake:
     deflate: DeflateParameters | None = None
 
 
-def check_request(request: Request, *, allowed_origins: Iterable[str] | None = None,
+def check_request(request: Request, *, access: AccessRules | None = None,
+                  allowed_origins: Iterable[str] | None = None,
                   subprotocols: Iterable[str] = (), compression: bool = False) -> Handshake:
     """§4.2.1: check the client's opening handshake; raise `HandshakeError` to refuse it.
 
@@ -186,26 +187,31 @@ def check_request(request: Request, *, allowed_origins: Iterable[str] | None = N
         raise HandshakeError(426, f"unsupported WebSocket version {version[:20]!r}",
                              [("Upgrade", "websocket"), ("Connection", "Upgrade, close"),
                               ("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
-    check_origin(request, allowed_origins)
+    check_origin(request, access, allowed_origins)
     # §9.1: extensions are negotiated here too; one this server cannot honour is declined,
     # never refused (permessage-deflate, Part II).
     deflate = negotiate_deflate(request.header("sec-websocket-extensions")) if compression else None
     return Handshake(accept_key(keys[0]), choose_subprotocol(request, subprotocols), deflate)
 
 
-def check_origin(request: Request, allowed_origins: Iterable[str] | None) -> None:
-    """§10.2: refuse a browser page from another site (403) when an allow-list is given.
+def check_origin(request: Request, access: AccessRules | None = None,
+                 allowed_origins: Iterable[str] | None = None) -> None:
+    """§10.2: refuse (403) a browser page from any origin but this server's own and those allowed.
 
     Cross-site WebSocket hijacking: a WebSocket is not bound by the same-origin policy, and
     the browser sends the user's cookies with the handshake.  Any page the user visits could
     open a socket to this server and act as the user.  Browsers always send `Origin`, and a
     page cannot forge it, so checking it is the defence.  A request with no `Origin` comes
     from a program, not a browser page, and is not refused: nothing is hijacked there.
+
+    The server passes its `AccessRules` (Part II): its own origin, whose Host it has checked,
+    and the --allow-origin ones.  Without them, `allowed_origins` alone, if given, is the list.
     """
-    if not allowed_origins:
+    if access is not None:
+        access.check_origin(request)
         return
     origin = request.header("origin")
-    if origin is not None and origin.lower() not in {o.lower() for o in allowed_origins}:
+    if allowed_origins and origin is not None and origin.lower() not in {o.lower() for o in allowed_origins}:
         raise HandshakeError(403, f"origin {origin[:100]!r} is not allowed")
 
 
@@ -1127,6 +1133,9 @@ class WebSocketServer:
         self._compressions: dict[DeflateParameters, Compression] = {}  # one per parameters agreed
         self.bus: RedisChatBus | None = None  # with --redis, every message goes through it
         self._end_of_turn: EndOfTurnWrites | None = None  # shared by every connection, once started
+        self.access: AccessRules | None = None  # who may connect (Part II), once the port is known
+        self.admission = Admission(self.config.max_clients, self.config.max_clients_per_address)  # Part II
+        self.pace = Pace(self.config.pace_bytes, self.config.pace_timeout)  # Part II: fairness
 
     @property
     def port(self) -> int:
@@ -1143,10 +1152,12 @@ class WebSocketServer:
         self._end_of_turn = EndOfTurnWrites(asyncio.get_running_loop())  # Part II: batched writes
         tls = {} if config.tls is None else {"ssl": config.tls, "ssl_handshake_timeout": config.handshake_timeout}
         if config.redis is not None:  # Part II: one chat for several processes
-            self.bus = RedisChatBus(config.redis, self.room.broadcast, timeout=config.redis_timeout)
+            self.bus = RedisChatBus(config.redis, self.room.broadcast, timeout=config.redis_timeout,
+                                    max_size=config.limits.max_size)
             await self.bus.start()
         self._server = await asyncio.start_server(self._handle, config.host, config.port, limit=READ_SIZE,
                                                   reuse_port=config.reuse_port or None, **tls)
+        self.access = access_rules(config, self.port)  # Part II: Host, Origin, access token
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One TCP connection, from its first byte to its end; nothing it does reaches the others."""
@@ -1172,40 +1183,45 @@ class WebSocketServer:
                 writer.transport.abort()
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Connection | None:
-        """Read and answer the request: a static file, a refusal, or 101 and the connection."""
+        """Read and answer the request: a page, a refusal, or 101 and the connection."""
         config = self.config
         peer = writer.get_extra_info("peername")
-        name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        address = peer[0] if isinstance(peer, tuple) else str(peer)
+        name = f"{address}:{peer[1]}" if isinstance(peer, tuple) else address
         try:
             received = await read_http_head(reader, config.max_header_bytes, config.handshake_timeout)
             if received is None:  # nothing was asked (an idle preconnect): nothing to answer
                 writer.close()
                 return None
             head, rest = received
-            if config.trace:
-                log.info("handshake request:\n%s", head.decode("latin-1"))
+            if config.trace:  # (escaped, and credentials left out: Part II)
+                log.info("%s handshake request:%s", name, trace_head(head.decode("latin-1")))
             request = parse_request(head, config.max_header_lines)  # Part II: strict HTTP/1.1
             if isinstance(peer, tuple):
-                name = f"{client_address(peer[0], request.header('x-forwarded-for'), config.trusted_proxies)}:{peer[1]}"
+                address = client_address(peer[0], request.header("x-forwarded-for"), config.trusted_proxies)
+                name = f"{address}:{peer[1]}"
             body_length(request)  # framing that two readers could read two ways is refused (400)
+            self.access.check_host(request)  # every request, pages too: DNS rebinding (421, Part II)
             if not is_websocket_request(request):  # the pages, on the same port (Part II)
-                await self._answer_http(writer, static_response(config.static_dir, request, config.index))
+                await self._answer_http(writer, chat_page_response(config, self.access, request))
                 return None
-            handshake = check_request(request, allowed_origins=config.allowed_origins,
+            handshake = check_request(request, access=self.access,  # §10.2: the Origin (403)
                                       subprotocols=config.subprotocols, compression=config.compression)
+            self.access.check_access(request)  # --access-token: its cookie or a Bearer token (401)
+            self.admission.check(address)  # --max-clients, --max-clients-per-address (503, Part II)
         except HTTPError as error:  # the one place a refusal becomes a response
-            log.info("refused %s: %s %s", name, error.status, error.reason)
+            log.info("refused %s: %s %s", name, error.status, escape_controls(error.reason))
             await self._answer_http(writer, build_error_response(error.status, error.reason, error.headers))
             return None
         self._handshaking.discard(asyncio.current_task())
         response = build_switching_protocols(handshake)
         if config.trace:
-            log.info("handshake response:\n%s", response.decode("latin-1").rstrip())
+            log.info("%s handshake response:%s", name, trace_head(response.decode("latin-1")))
         writer.write(response)
-        return self._open(reader, writer, handshake, rest, name)
+        return self._open(reader, writer, handshake, rest, name, address)
 
     def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handshake: Handshake,
-              rest: bytes, name: str) -> Connection:
+              rest: bytes, name: str, address: str) -> Connection:
         """The connection the handshake agreed, with the frames that came right after the head."""
         config = self.config
         protocol = Protocol(max_size=config.limits.max_size, compression=self._compression(handshake.deflate))
@@ -1213,12 +1229,13 @@ class WebSocketServer:
         if rest:
             protocol.receive_data(rest)
         return Connection(reader, writer, protocol, limits=config.limits, trace=config.trace, name=name,
-                          end_of_turn=self._end_of_turn)
+                          end_of_turn=self._end_of_turn, pace=self.pace, address=address)
 
     async def _chat(self, connection: Connection) -> None:
         """The tutorial's `socket.on('message', ...)` and `socket.on('close', ...)`."""
         protocol = connection.protocol
         self.room.join(connection)
+        self.admission.enter(connection.address)  # (counted from here: no await since its check)
         log.info("%s connected (%d open)", connection.name, len(self.room.clients))
         try:
             while True:  # (no local name holds the last message while the client is idle)
@@ -1226,10 +1243,14 @@ class WebSocketServer:
                     self.room.broadcast(await connection.recv_message())
                 else:  # --redis: through the shared stream, to every process's room (Part II)
                     await self.bus.publish_from(connection, await connection.recv_message())
+                if self.pace.lagging:  # Part II: a sender waits while what it sent fills up readers
+                    await self.pace.wait(connection)
         except ConnectionClosed:
             pass
         finally:
             self.room.leave(connection)
+            self.admission.leave(connection.address)
+            self.pace.forget(connection)
             if connection.state != State.CLOSED:
                 connection.abort()
             how = f"close code {describe_close(connection.close_code, connection.close_reason)}"
@@ -2107,6 +2128,68 @@ class EndOfTurnWrites:
                 connection.abort()
 
 
+#: --pace-timeout: seconds a client may stay more than --pace-bytes behind (by default a quarter
+#: of --max-buffer) before senders stop waiting for it (`Pace`).
+DEFAULT_PACE_TIMEOUT = 1.0
+
+
+class Pace:
+    """Fairness: a client that floods the chat is slowed down to what the others can take.
+
+    Every message a sender sends is queued for every client, so one sender that writes as fast
+    as it can (a raw socket loop) makes the server queue, per read, up to READ_SIZE bytes of
+    messages for each client, faster than any of them reads: without a brake, clients that read
+    as fast as they can pile up --max-buffer bytes in a fraction of a second and are dropped as
+    "too slow", while the flooder, which needs to read nothing, stays.
+
+    The brake is the sender's own reading, as TCP would have it.  `Connection.send_frame_bytes`
+    notes here every client that has more than `bytes` (--pace-bytes) queued: a laggard.  After
+    each message it broadcast, a sender's task (`WebSocketServer._chat`) waits while laggards
+    remain, for each one until it has drained below `bytes`; meanwhile it reads nothing more
+    from its socket, so the kernel's buffers fill and TCP slows the flooder down.  Its messages
+    then reach the room at the pace of the clients that take them, and nobody is dropped.  A
+    chat at human speed never queues that much: the brake costs nothing until it is needed
+    (one test of a dictionary per message).
+
+    A client that stopped reading must not stall the chat: each laggard is waited for at most
+    `timeout` (--pace-timeout) from the moment it fell behind.  Past that it is on its own: the
+    senders go on, and its --max-buffer drops it as before (1008), unless it catches up first.
+    So an ordinary client is dropped only when it is itself too slow, and a stalled one holds
+    the chat back for at most `timeout` seconds."""
+
+    __slots__ = ("bytes", "lagging", "timeout")
+
+    def __init__(self, max_bytes: int, timeout: float) -> None:
+        self.bytes, self.timeout = max_bytes, timeout
+        self.lagging: dict[Connection, float] = {}  # laggard -> when it fell behind (loop time)
+
+    def falls_behind(self, client: Connection) -> None:
+        if client not in self.lagging:
+            self.lagging[client] = client._loop.time()
+
+    def forget(self, client: Connection) -> None:
+        self.lagging.pop(client, None)
+
+    async def wait(self, sender: Connection) -> None:
+        """Wait until every laggard has drained below `bytes`, or stalled past `timeout`.  The
+        sender's own frames leave meanwhile at the end of each turn, as if it were idle."""
+        loop = asyncio.get_running_loop()
+        sender._pumping = False
+        sender.flush()
+        for client, since in tuple(self.lagging.items()):
+            while client.state == State.OPEN and client.protocol.pending_bytes > self.bytes:
+                left = since + self.timeout - loop.time()
+                if left <= 0:  # stalled: no longer waited for (its own --max-buffer decides)
+                    break
+                if client._drain_task is None:  # queued this turn, not written yet: write it now
+                    client.flush()
+                    if client._drain_task is None:
+                        continue
+                await asyncio.wait((client._drain_task,), timeout=left)
+            else:  # drained, or closing: no longer a laggard
+                self.lagging.pop(client, None)
+
+
 class Connection:
     """One WebSocket connection over an asyncio stream: the pump around a `Protocol`.
 
@@ -2128,15 +2211,16 @@ class Connection:
     wrong to blame the server's load), and the others never notice.
     """
 
-    __slots__ = ("_close_timer", "_closed_waiter", "_drain_task", "_end_of_turn", "_flush_waiting",
-                 "_half_closed", "_high_water", "_loop", "_ping_payload", "_ping_timer", "_pong_timer",
-                 "_pumping", "_receiving", "limits", "name", "protocol", "reader", "trace", "transport",
+    __slots__ = ("_behind", "_close_timer", "_closed_waiter", "_drain_task", "_end_of_turn", "_flush_waiting",
+                 "_half_closed", "_high_water", "_loop", "_pace", "_ping_payload", "_ping_timer", "_pong_timer",
+                 "_pumping", "_receiving", "address", "limits", "name", "protocol", "reader", "trace", "transport",
                  "writer")  # no per-connection __dict__: idle clients stay small
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  protocol: Protocol | None = None, *, limits: Limits | None = None,
                  trace: bool = False, name: str | None = None,
-                 end_of_turn: EndOfTurnWrites | None = None) -> None:
+                 end_of_turn: EndOfTurnWrites | None = None, pace: Pace | None = None,
+                 address: str | None = None) -> None:
         self.reader, self.writer, self.transport = reader, writer, writer.transport
         self.limits = limits or Limits()
         self.protocol = protocol or Protocol(max_size=self.limits.max_size)
@@ -2145,6 +2229,10 @@ class Connection:
             self.protocol.receiver.on_frame = self._trace_in
         peer = writer.get_extra_info("peername")
         self.name = name or (f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer))
+        self.address = address or (peer[0] if isinstance(peer, tuple) else str(peer))  # the client's, for caps
+        self._pace = pace  # the server's (a broadcast's frames may make this client a laggard), or None
+        # Past this many bytes queued, send_frame_bytes takes its slow path (`_fall_behind`).
+        self._behind = min(self.limits.max_buffer, pace.bytes) if pace is not None and pace.bytes else self.limits.max_buffer
         self._loop = asyncio.get_running_loop()
         self._high_water = self.transport.get_write_buffer_limits()[1]
         self._end_of_turn = end_of_turn or EndOfTurnWrites(self._loop)
@@ -2286,14 +2374,25 @@ class Connection:
         socket buffer is counted only while it is full (a drain is awaited): otherwise it holds
         less than the transport's high-water mark, and the queue empties at the end of the turn."""
         protocol = self.protocol
-        pending = protocol.pending_bytes
-        if pending > self.limits.max_buffer or (
-                self._drain_task is not None and pending + self.transport.get_write_buffer_size() > self.limits.max_buffer):
-            self._drop_slow_client()
-        elif protocol.send_frame(frame, frame_size(frame) + QUEUED_FRAME_CHARGE if cost is None else cost):
+        if protocol.pending_bytes > self._behind or self._drain_task is not None:  # behind: the slow path
+            if self._fall_behind():
+                return
+        if protocol.send_frame(frame, frame_size(frame) + QUEUED_FRAME_CHARGE if cost is None else cost):
             if not (self._flush_waiting or self._pumping or self._drain_task is not None):
                 self._flush_waiting = True
                 self._end_of_turn.add(self)
+
+    def _fall_behind(self) -> bool:
+        """A client with frames waiting: dropped (True) past --max-buffer; past --pace-bytes, a
+        laggard that the senders wait for (`Pace`)."""
+        pending = self.protocol.pending_bytes
+        if pending > self.limits.max_buffer or (
+                self._drain_task is not None and pending + self.transport.get_write_buffer_size() > self.limits.max_buffer):
+            self._drop_slow_client()
+            return True
+        if self._pace is not None and pending > self._pace.bytes > 0:
+            self._pace.falls_behind(self)
+        return False
 
     def _drop_slow_client(self) -> None:
         self.protocol.fail(CloseCode.POLICY_VIOLATION,
@@ -2498,8 +2597,9 @@ def parse_ws_url(url: str) -> tuple[bool, str, int, str]:
 
 def build_client_request(host: str, port: int, resource: str, key: str, *, secure: bool = False,
                          origin: str | None = None, subprotocols: Iterable[str] = (),
-                         extensions: str | None = None) -> bytes:
-    """§4.1: the client's opening handshake, the request of §1.2."""
+                         extensions: str | None = None, access_token: str | None = None) -> bytes:
+    """§4.1: the client's opening handshake, the request of §1.2 (§4.1 item 12: other header
+    fields may follow, here `Authorization: Bearer` for a server with --access-token)."""
     authority = f"[{host}]" if ":" in host else host
     if port != (443 if secure else 80):  # §4.1 item 4: the port only when not the default
         authority += f":{port}"
@@ -2513,6 +2613,8 @@ def build_client_request(host: str, port: int, resource: str, key: str, *, secur
     lines.append(f"Sec-WebSocket-Version: {WEBSOCKET_VERSION}")  # item 9
     if extensions:  # item 11
         lines.append(f"Sec-WebSocket-Extensions: {extensions}")
+    if access_token:  # RFC 6750 §2.1
+        lines.append(f"Authorization: Bearer {access_token}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
@@ -2569,7 +2671,7 @@ def client_compression(parameters: DeflateParameters) -> Compression:
 
 async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable[str] = (),
                   limits: Limits | None = None, timeout: float = 10.0, compression: bool = True,
-                  cafile: str | None = None, trace: bool = False) -> Connection:
+                  cafile: str | None = None, trace: bool = False, access_token: str | None = None) -> Connection:
     """Open a client connection to a ws:// URL: the server's mirror (§4.1).
 
     The client masks every frame (§5.3) and fails the connection unless the server's answer
@@ -2577,7 +2679,8 @@ async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable
     the key it sent (proof that a WebSocket server read this very request), and nothing it did
     not offer.  With `compression` it offers permessage-deflate as Chromium does (II.4).
     A wss:// URL is TLS, the server's certificate verified (II.7; `cafile` for a private
-    CA).  Raises `HandshakeFailed`, `OSError` (`ssl.SSLCertVerificationError` among them) or
+    CA).  `access_token` is sent as `Authorization: Bearer` (a server's --access-token).  Raises
+    `HandshakeFailed`, `OSError` (`ssl.SSLCertVerificationError` among them) or
     `asyncio.TimeoutError`.
     """
     secure, host, port, resource = parse_ws_url(url)
@@ -2594,7 +2697,8 @@ async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable
                         opening=OpeningHandshake(key, subprotocols, (PERMESSAGE_DEFLATE,) if compression else ()))
     try:
         writer.write(build_client_request(host, port, resource, key, secure=secure, origin=origin,
-                                          subprotocols=subprotocols, extensions=extensions))
+                                          subprotocols=subprotocols, extensions=extensions,
+                                          access_token=access_token))
         while protocol.state == State.CONNECTING:
             data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, deadline - loop.time()))
             if data:
@@ -3049,6 +3153,25 @@ CHAT_STREAM = "push:chat"
 CHAT_STREAM_LENGTH = 1000
 
 
+def chat_message(fields: dict[bytes, bytes], max_size: int = DEFAULT_MAX_SIZE) -> Message:
+    """The message a chat stream entry carries: `type` text or binary, `data` its bytes, at most
+    `max_size` of them, and for text valid UTF-8 (§8.1: a browser fails the connection with
+    1007 on text that is not).  ValueError, saying what is wrong, for anything else."""
+    kind, data = fields.get(b"type"), fields.get(b"data")
+    if kind not in (b"text", b"binary"):
+        raise ValueError(f"type {kind[:20]!r} is neither text nor binary" if kind is not None else "no type")
+    if not isinstance(data, bytes):
+        raise ValueError("no data")
+    if len(data) > max_size:
+        raise ValueError(f"{len(data)} bytes of data, over --max-size ({max_size})")
+    if kind == b"text":
+        try:
+            codecs.decode(data, "utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"text that is not UTF-8 (byte {error.start})") from None
+    return Message(Opcode.TEXT if kind == b"text" else Opcode.BINARY, data)
+
+
 class RedisChatBus:
     """The chat shared by every process with the same --redis (II.8's stream).
 
@@ -3061,11 +3184,18 @@ class RedisChatBus:
     refused to its sender (`publish` raises, and the server tells the sender it was not
     delivered), never delivered to some clients and not others.  The reader reconnects by
     itself, with backoff, and goes on from the last id it read: what was added while it was
-    away is read then, nothing skipped, nothing twice."""
+    away is read then, nothing skipped, nothing twice.
+
+    What the stream holds is input like any client's frames: anything with access to Redis can
+    XADD to it, and an older or newer version of this server may write other fields.  Each
+    entry is checked (`chat_message`) before it reaches the room: a bad one is skipped and
+    logged, and the reader goes on."""
 
     def __init__(self, address: RedisAddress, deliver: Callable[[Message], None], *,
-                 timeout: float = DEFAULT_REDIS_TIMEOUT, stream: str = CHAT_STREAM) -> None:
+                 timeout: float = DEFAULT_REDIS_TIMEOUT, stream: str = CHAT_STREAM,
+                 max_size: int = DEFAULT_MAX_SIZE) -> None:
         self.address, self.deliver, self.timeout, self.stream = address, deliver, timeout, stream
+        self.max_size = max_size  # --max-size: what a local client could not send, Redis cannot either
         self.commands = AsyncRedis(address, timeout)
         self._reader_task: asyncio.Task | None = None
         self.last_id: str | None = None  # of the last entry read; None before the first read
@@ -3119,8 +3249,15 @@ class RedisChatBus:
                     unreachable, backoff = False, 0.1
                 for entry_id, fields in read_entries(reply):
                     self.last_id = entry_id
-                    opcode = Opcode.TEXT if fields.get(b"type") == b"text" else Opcode.BINARY
-                    self.deliver(Message(opcode, fields.get(b"data", b"")))
+                    try:
+                        message = chat_message(fields, self.max_size)
+                    except ValueError as error:  # skipped, said once, and the chat goes on
+                        log.warning("skipped the entry %s of %s: %s", escape_controls(entry_id), self.stream, error)
+                        continue
+                    try:
+                        self.deliver(message)
+                    except Exception:  # a bug: said, and the reader lives on
+                        log.exception("delivering the entry %s failed", escape_controls(entry_id))
             except asyncio.CancelledError:
                 await reader.close()
                 raise
@@ -3297,6 +3434,93 @@ def token_from(flag_value: str | None, variable: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
+#: --max-clients: open chat connections in one process.  What an idle connection costs (a few
+#: KiB of RSS, one file descriptor) is not what this guards: it is there so that a flood of
+#: connections is refused with a clean 503 before the process runs out of file descriptors or
+#: memory (at --max-buffer each, a full chat of busy clients is the budget to size it by).
+#: High enough for the benchmark's 10,000 idle connections.
+DEFAULT_MAX_CLIENTS = 20_000
+
+#: --max-clients-per-address: open chat connections from one client address, so that one host
+#: cannot take the whole --max-clients.  A browser opens one per tab; an office or a carrier
+#: NAT puts many people behind one address, hence a few hundred.  Loopback addresses are never
+#: capped: on this machine they are the user's own programs and tests, or a proxy in front,
+#: whose clients all come from 127.0.0.1 (with --trusted-proxy, X-Forwarded-For's address is
+#: capped instead: `client_address`).  So the benchmark's 1,000 clients from 127.0.0.1 pass.
+DEFAULT_MAX_CLIENTS_PER_ADDRESS = 256
+
+#: Retry-After (RFC 9110 §10.2.3) of a 503 for a full chat: seconds.
+FULL_RETRY_AFTER = 5
+
+
+class Admission:
+    """--max-clients and --max-clients-per-address: the open chat connections, counted in all
+    and by client address; a handshake over either cap is refused with 503 and Retry-After
+    (RFC 9110 §15.6.4), which the chat page answers by retrying later (it backs off)."""
+
+    __slots__ = ("by_address", "max_clients", "open", "per_address")
+
+    def __init__(self, max_clients: int, per_address: int) -> None:
+        self.max_clients, self.per_address = max_clients, per_address
+        self.open = 0
+        self.by_address: dict[str, int] = {}
+
+    def check(self, address: str) -> None:
+        retry = [("Retry-After", str(FULL_RETRY_AFTER))]
+        if self.max_clients and self.open >= self.max_clients:
+            raise HTTPError(503, f"the chat is full ({self.max_clients} connections); try again later", retry)
+        if self.per_address and self.by_address.get(address, 0) >= self.per_address and not is_loopback_name(address):
+            raise HTTPError(503, f"too many connections from one address ({self.per_address}); try again later", retry)
+
+    def enter(self, address: str) -> None:
+        self.open += 1
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+
+    def leave(self, address: str) -> None:
+        self.open -= 1
+        left = self.by_address.pop(address, 1) - 1
+        if left:
+            self.by_address[address] = left
+
+
+#: The query of the request with which the chat page asks whether it holds the access cookie
+#: (`chat_page_response`): a browser shows script no status of a refused WebSocket handshake.
+ACCESS_CHECK = "access-check"
+
+
+def access_rules(config: ServerConfig, port: int) -> AccessRules:
+    """The chat server's `AccessRules` (II.9), from its configuration and the port it got."""
+    return AccessRules(loopback=listens_on_loopback(config.host), port=port,
+                       allowed_hosts=tuple(config.allowed_hosts),
+                       allowed_origins=tuple(config.allowed_origins or ()), access_token=config.access_token)
+
+
+def chat_page_response(config: ServerConfig, access: AccessRules, request: Request) -> bytes:
+    """A plain HTTP request on the chat's port.  The pages hold no secret, so they are served
+    without the access token; `?access=TOKEN` sets its cookie (303); and `?access-check` is the
+    page asking whether its cookie is good (204, else 401) after its socket closed before it
+    opened, so that it can say "access token required" rather than retry in silence."""
+    link = access.access_link_answer(request, secure=config.tls is not None)
+    if link is not None:
+        return link
+    if request.query == ACCESS_CHECK and request.method == "GET":
+        access.check_access(request)
+        return build_response(204, [("Cache-Control", "no-store"), ("Connection", "close")])
+    return static_response(config.static_dir, request, config.index)
+
+
+#: Header fields that carry a credential: never written to a log (--trace).
+_SECRET_FIELDS = re.compile(r"(?im)^((?:cookie|authorization|proxy-authorization)[ \t]*:).*$")
+_SECRET_QUERY = re.compile(r"(?i)([?&]access=)[^&\s]*")
+
+
+def trace_head(text: str) -> str:
+    """A request or response head for --trace, one indented line per header line: control
+    characters escaped (a peer's header cannot forge a log line) and credentials left out."""
+    text = _SECRET_QUERY.sub(r"\1[not logged]", _SECRET_FIELDS.sub(r"\1 [not logged]", text))
+    return "".join(f"\n    {escape_controls(line)}" for line in text.replace("\r\n", "\n").split("\n") if line)
+
+
 @dataclasses.dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -3318,6 +3542,16 @@ class ServerConfig:
     redis: RedisAddress | None = None  # --redis: the chat shared by several processes
     redis_timeout: float = DEFAULT_REDIS_TIMEOUT
     reuse_port: bool = False  # --reuse-port: several processes listen on one port (SO_REUSEPORT)
+    allowed_hosts: list[str] = dataclasses.field(default_factory=list)  # --allowed-host (II.9)
+    access_token: str | None = None  # --access-token or ACCESS_TOKEN (II.9)
+    max_clients: int = DEFAULT_MAX_CLIENTS  # --max-clients: open chat connections, 0 for no cap
+    max_clients_per_address: int = DEFAULT_MAX_CLIENTS_PER_ADDRESS  # --max-clients-per-address
+    pace_bytes: int | None = None  # --pace-bytes (Pace, II.5): None for a quarter of --max-buffer
+    pace_timeout: float = DEFAULT_PACE_TIMEOUT  # --pace-timeout
+
+    def __post_init__(self) -> None:
+        if self.pace_bytes is None:
+            self.pace_bytes = self.limits.max_buffer // 4
 
 
 #: What the sender of a message that could not be shared (--redis) receives instead: either
@@ -3360,6 +3594,10 @@ async def run_server(config: ServerConfig) -> None:
     if config.redis is not None:
         log.info("The chat is shared through Redis at %s:%d (stream %s)", config.redis.host, config.redis.port,
                  CHAT_STREAM)
+    if not listens_on_loopback(config.host) and config.access_token is None:
+        origins = ", ".join(config.allowed_origins or ()) or "none"
+        log.warning("Listening on %s without --access-token: anyone who can reach it may chat (browser pages "
+                    "from this server's own origin and from: %s)", host, origins)
     stop = asyncio.Event()
     restore = stop_on_signals(asyncio.get_running_loop(), stop)
     try:
@@ -3378,10 +3616,12 @@ def describe_message(message: str | bytes) -> str:
     return f"[binary, {len(message)} bytes: {message[:16].hex(' ')}{more}]"
 
 
-async def run_client(url: str, trace: bool, cafile: str | None = None) -> None:
-    """`--connect`: typed lines are sent as text; received messages are printed.  The client
-    ends when stdin ends (Ctrl-D) or when the server closes the connection."""
-    connection = await connect(url, trace=trace, cafile=cafile)
+async def run_client(url: str, trace: bool, cafile: str | None = None, access_token: str | None = None) -> None:
+    """`--connect`: typed lines are sent as text; received messages are printed, their control
+    characters escaped (a peer's ESC sequence would command the terminal: colours, the title,
+    OSC 52 the clipboard).  The client ends when stdin ends (Ctrl-D) or when the server closes
+    the connection."""
+    connection = await connect(url, trace=trace, cafile=cafile, access_token=access_token)
     sys.stdout.write(f"connected to {url}; type a line to send it, Ctrl-D to quit\n")
     sys.stdout.flush()
     loop = asyncio.get_running_loop()
@@ -3401,9 +3641,9 @@ async def run_client(url: str, trace: bool, cafile: str | None = None) -> None:
 
     async def printer() -> None:
         async for message in connection:
-            sys.stdout.write(f"< {describe_message(message)}\n")
+            sys.stdout.write(f"< {escape_controls(describe_message(message))}\n")
             sys.stdout.flush()
-        sys.stdout.write(f"connection closed: {connection.close_code} {connection.close_reason}\n")
+        sys.stdout.write(f"connection closed: {connection.close_code} {escape_controls(connection.close_reason)}\n")
         sys.stdout.flush()
 
     printing = loop.create_task(printer())
@@ -3456,6 +3696,10 @@ def existing_folder(text: str) -> str:
     return text
 
 
+#: What an access token may hold: RFC 6750's b64token, which also fits a cookie value unquoted.
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
 class StartupFailed(WebSocketError):
     """The server cannot start: one line, exit status 2."""
 
@@ -3485,7 +3729,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-header-lines", type=int, default=DEFAULT_MAX_HEADER_LINES, metavar="N",
                         help=f"most header lines in a request (default: {DEFAULT_MAX_HEADER_LINES})")
     parser.add_argument("--allow-origin", action="append", metavar="ORIGIN",
-                        help="accept browser pages from this origin only (repeatable; default: any)")
+                        help="also accept browser pages from this origin, e.g. https://app.example "
+                             "(repeatable; default: only this server's own pages)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME[:PORT]",
+                        help="also answer requests for this host name (behind a proxy, or on a LAN); "
+                             "on loopback only loopback names are answered otherwise")
+    parser.add_argument("--access-token", metavar="TOKEN",
+                        help="require this token to chat: open the page once as /?access=TOKEN (it sets a "
+                             "cookie), or send Authorization: Bearer TOKEN; with --connect, the token to send "
+                             "(default: the ACCESS_TOKEN environment variable, which ps does not show; else none)")
+    parser.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS, metavar="N",
+                        help=f"open chat connections; more are refused with 503, 0 for no cap (default: {DEFAULT_MAX_CLIENTS})")
+    parser.add_argument("--max-clients-per-address", type=int, default=DEFAULT_MAX_CLIENTS_PER_ADDRESS, metavar="N",
+                        help="open chat connections from one client address (loopback is not capped); more are "
+                             f"refused with 503, 0 for no cap (default: {DEFAULT_MAX_CLIENTS_PER_ADDRESS})")
+    parser.add_argument("--pace-bytes", type=int, metavar="N",
+                        help="bytes queued for one client past which the senders of the chat wait for it to "
+                             "drain: a flooder is slowed to the pace of its readers; 0 turns this off "
+                             "(default: a quarter of --max-buffer)")
+    parser.add_argument("--pace-timeout", type=float, default=DEFAULT_PACE_TIMEOUT, metavar="S",
+                        help="seconds a client may stay behind before senders stop waiting for it (then "
+                             f"--max-buffer decides) (default: {DEFAULT_PACE_TIMEOUT:g})")
     parser.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
                         help="a subprotocol to accept (repeatable)")
     parser.add_argument("--compression", choices=("deflate", "off"), default="deflate",
@@ -3545,6 +3809,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--ping-interval must be 0 (off) or more")
     if not 1 <= args.compression_level <= 9 or args.compression_threshold < 0:
         parser.error("--compression-level must be 1 to 9, --compression-threshold 0 or more")
+    for name in ("max_clients", "max_clients_per_address", "pace_bytes"):
+        if (getattr(args, name) or 0) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 (off) or more")
+    if args.pace_timeout <= 0:
+        parser.error("--pace-timeout must be above 0")
+    access_token = token_from(args.access_token, "ACCESS_TOKEN")
+    if access_token is not None and not _TOKEN.fullmatch(access_token):
+        parser.error("--access-token (or ACCESS_TOKEN): letters, digits and -._~+/ only (it goes in a cookie "
+                     "and a header), e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())'")
     check_deployment_arguments(parser, args)
     try:
         tls = server_tls_context(args.certfile, args.keyfile) if args.certfile else None
@@ -3554,7 +3827,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.connect:
-            asyncio.run(run_client(args.connect, args.trace, args.cafile))
+            asyncio.run(run_client(args.connect, args.trace, args.cafile, access_token))
             return 0
         limits = Limits(args.max_size, args.max_buffer, args.ping_interval, args.ping_timeout,
                         args.close_timeout)
@@ -3567,7 +3840,10 @@ def main(argv: list[str] | None = None) -> int:
                               compression_level=args.compression_level,
                               compression_threshold=args.compression_threshold,
                               tls=tls, trusted_proxies=args.trusted_proxy, redis=redis,
-                              redis_timeout=args.redis_timeout, reuse_port=args.reuse_port)
+                              redis_timeout=args.redis_timeout, reuse_port=args.reuse_port,
+                              allowed_hosts=args.allowed_host, access_token=access_token,
+                              max_clients=args.max_clients, max_clients_per_address=args.max_clients_per_address,
+                              pace_bytes=args.pace_bytes, pace_timeout=args.pace_timeout)
         asyncio.run(run_server(config))
     except KeyboardInterrupt:  # Ctrl-C in the client, or a second one during the shutdown
         pass

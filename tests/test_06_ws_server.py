@@ -62,7 +62,7 @@ class Test01TheHandshakeOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCa
     async def test_06_a_head_that_never_ends_gets_408_after_the_handshake_timeout(self):
         """Operational: a head not complete within --handshake-timeout gets RFC 9110 §15.5.9's 408 (slowloris)."""
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the empty line
+        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n")  # and never the empty line
         status, _, _ = await read_response(reader)
         writer.close()
         self.assertEqual(status, 408)
@@ -71,7 +71,7 @@ class Test01TheHandshakeOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCa
         """Operational: --handshake-timeout bounds the whole head, not each read: a byte every 50 ms gets 408 too."""
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         answered = asyncio.ensure_future(read_response(reader))
-        for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 100:
+        for byte in b"GET / HTTP/1.1\r\nHost: localhost\r\nX: " + b"y" * 100:
             if answered.done():
                 break
             writer.write(bytes([byte]))
@@ -103,14 +103,14 @@ class Test01TheHandshakeOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCa
 
     async def test_10_hostile_heads_each_get_a_status_line(self):
         """RFC 9112 §3 Every request that cannot be served gets a status line, never silence or a crash."""
-        heads = {b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n": 404,
-                 b"GET /%c0%ae%c0%ae/ HTTP/1.1\r\nHost: x\r\n\r\n": 404,
-                 b"GET //[ HTTP/1.1\r\nHost: x\r\n\r\n": 404,
-                 b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n": 400,
+        heads = {b"GET /%ff HTTP/1.1\r\nHost: localhost\r\n\r\n": 404,
+                 b"GET /%c0%ae%c0%ae/ HTTP/1.1\r\nHost: localhost\r\n\r\n": 404,
+                 b"GET //[ HTTP/1.1\r\nHost: localhost\r\n\r\n": 404,
+                 b"GET / HTTP/1.1\r\nHost: localhost\r\nHost: y\r\n\r\n": 400,
                  b"GET / HTTP/1.1\r\n\r\n": 400,
                  b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": 505,
-                 b"GET / HTTP/9.9\r\nHost: x\r\n\r\n": 505,
-                 b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n": 400}
+                 b"GET / HTTP/9.9\r\nHost: localhost\r\n\r\n": 505,
+                 b"GET / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n": 400}
         for head, expected in heads.items():
             with self.subTest(head=head):
                 self.assertEqual((await http_exchange(self.port, head))[0], expected)
@@ -127,7 +127,7 @@ class Test02ThePagesOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCase):
 
     async def test_01_get_slash_serves_the_chat_page(self):
         """RFC 9110 §9.3.1 A plain GET / is the chat page, with its type and length."""
-        status, headers, body = await http_exchange(self.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = await http_exchange(self.port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         self.assertEqual(status, 200)
         self.assertEqual(headers["content-type"], "text/html; charset=utf-8")
         self.assertEqual(int(headers["content-length"]), len(body))
@@ -135,17 +135,17 @@ class Test02ThePagesOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCase):
 
     async def test_02_head_has_the_length_and_no_body(self):
         """RFC 9110 §9.3.2 HEAD gets the headers of GET and no content."""
-        status, headers, body = await http_exchange(self.port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = await http_exchange(self.port, b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         self.assertEqual((status, body), (200, b""))
         self.assertEqual(int(headers["content-length"]), (ROOT / "static" / "chat.html").stat().st_size)
 
     async def test_03_missing_files_traversal_and_other_methods(self):
         """RFC 9110 §15.5.5, §15.5.6 404 for what is not a page (traversal included), 405 for other methods."""
-        for request, status in ((b"GET /nope.html HTTP/1.1\r\nHost: x\r\n\r\n", 404),
-                                (b"GET /../ws_server.py HTTP/1.1\r\nHost: x\r\n\r\n", 404),
-                                (b"GET /%2e%2e/ws_server.py HTTP/1.1\r\nHost: x\r\n\r\n", 404),
-                                (b"GET /..%5cws_server.py HTTP/1.1\r\nHost: x\r\n\r\n", 404),
-                                (b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", 405)):
+        for request, status in ((b"GET /nope.html HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+                                (b"GET /../ws_server.py HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+                                (b"GET /%2e%2e/ws_server.py HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+                                (b"GET /..%5cws_server.py HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+                                (b"DELETE / HTTP/1.1\r\nHost: localhost\r\n\r\n", 405)):
             with self.subTest(request=request):
                 self.assertEqual((await http_exchange(self.port, request))[0], status)
 
@@ -521,7 +521,7 @@ class Test09HostileBatch(ServerTestCase, unittest.IsolatedAsyncioTestCase):
     async def test_01_after_hostile_requests_a_client_chats_and_nothing_is_left_behind(self):
         """Operational: after bad heads, broken frames and abandoned sockets, service goes on, and file descriptors and tasks are back to where they were."""
         fds, tasks = open_fds(), len(asyncio.all_tasks())
-        for head in (b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\n", b"\x16\x03\x01\x02\x00",
+        for head in (b"GET /%ff HTTP/1.1\r\nHost: localhost\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\n", b"\x16\x03\x01\x02\x00",
                      b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", handshake_request(Sec_WebSocket_Version="7")):
             await http_exchange(self.port, head)
         silent = []
