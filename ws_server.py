@@ -3697,7 +3697,7 @@ def existing_folder(text: str) -> str:
 
 
 #: What an access token may hold: RFC 6750's b64token, which also fits a cookie value unquoted.
-_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+_ACCESS_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 
 class StartupFailed(WebSocketError):
@@ -3815,7 +3815,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pace_timeout <= 0:
         parser.error("--pace-timeout must be above 0")
     access_token = token_from(args.access_token, "ACCESS_TOKEN")
-    if access_token is not None and not _TOKEN.fullmatch(access_token):
+    if access_token is not None and not _ACCESS_TOKEN.fullmatch(access_token):
         parser.error("--access-token (or ACCESS_TOKEN): letters, digits and -._~+/ only (it goes in a cookie "
                      "and a header), e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())'")
     check_deployment_arguments(parser, args)
