@@ -3580,6 +3580,15 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Cal
     return lambda: [signal.signal(signum, old) for signum, old in previous.items()]
 
 
+def exposure_warning(config: ServerConfig) -> str | None:
+    """The line a server open to the network without an access token logs at start, or None."""
+    if listens_on_loopback(config.host) or config.access_token is not None:
+        return None
+    others = ", ".join(config.allowed_origins or ()) or "no other"
+    return (f"Listening on {config.host} without --access-token: anyone who can reach this address may chat "
+            f"(browser pages: this server's own, and {others})")
+
+
 async def run_server(config: ServerConfig) -> None:
     """Serve until SIGINT or SIGTERM, then close every client with 1001 (going away)."""
     server = WebSocketServer(config)
@@ -3594,10 +3603,9 @@ async def run_server(config: ServerConfig) -> None:
     if config.redis is not None:
         log.info("The chat is shared through Redis at %s:%d (stream %s)", config.redis.host, config.redis.port,
                  CHAT_STREAM)
-    if not listens_on_loopback(config.host) and config.access_token is None:
-        origins = ", ".join(config.allowed_origins or ()) or "none"
-        log.warning("Listening on %s without --access-token: anyone who can reach it may chat (browser pages "
-                    "from this server's own origin and from: %s)", host, origins)
+    warning = exposure_warning(config)
+    if warning:
+        log.warning("%s", warning)
     stop = asyncio.Event()
     restore = stop_on_signals(asyncio.get_running_loop(), stop)
     try:

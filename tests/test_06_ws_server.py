@@ -8,13 +8,17 @@ shutdown, the command line, and other platforms simulated.
 import asyncio
 import os
 import signal
+import socket
 import subprocess
+import threading
+import time
 import unittest
 
 import ws_server
 from ws_server import Close, CloseCode, Limits, Message, Opcode, Ping, Pong
-from tests.support import (ROOT, TIMEOUT, WINDOWS_PRELUDE, RawClient, ServerTestCase, async_wait_until,
-                           handshake_request, http_exchange, open_fds, read_response, start_process, stop_process)
+from tests.support import (ROOT, TIMEOUT, WINDOWS_PRELUDE, LogReader, RawClient, ServerTestCase, async_wait_until,
+                           handshake_request, http_exchange, open_fds, read_response, start_process, stop_process,
+                           wait_until)
 
 
 class Test01TheHandshakeOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCase):
@@ -590,6 +594,12 @@ class Test10TheCommandLine(unittest.TestCase):
             self.assertEqual(client.stdout.readline(), "< hello there\n")
             asyncio.run(self.send_binary(port))
             self.assertEqual(client.stdout.readline(), "< [binary, 4 bytes: 00 01 fe ff]\n")
+            # ECMA-48 escapes a peer may send: colours, a cleared screen, and OSC 52, which asks the
+            # terminal to put text on the clipboard.  They are printed as escapes, not obeyed.
+            hostile = "\x1b[31mred\x1b[2J\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGU=\x07\x9b31m\rdone"
+            asyncio.run(self.send_text(port, hostile))
+            line = client.stdout.readline()
+            self.assertEqual(line, "< \\x1b[31mred\\x1b[2J\\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGU=\\x07\\x9b31m\\rdone\n")
             server.send_signal(signal.SIGINT)
             self.assertTrue(client.stdout.readline().startswith("connection closed: 1001"))
             self.assertEqual(client.wait(TIMEOUT), 0)  # without a line typed, stdin still open
@@ -599,12 +609,258 @@ class Test10TheCommandLine(unittest.TestCase):
             stop_process(server)
 
     @staticmethod
+    async def send_text(port: int, text: str) -> None:
+        other = await ws_server.connect(f"ws://127.0.0.1:{port}/")
+        await other.send(text)
+        await asyncio.wait_for(other.recv(), TIMEOUT)
+        await other.close()
+
+    @staticmethod
     async def send_binary(port: int) -> None:
         other = await ws_server.connect(f"ws://127.0.0.1:{port}/")
         await other.send(b"\x00\x01\xfe\xff")
         await asyncio.wait_for(other.recv(), TIMEOUT)
         await other.close()
 
+
+
+class Test11WhoMayConnect(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+    """The server's defaults against the pages a browser really opens: cross-site WebSocket
+    hijacking (§10.2) and DNS rebinding, with AccessRules (II.9) built from the configuration."""
+
+    async def test_01_a_page_of_another_site_is_refused_and_the_servers_own_page_and_programs_are_not(self):
+        """§10.2 With the default flags, a handshake from another site's page (its Origin) is refused with 403; the server's own page (Origin http://127.0.0.1:PORT, as Chromium sends it) and a program (no Origin) get 101."""
+        status, _, body = await http_exchange(self.port, handshake_request(Origin="https://evil.example"))
+        self.assertEqual(status, 403)
+        self.assertIn(b"evil.example", body)
+        for origin, host in ((f"http://127.0.0.1:{self.port}", f"127.0.0.1:{self.port}"),
+                             (f"http://localhost:{self.port}", f"localhost:{self.port}"), (None, "127.0.0.1")):
+            with self.subTest(origin=origin):
+                raw = RawClient(*await asyncio.open_connection("127.0.0.1", self.port))
+                self.clients.append(raw)
+                raw.writer.write(handshake_request(Origin=origin, Host=host))
+                self.assertEqual((await read_response(raw.reader))[0], 101)
+
+    async def test_02_a_rebound_name_gets_421_for_the_page_and_for_the_handshake(self):
+        """RFC 9110 §15.5.20 DNS rebinding: a page whose name now resolves to 127.0.0.1 asks with its own Host (and Origin): the page and the handshake both get 421, Misdirected Request."""
+        host = f"rebind.evil.example:{self.port}"
+        status, _, _ = await http_exchange(self.port, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        self.assertEqual(status, 421)
+        status, _, _ = await http_exchange(self.port, handshake_request(Host=host, Origin=f"http://{host}"))
+        self.assertEqual(status, 421)
+
+    async def test_03_allowed_hosts_and_origins_are_answered(self):
+        """Operational: --allowed-host adds a name the server answers (page and chat, its own origin then); --allow-origin adds another site's pages."""
+        self.server.access = ws_server.access_rules(
+            ws_server.ServerConfig(allowed_hosts=["chat.example"], allowed_origins=["https://app.example"]), self.port)
+        status, _, _ = await http_exchange(self.port, b"GET / HTTP/1.1\r\nHost: chat.example\r\n\r\n")
+        self.assertEqual(status, 200)
+        for origin in ("http://chat.example", "https://app.example"):
+            with self.subTest(origin=origin):
+                raw = RawClient(*await asyncio.open_connection("127.0.0.1", self.port))
+                self.clients.append(raw)
+                raw.writer.write(handshake_request(Host="chat.example", Origin=origin))
+                self.assertEqual((await read_response(raw.reader))[0], 101)
+        status, _, _ = await http_exchange(self.port, handshake_request(Host="chat.example", Origin="https://evil.example"))
+        self.assertEqual(status, 403)
+
+
+class Test12TheAccessToken(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+    """--access-token: the chat needs it, in its cookie (set by a link) or as a Bearer token."""
+
+    server_options = {"access_token": "s3cret-Token_1", "trace": True}
+
+    async def test_01_without_the_token_the_handshake_gets_401_and_with_it_101(self):
+        """RFC 6750 §3: a handshake without the token (or with a wrong one) gets 401 with WWW-Authenticate; the cookie or `Authorization: Bearer` opens the chat; our client sends the latter (access_token=)."""
+        for headers in ({}, {"Cookie": "access=guess"}, {"Authorization": "Bearer guess"}):
+            with self.subTest(headers=headers):
+                status, response, body = await http_exchange(self.port, handshake_request(**headers))
+                self.assertEqual(status, 401)
+                self.assertEqual(response["www-authenticate"], 'Bearer realm="access"')
+                self.assertNotIn(b"s3cret", body)
+        raw = RawClient(*await asyncio.open_connection("127.0.0.1", self.port))
+        self.clients.append(raw)
+        raw.writer.write(handshake_request(Cookie="theme=dark; access=s3cret-Token_1"))
+        self.assertEqual((await read_response(raw.reader))[0], 101)
+        client = await self.client(access_token="s3cret-Token_1")
+        await client.send("with a Bearer token")
+        self.assertEqual(await asyncio.wait_for(client.recv(), TIMEOUT), "with a Bearer token")
+        with self.assertRaises(ws_server.HandshakeFailed) as caught:
+            await ws_server.connect(self.url)
+        self.assertEqual(caught.exception.status, 401)
+
+    async def test_02_the_link_sets_the_cookie_the_page_is_served_without_it_and_asks_with_access_check(self):
+        """RFC 6265 §4.1: GET /?access=TOKEN answers 303 to / with the HttpOnly, SameSite=Strict cookie; the page itself needs no token (it holds no secret); GET /?access-check says 401 without the cookie and 204 with it, which the page uses to explain a refused handshake."""
+        status, headers, _ = await http_exchange(self.port, b"GET /?access=s3cret-Token_1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.assertEqual((status, headers["location"]), (303, "/"))
+        self.assertEqual(headers["set-cookie"], "access=s3cret-Token_1; Path=/; HttpOnly; SameSite=Strict")
+        status, _, _ = await http_exchange(self.port, b"GET /?access=guess HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.assertEqual(status, 401)
+        status, _, body = await http_exchange(self.port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.assertEqual(status, 200)
+        self.assertIn(b"access-check", body)
+        check = b"GET /?access-check HTTP/1.1\r\nHost: localhost\r\n%s\r\n"
+        self.assertEqual((await http_exchange(self.port, check % b""))[0], 401)
+        self.assertEqual((await http_exchange(self.port, check % b"Cookie: access=s3cret-Token_1\r\n"))[0], 204)
+
+    async def test_03_the_token_is_in_no_log_line_even_with_trace(self):
+        """Operational: with --trace the request heads are logged, their Cookie and Authorization fields and the ?access= value left out: the token appears in no log line."""
+        with self.assertLogs("ws_server", "INFO") as logs:
+            await http_exchange(self.port, b"GET /?access=s3cret-Token_1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            await http_exchange(self.port, b"GET /?x=1&access=s3cret-Token_1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            await http_exchange(self.port, handshake_request(Cookie="access=s3cret-Token_1; theme=dark"))
+            client = await self.client(access_token="s3cret-Token_1")
+            await client.send("traced")
+            await asyncio.wait_for(client.recv(), TIMEOUT)
+        text = "\n".join(logs.output)
+        self.assertIn("handshake request", text)
+        self.assertIn("Authorization: [not logged]", text)
+        self.assertIn("Cookie: [not logged]", text)
+        self.assertNotIn("s3cret", text)
+
+    def test_04_a_server_open_to_the_network_without_a_token_says_so_at_start(self):
+        """Operational: bound to an address other than loopback and without --access-token, the server logs one line saying that anyone who can reach it may chat; with a token, or on loopback, it does not."""
+        self.assertIn("without --access-token", ws_server.exposure_warning(ws_server.ServerConfig(host="0.0.0.0")))
+        self.assertIn("https://app.example", ws_server.exposure_warning(
+            ws_server.ServerConfig(host="::", allowed_origins=["https://app.example"])))
+        self.assertIsNone(ws_server.exposure_warning(ws_server.ServerConfig(host="0.0.0.0", access_token="t")))
+        self.assertIsNone(ws_server.exposure_warning(ws_server.ServerConfig(host="127.0.0.1")))
+        self.assertIsNone(ws_server.exposure_warning(ws_server.ServerConfig(host="localhost")))
+
+
+class Test13Caps(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+    """--max-clients and --max-clients-per-address: refused at the handshake with 503."""
+
+    server_options = {"max_clients": 3, "max_clients_per_address": 2, "trusted_proxies": ["127.0.0.1"]}
+
+    async def handshake(self, **headers) -> tuple[int, dict[str, str], bytes]:
+        raw = RawClient(*await asyncio.open_connection("127.0.0.1", self.port))
+        self.clients.append(raw)
+        raw.writer.write(handshake_request(**headers))
+        return await read_response(raw.reader)
+
+    async def test_01_one_address_past_its_cap_and_everyone_past_the_total_get_503_with_retry_after(self):
+        """RFC 9110 §15.6.4, §10.2.3 An address past --max-clients-per-address (2 here; the address that --trusted-proxy vouches for), then anyone past --max-clients (3), gets 503 with Retry-After and a one-line reason; a place freed is taken again."""
+        for _ in range(2):
+            self.assertEqual((await self.handshake(X_Forwarded_For="203.0.113.7"))[0], 101)
+        status, headers, body = await self.handshake(X_Forwarded_For="203.0.113.7")
+        self.assertEqual(status, 503)
+        self.assertEqual(headers["retry-after"], str(ws_server.FULL_RETRY_AFTER))
+        self.assertEqual(body.count(b"\n"), 1)
+        self.assertEqual((await self.handshake(X_Forwarded_For="198.51.100.2"))[0], 101)
+        await self.wait_for_clients(3)
+        status, headers, body = await self.handshake()
+        self.assertEqual(status, 503)
+        self.assertIn(b"full", body)
+        self.clients.pop(0).close()  # one of 203.0.113.7's leaves
+        await self.wait_for_clients(2)
+        self.assertEqual((await self.handshake(X_Forwarded_For="203.0.113.7"))[0], 101)
+
+    async def test_02_loopback_is_not_capped_per_address(self):
+        """Operational: clients on this machine (127.0.0.1: tests, benchmarks, a proxy without --trusted-proxy) are counted only against --max-clients."""
+        for _ in range(3):
+            self.assertEqual((await self.handshake())[0], 101)
+        self.assertEqual(self.server.admission.by_address, {"127.0.0.1": 3})
+
+
+class Test14PeerTextInTheLogs(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+
+    server_options = {"trace": True, "trusted_proxies": ["127.0.0.1"]}
+
+    async def test_01_no_log_line_carries_a_peers_control_characters(self):
+        """Operational: refusal reasons with header values, --trace heads and frames, close reasons and X-Forwarded-For: control characters a peer sent are escaped, so none can forge a log line or command the terminal that shows the log."""
+        forged = "x\x1b[31m\x85\r2026-12-06 00:00:00 forged"
+        heads = [handshake_request(Origin="http://" + forged).replace(b"\r2026", b"2026"),
+                 handshake_request(Sec_WebSocket_Version=forged.replace("\r", "")),
+                 handshake_request(X_Forwarded_For="\x1b[2J, 1.2.3.4"),
+                 ("GET /" + forged.replace("\r", "") + " HTTP/1.1\r\nHost: localhost\r\n\r\n").encode("latin-1"),
+                 handshake_request(X_Note="a\x1b]52;c;Zm9v\x07b")]
+        with self.assertLogs("ws_server", "INFO") as logs:
+            for head in heads:
+                await http_exchange(self.port, head.replace(b"\xc2\x85", b"\x85"))
+            client = await self.client()
+            await client.send("\x1b[31mred\x1b]0;title\x07")
+            await asyncio.wait_for(client.recv(), TIMEOUT)
+            await client.close(1000, "bye\n2026-12-06 00:00:00 forged \x1b[31m")
+            await self.wait_for_clients(0)
+        for line in logs.output:
+            with self.subTest(line=line[:80]):
+                self.assertNotRegex(line, "[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+                for continued in line.split("\n")[1:]:  # a traced head: every line of it indented
+                    self.assertTrue(continued.startswith("    "), continued)
+
+
+def flood(port: int, seconds: float, sent: list) -> None:
+    """A raw client that sends 120-byte text messages as fast as the server takes them for
+    `seconds`, and reads what it is sent as fast as it comes (so that it is never too slow
+    itself): blocking sockets in threads, as an attacker's script would be."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.sendall(handshake_request())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+
+    def read() -> None:
+        try:
+            while sock.recv(1 << 20):
+                pass
+        except OSError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    frames = b"".join(ws_server.encode_frame(Opcode.TEXT, b"f" * 120, masking_key=os.urandom(4)) for _ in range(500))
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            sock.sendall(frames)
+            sent[0] += 500
+    except OSError:  # closed by the server (1008): an acceptable end too
+        pass
+    finally:
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+        reader.join(TIMEOUT)
+
+
+class Test15AFlooder(unittest.IsolatedAsyncioTestCase):
+    """--pace-bytes, --pace-timeout: a client that floods the chat is slowed to the pace of the
+    clients that read it (`Pace`, II.5); none of those is dropped."""
+
+    async def test_01_clients_that_keep_up_stay_connected_and_get_everything_while_a_raw_client_floods(self):
+        """Operational: a raw client sends 120-byte messages as fast as it can for 2.5 s while three of our clients read as fast as they can: none of the three is dropped, each gets every message the server took, in the same number, and the flooder was held back by TCP (it could not send all it wanted)."""
+        server, port = await asyncio.to_thread(start_process, "ws_server.py", "--ping-interval", "0")
+        logs = LogReader(server)
+        readers, tasks = [], []
+        try:
+            readers = [await ws_server.connect(f"ws://127.0.0.1:{port}/") for _ in range(3)]
+            counts, closed = [0, 0, 0], [None, None, None]
+
+            async def read(index: int, client: ws_server.Connection) -> None:
+                try:
+                    while await client.recv() != "end":
+                        counts[index] += 1
+                except ws_server.ConnectionClosed as error:
+                    closed[index] = error.code
+
+            tasks = [asyncio.create_task(read(i, client)) for i, client in enumerate(readers)]
+            sent = [0]
+            await asyncio.to_thread(flood, port, 2.5, sent)
+            self.assertEqual(closed, [None, None, None])  # nobody dropped during the flood
+            await readers[0].send("end")
+            await asyncio.wait_for(asyncio.gather(*tasks), 4 * TIMEOUT)
+            self.assertEqual(closed, [None, None, None])
+            self.assertEqual(counts[0], counts[1])
+            self.assertEqual(counts[1], counts[2])
+            self.assertGreater(counts[0], 1000)
+            self.assertNotIn("client too slow", logs.text)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for client in readers:
+                client.abort()
+            await asyncio.to_thread(stop_process, server)
 
 if __name__ == "__main__":
     unittest.main()
