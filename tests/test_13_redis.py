@@ -465,6 +465,41 @@ class Test04TheChatAcrossProcesses(RedisTestCase):
         wait_until(lambda: http_request(events, "POST", "/publish", b"now")[0] == 204, message="a publish acknowledged")
         self.assertEqual([e.data for e in stream.next_events(1)], ["now"])
 
+    def test_06_entries_another_writer_put_in_the_stream_are_checked_skipped_and_said_once(self):
+        """Operational: the stream is input (anything with access to Redis may XADD): an entry with text that is not UTF-8, one of 3 MiB (over the default --max-size, 1 MiB), one without data or type, one of an unknown type, are each skipped and logged once with their id, escaped; no client of either process is disconnected, and the next message reaches all of them."""
+        ports = self.chat_servers()
+        foreign = [("type", "text", "data", b"\xff\xfe not UTF-8"), ("type", "binary", "data", bytes(3 << 20)),
+                   ("type", "text"), ("data", "no type"), ("type", "\x1b[31mhtml", "data", "<b>")]
+
+        async def run():
+            clients = await self.clients(ports, 2)
+            try:
+                self.assertEqual(await send_until_shared(self, clients[0], "before"), [])
+                for client in clients[1:]:
+                    self.assertEqual(await self.receive(client, 1), ["before"])
+                ids = []
+                for fields in foreign:
+                    ids.append(await asyncio.to_thread(self.redis.command, "XADD", ws_server.CHAT_STREAM, "*", *fields))
+                self.assertEqual(await send_until_shared(self, clients[0], "after"), [])
+                for client in clients[1:]:
+                    self.assertEqual(await self.receive(client, 1), ["after"])  # and nothing foreign before it
+                for client in clients:
+                    self.assertEqual(client.state, ws_server.State.OPEN)
+                return [entry_id.decode() for entry_id in ids]
+            finally:
+                for client in clients:
+                    await client.close()
+        ids = asyncio.run(run())
+        for logs in self.logs:
+            for entry_id, why in zip(ids, ("not UTF-8", "over --max-size", "no data", "no type", "neither text nor binary")):
+                with self.subTest(entry_id=entry_id):
+                    lines = [line for line in logs.lines if f"skipped the entry {entry_id} " in line]
+                    self.assertEqual(len(lines), 1, logs.text[-2000:])
+                    self.assertIn(why, lines[0])
+            self.assertNotIn("\x1b", logs.text)
+            self.assertNotRegex(logs.text, "disconnected: close code (?!1000 )")  # only the clients' own goodbyes
+            self.assertNotIn("failing", logs.text)
+
     def test_05_a_configuration_that_cannot_work_is_one_line_and_exit_status_2(self):
         """Operational, the command line: a redis:// URL, a timeout above 0, SO_REUSEPORT for --reuse-port, one place for a history: else exit 2."""
         cases = [("ws_server.py", ("--redis", "http://x"), "", "redis://"),
