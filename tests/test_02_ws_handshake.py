@@ -205,6 +205,18 @@ class Test05TheOrigin(unittest.TestCase):
         self.assertIsInstance(check_request(request_with(Origin=None), allowed_origins=["http://chat.example"]), Handshake)
 
 
+    def test_04_the_server_admits_its_own_pages_and_the_allowed_ones_by_default(self):
+        """§10.2 With the server's AccessRules (II.9), the rule needs no list: a page of the server's own origin (scheme and the Host it answered) and an --allow-origin one are admitted; any other origin is 403; no Origin, a program, is admitted."""
+        access = ws_server.AccessRules(loopback=True, port=8080, allowed_origins=("https://app.example",))
+        for origin in ("http://localhost:8080", "https://app.example", None):
+            with self.subTest(origin=origin):
+                request = request_with(Host="localhost:8080", Origin=origin)
+                self.assertIsInstance(check_request(request, access=access), Handshake)
+        with self.assertRaises(HTTPError) as caught:
+            check_request(request_with(Host="localhost:8080", Origin="https://evil.example"), access=access)
+        self.assertEqual(caught.exception.status, 403)
+
+
 class Test06TheClientChecksTheAnswer(unittest.TestCase):
     """§4.1: the client fails the connection unless the answer is a valid acceptance."""
 
@@ -395,6 +407,54 @@ class Test09WhoMayConnect(unittest.TestCase):
         self.assertIsNone(rules.access_link_answer(parse_request(b"GET /?other=1 HTTP/1.1\r\nHost: localhost"), False))
         self.assertIsNone(ws_server.AccessRules(True, 8080).access_link_answer(
             parse_request(b"GET /?access=x HTTP/1.1\r\nHost: localhost"), False))
+
+
+
+class Test10TheChatServersMachinery(unittest.TestCase):
+    """Part II pieces of the chat server's rules, without a socket."""
+
+    def test_01_the_client_sends_the_access_token_as_a_bearer_token(self):
+        """RFC 6750 §2.1, §4.1 item 12: connect(access_token=...) adds `Authorization: Bearer TOKEN` to the handshake."""
+        request = ws_server.build_client_request("localhost", 8080, "/", "dGhlIHNhbXBsZSBub25jZQ==", access_token="t0k")
+        self.assertIn(b"\r\nAuthorization: Bearer t0k\r\n", request)
+        self.assertNotIn(b"Authorization", ws_server.build_client_request("localhost", 8080, "/", "dGhlIHNhbXBsZSBub25jZQ=="))
+
+    def test_02_a_traced_head_is_escaped_indented_and_keeps_no_credential(self):
+        """Operational: --trace logs a head one indented line per field, control characters escaped, Cookie, Authorization and ?access= left out."""
+        head = ("GET /?a=1&access=s3cret HTTP/1.1\r\nHost: localhost\r\nCookie: access=s3cret\r\n"
+                "authorization: Bearer s3cret\r\nX-Evil: a\x1b[31m\x85b")
+        traced = ws_server.trace_head(head)
+        self.assertEqual(traced, "\n    GET /?a=1&access=[not logged] HTTP/1.1\n    Host: localhost\n    Cookie: [not logged]"
+                                 "\n    authorization: [not logged]\n    X-Evil: a\\x1b[31m\\x85b")
+
+    def test_03_a_chat_stream_entry_is_checked_before_it_is_a_message(self):
+        """§8.1, §5.6 An entry of the chat's Redis stream is a message only with type text (valid UTF-8) or binary, its data, and at most --max-size bytes; ValueError says what is wrong otherwise."""
+        self.assertEqual(ws_server.chat_message({b"type": b"text", b"data": "é".encode()}),
+                         ws_server.Message(ws_server.Opcode.TEXT, "é".encode()))
+        self.assertEqual(ws_server.chat_message({b"type": b"binary", b"data": b"\xff"}), ws_server.Message(ws_server.Opcode.BINARY, b"\xff"))
+        for fields, why in (({b"type": b"text", b"data": b"\xff"}, "UTF-8"), ({b"type": b"text"}, "no data"),
+                            ({b"data": b"x"}, "no type"), ({b"type": b"html", b"data": b"x"}, "neither"),
+                            ({b"type": b"binary", b"data": bytes(11)}, "--max-size")):
+            with self.subTest(fields=fields), self.assertRaises(ValueError) as caught:
+                ws_server.chat_message(fields, max_size=10)
+            self.assertIn(why, str(caught.exception))
+
+    def test_04_admission_counts_by_address_and_spares_loopback(self):
+        """Operational: --max-clients-per-address caps one address (not loopback), --max-clients everyone; each refusal is 503 with Retry-After."""
+        admission = ws_server.Admission(max_clients=4, per_address=2)
+        for address in ("203.0.113.7", "203.0.113.7", "127.0.0.1"):
+            admission.check(address)
+            admission.enter(address)
+        with self.assertRaises(HTTPError) as caught:
+            admission.check("203.0.113.7")
+        self.assertEqual((caught.exception.status, caught.exception.headers), (503, [("Retry-After", "5")]))
+        admission.check("127.0.0.1")
+        admission.enter("127.0.0.1")
+        with self.assertRaises(HTTPError):
+            admission.check("198.51.100.2")  # four open: full for everyone
+        admission.leave("203.0.113.7")
+        admission.check("203.0.113.7")
+        self.assertEqual(admission.by_address, {"203.0.113.7": 1, "127.0.0.1": 2})
 
 
 if __name__ == "__main__":

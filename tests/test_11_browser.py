@@ -163,6 +163,46 @@ class Test01ChatPage(BrowserTestCase):
         await client.close()
 
 
+    async def test_08_a_page_of_another_site_cannot_open_the_chat(self):
+        """RFC 6455 §10.2 Cross-site WebSocket hijacking, with the default flags: a page of another origin (here a second server on another port, which Chromium sends as Origin) opens a WebSocket to the chat and never gets it open (the server answered 403); the chat's own page still does."""
+        other = await self.start_chat(0)  # "another site": any page not served by this chat
+        try:
+            tab = await self.tab(f"http://localhost:{other.port}/")
+            await tab.wait_for("document.readyState === 'complete'")
+            with self.assertLogs("ws_server", "INFO") as logs:
+                outcome = await tab.evaluate(
+                    "new Promise(function (done) {"
+                    f"  var ws = new WebSocket('ws://127.0.0.1:{self.server.port}/');"
+                    "  ws.onopen = function () { done('open'); ws.close(); };"
+                    "  ws.onclose = function (event) { done('closed ' + event.code); };"
+                    "})")
+            self.assertEqual(outcome, "closed 1006")
+            self.assertTrue([line for line in logs.output if f"403 origin 'http://localhost:{other.port}'" in line],
+                            logs.output)
+            await self.open_chat()
+        finally:
+            await asyncio.wait_for(other.shutdown(), TIMEOUT + 2)
+
+    async def test_09_with_an_access_token_the_page_says_so_and_the_link_lets_it_in(self):
+        """RFC 6265 §4.1.2.5-§4.1.2.7, RFC 6750 With --access-token, the page (served without it) says the token is required after its socket is refused; opening the link /?access=TOKEN once sets an HttpOnly cookie (no script reads it) and the page then connects and chats."""
+        await asyncio.wait_for(self.server.shutdown(), TIMEOUT + 2)
+        self.server = ws_server.WebSocketServer(ws_server.ServerConfig(
+            port=0, limits=ws_server.Limits(ping_interval=0), access_token="Tok-3n"))
+        await self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.port}/"
+        tab = await self.tab(self.url)
+        state = await tab.wait_for("document.getElementById('state').textContent.includes('access token required') &&"
+                                   "document.getElementById('state').textContent")
+        self.assertIn("?access=", state)
+        self.assertNotIn("Tok-3n", await tab.evaluate("document.documentElement.outerHTML"))
+        await tab.send("Page.navigate", {"url": self.url + "?access=Tok-3n"})
+        await tab.wait_for("location.search === '' && document.getElementById('state').dataset.state === 'open'")
+        self.assertEqual(await tab.evaluate("document.cookie"), "")  # HttpOnly: no script reads the token
+        client = await ws_server.connect(self.url.replace("http", "ws"), access_token="Tok-3n")
+        await client.send("let in")
+        await tab.wait_for("document.getElementById('chatBox').textContent.includes('let in')")
+        await client.close()
+
 class Test02SSEPage(BrowserTestCase):
     """static/sse.html, served by sse_server.py, in Chromium: EventSource reconnects by itself."""
 
