@@ -1118,7 +1118,9 @@ class ChatRoom:
 #
 # `new WebSocket.Server({ port: 8080 })` and `server.on('connection', ...)`: for each TCP
 # connection, read the request head, answer it (a page, a refusal, or 101), then read messages
-# and broadcast each one until the connection closes.
+# and broadcast each one until the connection closes.  Before the 101 the server asks who is
+# there: a Host it answers for (DNS rebinding), a page of its own origin (§10.2), the access
+# token if it has one, and room in the chat; the machinery of each is in Part II.
 
 
 class WebSocketServer:
@@ -2324,7 +2326,7 @@ class Connection:
                 self._drop_slow_client()
                 return
         elif kind is ProtocolError:
-            log.info("%s failing the connection: %s %s", self.name, event.code, event.reason)
+            log.info("%s failing the connection: %s %s", self.name, event.code, escape_controls(event.reason))
         self._after_protocol()
 
     async def recv(self) -> str | bytes:
