@@ -25,7 +25,7 @@ it.  It is the code that runs, not a simplified copy: Part II calls it.
       (its `{"message": ...}` JSON).
   I.5 Resuming with `Last-Event-ID` (WHATWG HTML §9.2.4): `History` keeps the last events in
       memory; `first_events` replays what a reconnecting client missed, or says it cannot.
-  I.6 CORS (Fetch, "CORS protocol"): `cors_headers`, `preflight_headers`, `check_origin_allowed`.
+  I.6 CORS (Fetch, "CORS protocol"): `cors_headers`, `preflight_headers`: what a page may read.
 
 Part II, "For real use", begins at the divider `PART II — FOR REAL USE`: the limits, the chunked
 coding (RFC 9112 §7.1) both ways, `POST /publish`, the hub (one fan-out for every event, slow
@@ -581,9 +581,9 @@ def reset_event(history: History, message: str, last_event_id: str | None = None
 
 #: What we serve (the tutorial lists PUT and DELETE, which it serves nowhere).
 ALLOWED_METHODS = "GET, HEAD, POST, OPTIONS"
-#: Sent by a preflight: Last-Event-ID because fetch-based EventSource polyfills set it by hand
-#: (a browser's own EventSource needs no preflight), Content-Type for JSON publishers.
-ALLOWED_HEADERS = "Last-Event-ID, Content-Type, Cache-Control"
+#: Sent by a preflight: Last-Event-ID for fetch-based EventSource polyfills (a browser's own
+#: EventSource needs no preflight), Content-Type for JSON publishers, Authorization for tokens.
+ALLOWED_HEADERS = "Last-Event-ID, Content-Type, Cache-Control, Authorization"
 
 
 def cors_headers(origin: str | None, allowed: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -605,19 +605,10 @@ def preflight_headers() -> list[tuple[str, str]]:
             ("Access-Control-Max-Age", "86400")]
 
 
-def check_origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> None:
-    """With an allow-list, a browser page from elsewhere may not subscribe or publish (403).
-
-    CORS alone would not stop it: the browser sends a form-like POST before asking, and only
-    hides the answer.  No Origin means no browser page (curl), and our own pages are
-    same-origin: their Origin is this server's scheme and Host.  Compared as strings, never
-    parsed: an Origin is `scheme "://" host [ ":" port ]` (RFC 6454 §6.1), and a broken one
-    (`http://[`) must be refused, not crash a URL parser."""
-    if "*" in allowed or origin is None or origin in allowed:
-        return
-    if host and origin.lower() in (f"http://{host}".lower(), f"https://{host}".lower()):
-        return
-    raise HTTPError(403, "origin not allowed")
+# CORS decides what a page may read, not what it may send: a "simple" POST (a form, a no-cors
+# fetch) reaches the server with no preflight, and the browser only hides the answer.  Who may
+# publish or subscribe (the Host, the Origin, the tokens) is decided before anything is done,
+# by ws_server's `AccessRules`, in the handler (II.7).
 
 
 # =============================================================================================
@@ -639,13 +630,31 @@ def check_origin_allowed(origin: str | None, host: str | None, allowed: tuple[st
 # ---------------------------------------------------------------------------------------------
 
 DEFAULT_HEARTBEAT = 15.0  # --heartbeat: seconds between comment lines (WHATWG HTML §9.2.7: ~15 s)
-DEFAULT_MAX_CLIENTS = 1000  # --max-clients: open streams; more get 503
+DEFAULT_MAX_CLIENTS = 1000  # --max-clients: open streams; more are told to come back later
+#: --max-clients-per-address: open streams from one client address (X-Forwarded-For from a
+#: --trusted-proxy), so that one address cannot take every slot.  32: a browser opens at most 6
+#: HTTP/1.1 connections to one server, so one person with a few tabs and browsers, or a
+#: household or small office behind one NAT address, stays under it, while filling the
+#: default --max-clients takes at least 32 addresses.
+DEFAULT_MAX_CLIENTS_PER_ADDRESS = 32
 DEFAULT_MAX_BODY = 64 * 1024  # --max-body: bytes in one POST /publish
 DEFAULT_MAX_QUEUE = 256  # --max-queue: events waiting for one slow subscriber before it is dropped
 DEFAULT_WRITE_TIMEOUT = 10.0  # --write-timeout: seconds one write may wait for a slow subscriber
 DEFAULT_REQUEST_TIMEOUT = 10.0  # --request-timeout: seconds for a whole request head, and for its body
 DEFAULT_MAX_HEADER_BYTES = ws_server.DEFAULT_MAX_HEADER_BYTES  # --max-header-bytes
 DEFAULT_MAX_HEADER_LINES = ws_server.DEFAULT_MAX_HEADER_LINES  # --max-header-lines
+
+#: A stream refused for capacity is not a 503: an EventSource gives up for good after any
+#: status but 200 (WHATWG HTML §9.2.2).  It is a 200 whose body is a `retry:` of this many
+#: times --retry (at least `MIN_CAPACITY_RETRY` ms), a comment saying why, and the end: the
+#: browser comes back by itself after that wait, later than an ordinary reconnection, so that
+#: a full server is not hammered.
+CAPACITY_RETRY_FACTOR = 5
+MIN_CAPACITY_RETRY = 1000
+
+#: The environment variables the tokens may come from (a command line is visible in `ps`).
+PUBLISH_TOKEN_VARIABLE = "SSE_PUBLISH_TOKEN"
+ACCESS_TOKEN_VARIABLE = "ACCESS_TOKEN"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -745,11 +754,27 @@ class ChunkedDecoder:
 
 PUBLISH_PATH = "/publish"
 
+#: Event names nobody may publish: `reset` is the server's own "you missed events" notice
+#: (I.5), which a page must be able to trust; `open` and `error` are the events EventSource
+#: fires itself (WHATWG HTML §9.2.3), so a published one would reach `onopen` / `onerror`.
+RESERVED_EVENT_NAMES = ("reset", "open", "error")
+
+
+def check_event_name(name: str) -> str | None:
+    """Why `name` cannot be an event's name, or None when it can: one non-empty line (a line
+    break would inject fields), not one of `RESERVED_EVENT_NAMES`."""
+    if not name or LINE_BREAK.search(name):
+        return "the event name must be one non-empty line"
+    if name in RESERVED_EVENT_NAMES:
+        return f"the event name {name!r} is reserved: the server or the browser itself sends it"
+    return None
+
 
 def publish_event_name(query: str) -> str | None:
     """`?event=NAME` names the published event (its `event:` field, WHATWG HTML §9.2.6); 400
     unless the query is UTF-8 (as the stream is, WHATWG HTML §9.2.6), names at most one event,
-    and the name is one non-empty line: a line break would inject fields."""
+    and the name is one non-empty line (a line break would inject fields) that is not reserved
+    (`RESERVED_EVENT_NAMES`)."""
     try:
         names = urllib.parse.parse_qs(query, keep_blank_values=True, errors="strict").get("event")
     except UnicodeDecodeError:
@@ -757,8 +782,10 @@ def publish_event_name(query: str) -> str | None:
     if names and len(names) > 1:
         raise HTTPError(400, "the query names the event more than once")
     name = names[0] if names else None
-    if name is not None and (not name or LINE_BREAK.search(name)):
-        raise HTTPError(400, "the event name must be one non-empty line")
+    if name is not None:
+        reason = check_event_name(name)
+        if reason is not None:
+            raise HTTPError(400, reason)
     return name
 
 
@@ -797,13 +824,28 @@ class SSEError(Exception):
     """Base of the errors this module raises on purpose (HTTP refusals are `HTTPError`)."""
 
 
+#: What a publisher is told when the store fails: the log has the details (a file's path,
+#: Redis's address), which are nobody else's business.
+STORE_UNAVAILABLE = "the event store is unavailable: the event was not published"
+STORE_UNCONFIRMED = "the event store did not confirm the event: it may be published, or not"
+
+
 class StoreError(SSEError):
     """The store cannot keep an event, or cannot be opened: the message names the store (its
-    file, or Redis)."""
+    file, or Redis), for the log; `public` is what a publisher is told (no address, no path)."""
+
+    def __init__(self, message: str, public: str = STORE_UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class ShuttingDown(SSEError):
     """The hub takes no new subscribers: the server is stopping."""
+
+
+class TooManyStreams(SSEError):
+    """The hub takes no new subscriber now: --max-clients streams are open, or
+    --max-clients-per-address from this address.  The message says which."""
 
 
 class Subscriber:
@@ -824,9 +866,10 @@ class Subscriber:
     """
 
     __slots__ = ("sock", "chunked", "max_queue", "lock", "signal", "backlog", "draining", "closed",
-                 "reason", "peer")
+                 "reason", "peer", "address")
 
-    def __init__(self, sock: socket.socket, chunked: bool, max_queue: int, peer: str = "") -> None:
+    def __init__(self, sock: socket.socket, chunked: bool, max_queue: int, peer: str = "",
+                 address: str | None = None) -> None:
         self.sock = sock
         self.chunked = chunked
         self.max_queue = max_queue
@@ -842,6 +885,7 @@ class Subscriber:
         self.closed = False
         self.reason = ""
         self.peer = peer
+        self.address = address  # what --max-clients-per-address counts (None: not counted)
 
     # -- the publisher's side ------------------------------------------------------------------
 
@@ -1073,9 +1117,12 @@ class Hub:
     """
 
     def __init__(self, history: History, *, max_clients: int = DEFAULT_MAX_CLIENTS,
-                 max_queue: int = DEFAULT_MAX_QUEUE, trace: bool = False) -> None:
+                 max_queue: int = DEFAULT_MAX_QUEUE, trace: bool = False,
+                 max_clients_per_address: int = DEFAULT_MAX_CLIENTS_PER_ADDRESS) -> None:
         self.history = history
         self.max_clients = max_clients
+        self.max_clients_per_address = max_clients_per_address
+        self._per_address: collections.Counter[str] = collections.Counter()  # open streams by address
         self.max_queue = max_queue
         self.trace = trace
         self._publishing = threading.Lock()
@@ -1090,11 +1137,11 @@ class Hub:
         return len(self._subscribers)
 
     def subscribe(self, sock: socket.socket, *, chunked: bool, last_event_id: str | None,
-                  peer: str = "") -> tuple[Subscriber, list[StoredEvent]] | None:
+                  peer: str = "", address: str | None = None) -> tuple[Subscriber, list[StoredEvent]]:
         """Add a subscriber; return it and its first events (`first_events`, I.5: what it
         missed since `last_event_id`, or a `reset` event when that id cannot be resumed), found
-        under the lock, between two events.  None when `max_clients` are already open;
-        ShuttingDown once the hub is closed."""
+        under the lock, between two events.  TooManyStreams when `max_clients` are already
+        open, or `max_clients_per_address` from `address`; ShuttingDown once the hub is closed."""
         position = None if last_event_id is None else self.history.parse_id(last_event_id)
         if position is not None:
             self.history.catch_up(position)  # (outside the lock: deliveries go on meanwhile)
@@ -1102,10 +1149,14 @@ class Hub:
             if self._closed:
                 raise ShuttingDown
             if len(self._subscribers) >= self.max_clients:
-                return None
+                raise TooManyStreams(f"the server is full ({self.max_clients} streams open)")
+            if address is not None and self._per_address[address] >= self.max_clients_per_address:
+                raise TooManyStreams(f"{self.max_clients_per_address} streams are already open from this address")
             first = first_events(self.history, last_event_id)
-            subscriber = Subscriber(sock, chunked, self.max_queue, peer)
+            subscriber = Subscriber(sock, chunked, self.max_queue, peer, address)
             self._subscribers += (subscriber,)
+            if address is not None:
+                self._per_address[address] += 1
         self.departures.watch(subscriber)
         return subscriber, first
 
@@ -1121,6 +1172,10 @@ class Hub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.departures.forget(subscriber)
         with self._lock:
+            if subscriber in self._subscribers and subscriber.address is not None:
+                self._per_address[subscriber.address] -= 1
+                if not self._per_address[subscriber.address]:
+                    del self._per_address[subscriber.address]
             self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
         with self._emptied:
             self._emptied.notify_all()
@@ -1294,6 +1349,46 @@ class SQLiteHistory(History):
 EVENT_STREAM = "push:events"
 READ_BLOCK_MS = 1000  # XREAD BLOCK: how long one read waits; the reader notices a stop this fast
 
+# What comes back from Redis is input like any request: anyone who can write to the Redis (or
+# a process of another version) may XADD an entry with no `data`, bytes that are not UTF-8,
+# an `event` with a line break or the name `reset`, or megabytes.  Each entry read is checked
+# (`entry_event`) against what this server's own publish would accept; one that fails is
+# skipped (the reader moves past it) and logged once, with its id, and never stops the reader
+# or a start.
+
+
+class BadEntry(SSEError):
+    """An entry of the event stream that this server would never have written: skipped."""
+
+
+def entry_event(entry_id: str, fields: dict[bytes, bytes], max_body: int = DEFAULT_MAX_BODY,
+                max_name: int = DEFAULT_MAX_HEADER_BYTES) -> StoredEvent:
+    """The event of one stream entry, checked like a publish (II.3): its fields `data` and
+    maybe `event` and nothing else, UTF-8, data not empty and at most `max_body` bytes (--max-
+    body), a name that `check_event_name` accepts and at most `max_name` bytes (it came from a
+    request head), an id that is a stream id.  BadEntry, saying why, otherwise."""
+    if ws_server.stream_id(entry_id) is None:
+        raise BadEntry("its id is not a stream id")
+    other = sorted(name.decode("latin-1") for name in fields if name not in (b"data", b"event"))
+    if other:
+        raise BadEntry(f"fields this server does not write ({', '.join(other)[:100]})")
+    data, event = fields.get(b"data"), fields.get(b"event")
+    if not data:
+        raise BadEntry("no data" if data is None else "empty data")
+    if len(data) > max_body:
+        raise BadEntry(f"its data has {len(data)} bytes, over --max-body ({max_body})")
+    if event is not None and len(event) > max_name:
+        raise BadEntry(f"its event name has {len(event)} bytes, over {max_name}")
+    try:
+        text, name = data.decode("utf-8"), None if event is None else event.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadEntry("it is not UTF-8 text") from None
+    if name is not None:
+        reason = check_event_name(name)
+        if reason is not None:
+            raise BadEntry(reason)
+    return StoredEvent.numbered(entry_id, text, name)
+
 
 class BlockingRedis:
     """One blocking connection to Redis (for threads), over ws_server's RESP codec.
@@ -1411,9 +1506,11 @@ class RedisHistory(History):
     shared = True
 
     def __init__(self, address: ws_server.RedisAddress, maxlen: int,
-                 timeout: float = ws_server.DEFAULT_REDIS_TIMEOUT, stream: str = EVENT_STREAM) -> None:
+                 timeout: float = ws_server.DEFAULT_REDIS_TIMEOUT, stream: str = EVENT_STREAM,
+                 max_body: int = DEFAULT_MAX_BODY) -> None:
         super().__init__(maxlen, first_id=0)
         self.address, self.maxlen, self.timeout, self.stream = address, maxlen, timeout, stream
+        self.max_body = max_body  # entries with more data are skipped (entry_event)
         self._keys: collections.deque[tuple[int, int]] = collections.deque(maxlen=maxlen)
         self._base: tuple[int, int] | None = None
         self.position: str | None = None  # the last id read, where the next XREAD starts
@@ -1438,7 +1535,7 @@ class RedisHistory(History):
             raise StoreError(f"the event was not stored: {error}") from None
         except (ws_server.RedisError, AttributeError, UnicodeDecodeError) as error:
             raise StoreError(f"the event was not confirmed by Redis ({error or 'an unexpected reply'}): "
-                             f"it may still be sent, or not") from None
+                             f"it may still be sent, or not", STORE_UNCONFIRMED) from None
 
     def append(self, event: StoredEvent) -> None:
         key = ws_server.stream_id(event.id)
@@ -1489,9 +1586,13 @@ class RedisHistory(History):
     def follow(self, hub: Hub, stopping: threading.Event) -> None:
         """The reader thread: every entry of the stream to `hub.deliver`, in order, until
         `stopping`.  Redis going away is logged once; reading resumes by itself from the last
-        id read, after checking that Redis still has that entry (`hub.history_lost` if not)."""
-        backoff, unreachable = 0.1, self.position is None
+        id read, after checking that Redis still has that entry (`hub.history_lost` if not).
+        An entry this server would not have written is skipped and logged (`entry_event`);
+        anything else that goes wrong is logged and read past, with a growing pause if it
+        repeats: nothing an entry holds ends this thread."""
+        backoff, unreachable, failures = 0.1, self.position is None, 0
         while not stopping.is_set():
+            entry_id = None  # the entry being handled, if the error is about one
             try:
                 if self.position is None:
                     self._start()
@@ -1504,9 +1605,15 @@ class RedisHistory(History):
                                              "STREAMS", self.stream, self.position)
                 entries = ws_server.read_entries(reply)
                 for entry_id, fields in entries:
-                    hub.deliver(self.entry_event(entry_id, fields))
+                    event = self.checked_event(entry_id, fields)
+                    if event is None:
+                        self.skip(entry_id)
+                    else:
+                        hub.deliver(event)
+                entry_id = None
                 if not entries:  # a quiet second: is the stream still the one we read (a FLUSHALL)?
                     self._check_position(hub)
+                failures = 0
             except ws_server.RedisError as error:
                 if stopping.is_set():
                     break
@@ -1515,20 +1622,43 @@ class RedisHistory(History):
                     unreachable = True
                 stopping.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
+            except Exception as error:  # a bug, or an entry no check foresaw: never the end of reading
+                if stopping.is_set():
+                    break
+                failures += 1
+                where = f" at entry {ws_server.escape_controls(entry_id)}, skipped" if entry_id else ""
+                log.error("the Redis reader failed%s: %s (going on)", where,
+                          ws_server.escape_controls(f"{type(error).__name__}: {error}"))
+                if entry_id is not None:
+                    self.skip(entry_id)
+                stopping.wait(min(0.1 * 2 ** min(failures - 1, 5), 2.0))  # repeated: a growing pause
 
-    @staticmethod
-    def entry_event(entry_id: str, fields: dict[bytes, bytes]) -> StoredEvent:
-        event = fields.get(b"event")
-        return StoredEvent.numbered(entry_id, fields.get(b"data", b"").decode("utf-8", "replace"),
-                                    event.decode("utf-8", "replace") if event is not None else None)
+    def checked_event(self, entry_id: str, fields: dict[bytes, bytes]) -> StoredEvent | None:
+        """The entry's event (`entry_event`), or None, logged with the entry's id, when it is
+        not one this server would have written."""
+        try:
+            return entry_event(entry_id, fields, self.max_body)
+        except BadEntry as error:
+            log.warning("skipped the event stream's entry %s: %s", ws_server.escape_controls(entry_id[:60]),
+                        ws_server.escape_controls(str(error)))
+            return None
+
+    def skip(self, entry_id: str) -> None:
+        """Read past an entry without keeping it: the next XREAD starts after it."""
+        with self._changed:
+            self.position, self._position_is_entry = entry_id, True
+            self._changed.notify_all()
 
     def start_reading(self) -> None:
-        """Where reading starts (`_start`), once; if Redis cannot be reached yet, the reader
-        thread keeps trying, and publishing waits for it."""
+        """Where reading starts (`_start`), once; if Redis cannot be reached yet (or answers
+        something unexpected), the reader thread keeps trying, and publishing waits for it."""
         try:
             self._start()
         except ws_server.RedisError as error:
             log.warning("the event stream's Redis is unreachable: %s (retrying)", error)
+        except Exception as error:  # never the end of a start: the reader tries again
+            log.error("reading the event stream failed: %s (retrying)",
+                      ws_server.escape_controls(f"{type(error).__name__}: {error}"))
 
     def _start(self) -> None:
         """Keep the newest `maxlen` entries already in the stream, for clients that resume;
@@ -1537,8 +1667,10 @@ class RedisHistory(History):
                                                                "COUNT", max(self.maxlen, 1)))
         with self._changed:
             for entry_id, fields in reversed(newest[:self.maxlen]):
-                self._events.append(self.entry_event(entry_id, fields))
-                self._keys.append(ws_server.stream_id(entry_id))
+                event = self.checked_event(entry_id, fields)
+                if event is not None:  # a bad entry is skipped at start too: it never stops one
+                    self._events.append(event)
+                    self._keys.append(ws_server.stream_id(entry_id))
             self.position, self._position_is_entry = (newest[0][0], True) if newest else ("0-0", False)
             if not newest or not self.maxlen:
                 self._base = ws_server.stream_id(self.position)
@@ -1597,6 +1729,45 @@ def read_request_head(sock: socket.socket, unread: bytes, max_bytes: int,
         buffer += chunk
 
 
+#: The query parameter of an access link, in a logged request line: its value is replaced.
+_ACCESS_IN_QUERY = re.compile(r"([?&]%s=)[^&#\s]*" % re.escape(ws_server.ACCESS_PARAMETER), re.IGNORECASE)
+
+
+def loggable_request_line(line: str) -> str:
+    """A request line for the log: the token of an access link (`?access=TOKEN`) replaced, and
+    control characters escaped (a request line is the client's text)."""
+    return ws_server.escape_controls(_ACCESS_IN_QUERY.sub(r"\1[redacted]", line))
+
+
+def capacity_retry(retry: int) -> int:
+    """The `retry:` of a stream refused for capacity: `CAPACITY_RETRY_FACTOR` times --retry,
+    at least `MIN_CAPACITY_RETRY` ms."""
+    return max(CAPACITY_RETRY_FACTOR * retry, MIN_CAPACITY_RETRY)
+
+
+def come_back_later(retry: int, reason: str) -> bytes:
+    """The body of a stream refused for capacity (see `CAPACITY_RETRY_FACTOR`): the `retry:`
+    to wait, a comment saying why, and nothing else: the stream ends there, and an EventSource
+    reconnects after the wait, as after any end of a stream (WHATWG HTML §9.2.3)."""
+    return (format_retry(capacity_retry(retry)) + format_comment(f"refused: {reason}; come back later")).encode()
+
+
+# Who may do what (ws_server's `AccessRules`, II.9 there; the checks run in `handle_one_request`,
+# `do_OPTIONS`, `_stream` and `_publish`):
+#
+#   every request       the Host (DNS rebinding): on loopback only loopback's names, and
+#                       --allowed-host's; 421 otherwise.  A `?access=TOKEN` link: 303 with the cookie.
+#   the stream          any page may read it (CORS `*`, never with credentials) unless
+#                       --allow-origin names the pages that may: 403 for the others.  With
+#                       --access-token: the token, in the cookie or as a Bearer token (401).
+#   POST /publish       only this server's own pages and --allow-origin's (403 for any other
+#   and its preflight   Origin: a form or a no-cors fetch needs no preflight, so CORS alone
+#                       would publish it); with --publish-token, `Authorization: Bearer` with it
+#                       (401), else with --access-token, the access token (401).  No Origin: not a
+#                       browser's page (curl), allowed.
+#   the pages           served to anyone: they hold no secret.
+
+
 class SSERequestHandler(BaseHTTPRequestHandler):
     """`GET /sse`: the stream.  `POST /publish`: an event for all.  `OPTIONS`: CORS preflight.
     Other GET and HEAD: static files.  HTTP/1.1, so the publisher's connection is kept alive.
@@ -1652,7 +1823,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
             if received is None:  # nothing was asked: nothing to answer
                 return
             head, self.unread = received
-            self.requestline = head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
+            self.requestline = loggable_request_line(head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1"))
             request = ws_server.parse_request(head, config.max_header_lines)
             self.request_head, self.command, self.path = request, request.method, request.target
             self.request_version = "HTTP/%d.%d" % request.version
@@ -1661,9 +1832,17 @@ class SSERequestHandler(BaseHTTPRequestHandler):
             # reads ends it too (its bytes would be read as the next request).
             self.close_connection = ("close" in request.tokens("connection") or request.version < (1, 1)
                                      or (self.body_left != 0 and (request.method, request.path) != ("POST", PUBLISH_PATH)))
+            access = self.server.access
+            access.check_host(request)  # first, for every request: DNS rebinding (421)
             method = getattr(self, f"do_{request.method}", None)
             if method is None:
                 raise HTTPError(501, f"method {request.method} is not implemented", [("Allow", ALLOWED_METHODS)])
+            link = access.access_link_answer(request, secure=self.server.config.tls is not None)
+            if link is not None:  # ?access=TOKEN: the cookie set, and the same path without it
+                self.close_connection = True
+                log.info("access granted to %s by its link", self.address_string())
+                self._write(link)
+                return
             method()
         except HTTPError as error:
             self.refuse(error)
@@ -1696,7 +1875,11 @@ class SSERequestHandler(BaseHTTPRequestHandler):
 
     def do_OPTIONS(self) -> None:
         """A CORS preflight (Fetch standard, "CORS protocol"): which methods and headers a page
-        from another origin may use.  204 with the answer; browsers cache it for Max-Age s."""
+        from another origin may use.  204 with the answer; browsers cache it for Max-Age s.
+        For /publish, and for the stream with --allow-origin: 403 for a page not allowed."""
+        path = self.request_head.path
+        if path == PUBLISH_PATH or (path in STREAM_PATHS and self.server.config.allowed_origins):
+            self.server.access.check_origin(self.request_head)
         self._send_head(204, [*preflight_headers(), ("Content-Length", "0")])
 
     # -- the stream ----------------------------------------------------------------------------
@@ -1705,22 +1888,23 @@ class SSERequestHandler(BaseHTTPRequestHandler):
         """WHATWG HTML §9.2.2: 200 with the event-stream type (`stream_headers`), then events
         until one side goes away."""
         config, request = self.server.config, self.request_head
-        check_origin_allowed(request.header("origin"), request.header("host"), config.allowed_origins)
+        if config.allowed_origins:  # narrowed by --allow-origin; else any page may read it
+            self.server.access.check_origin(request)
+        self.server.access.check_access(request)
         chunked = request.version >= (1, 1)
+        address = self.address_string()
         try:
-            joined = self.server.hub.subscribe(self.connection, chunked=chunked,
-                                               last_event_id=last_event_id(request),
-                                               peer=self.address_string())
+            subscriber, first = self.server.hub.subscribe(self.connection, chunked=chunked,
+                                                          last_event_id=last_event_id(request),
+                                                          peer=address, address=address)
         except ShuttingDown:
             # No answer at all: to an EventSource a dropped connection means "reconnect later",
             # whereas a 503 would make it give up for good (WHATWG HTML §9.2.3).
             self.close_connection = True
             return
-        if joined is None:
-            # An EventSource does not retry after a 503 (WHATWG HTML §9.2.2: any status but 200
-            # fails the connection for good); Retry-After is for other clients.
-            raise HTTPError(503, f"too many clients ({config.max_clients})", [("Retry-After", "5")])
-        subscriber, first = joined
+        except TooManyStreams as full:
+            self._come_back_later(chunked, str(full))
+            return
         self.close_connection = True  # the stream is the last thing on this connection
         try:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each event goes now
@@ -1735,6 +1919,15 @@ class SSERequestHandler(BaseHTTPRequestHandler):
             log.info("subscriber %s ended: %s (%d open)", subscriber.peer, subscriber.reason,
                      self.server.hub.subscriber_count)
 
+    def _come_back_later(self, chunked: bool, reason: str) -> None:
+        """Refused for capacity: not a 503, after which an EventSource never retries (WHATWG
+        HTML §9.2.2), but a stream that says `retry:` and ends (`come_back_later`)."""
+        self.close_connection = True
+        log.info("refused a stream to %s: %s", self.address_string(), reason)
+        self._send_stream_head(chunked)
+        body = come_back_later(self.server.config.retry, reason)
+        self._write(encode_chunk(body) + LAST_CHUNK if chunked else body)
+
     def _send_stream_head(self, chunked: bool) -> None:
         """The head of I.3 (`stream_headers`), with what `_send_head` adds to every answer,
         sent at once: the browser fires `onopen` on it, before any event."""
@@ -1747,20 +1940,31 @@ class SSERequestHandler(BaseHTTPRequestHandler):
         """The body (UTF-8 text) becomes one event for every subscriber; `?event=NAME` names it.
         204 once the event is stored (and sent); 503 if it could not be."""
         config, request = self.server.config, self.request_head
-        check_origin_allowed(request.header("origin"), request.header("host"), config.allowed_origins)
+        self.server.access.check_origin(request)  # before anything is read: a forged POST ends here
+        self.check_publisher(request)
         event = publish_event_name(request.query)
         text = publish_text(self.read_body(config.max_body))
         try:
             self.server.hub.publish(text, event)
         except StoreError as error:
-            log.warning("publish refused: %s", error)
-            raise HTTPError(503, str(error)) from None
+            log.warning("publish refused: %s", error)  # the details for the log, not for the client
+            raise HTTPError(503, error.public) from None
         if "\r" in text:
             self._send_head(200, [("Content-Type", "text/plain; charset=utf-8"),
                                   ("Content-Length", str(len(LINE_BREAK_NOTICE)))])
             self._write(LINE_BREAK_NOTICE)
         else:
             self._send_head(204)
+
+    def check_publisher(self, request: ws_server.Request) -> None:
+        """With --publish-token: `Authorization: Bearer` with it, compared in constant time;
+        else, with --access-token, the access token (cookie or Bearer); 401 otherwise."""
+        token = self.server.config.publish_token
+        if token is None:
+            self.server.access.check_access(request)
+        elif not ws_server.token_matches(ws_server.bearer_token(request), token):
+            raise HTTPError(401, "publishing needs the publish token (Authorization: Bearer TOKEN)",
+                            [("WWW-Authenticate", 'Bearer realm="publish"')])
 
     def read_body(self, max_body: int) -> bytes:
         """The request's body, whole (RFC 9112 §6.3): Content-Length bytes, or the chunked coding
@@ -1816,7 +2020,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
         and the CORS headers (so that a page from another origin can read why)."""
         if self.body_left != 0:  # a body left unread cannot be skipped: the connection ends
             self.close_connection = True
-        log.info("refused %s: %s %s", self.address_string(), error.status, error.reason)
+        log.info("refused %s: %s %s", self.address_string(), error.status, ws_server.escape_controls(error.reason))
         body = f"{error.status} {error.reason}\n".encode("utf-8")
         self._send_head(error.status, [("Content-Type", "text/plain; charset=utf-8"),
                                        ("Content-Length", str(len(body))), *error.headers])
@@ -1832,7 +2036,8 @@ class SSERequestHandler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.server.config.write_timeout)
         self.send_response(status)
         origin = self.request_head.header("origin") if self.request_head else None
-        for name, value in [*headers, *cors_headers(origin, self.server.config.allowed_origins)]:
+        allowed = self.server.config.allowed_origins or ("*",)  # no --allow-origin: any page reads
+        for name, value in [*headers, *cors_headers(origin, allowed)]:
             self.send_header(name, value)
         if self.close_connection and self.request_version >= "HTTP/1.1":
             self.send_header("Connection", "close")
@@ -1849,8 +2054,10 @@ class SSERequestHandler(BaseHTTPRequestHandler):
         self._write(ws_server.static_response(self.server.config.static, self.request_head, "sse.html"))
 
     def log_message(self, format: str, *args) -> None:
+        """http.server's request log (with --trace): its request line is `requestline`, which
+        `loggable_request_line` has cleaned; the rest is escaped too."""
         if self.server.config.trace:
-            log.info("%s %s", self.address_string(), format % args)
+            log.info("%s %s", self.address_string(), ws_server.escape_controls(format % args))
 
 
 def describe_first(first: list[StoredEvent]) -> str:
@@ -1873,7 +2080,7 @@ class ServerConfig:
     heartbeat: float = DEFAULT_HEARTBEAT
     history: int = DEFAULT_HISTORY
     store: str | None = None
-    allowed_origins: tuple[str, ...] = ("*",)
+    allowed_origins: tuple[str, ...] = ()  # --allow-origin; none: any page reads, our own publish
     max_clients: int = DEFAULT_MAX_CLIENTS
     max_body: int = DEFAULT_MAX_BODY
     max_queue: int = DEFAULT_MAX_QUEUE
@@ -1888,6 +2095,17 @@ class ServerConfig:
     redis: ws_server.RedisAddress | None = None  # --redis: the history shared by several processes
     redis_timeout: float = ws_server.DEFAULT_REDIS_TIMEOUT
     reuse_port: bool = False  # --reuse-port: several processes listen on one port (SO_REUSEPORT)
+    allowed_hosts: tuple[str, ...] = ()  # --allowed-host: Host names answered besides loopback's
+    publish_token: str | None = None  # --publish-token, or SSE_PUBLISH_TOKEN
+    access_token: str | None = None  # --access-token, or ACCESS_TOKEN
+    max_clients_per_address: int = DEFAULT_MAX_CLIENTS_PER_ADDRESS
+
+
+def access_rules(config: ServerConfig, port: int) -> ws_server.AccessRules:
+    """Who may reach this server (ws_server II.9): loopback only if bound there, its port, the
+    Host names of --allowed-host, the origins of --allow-origin, the access token."""
+    return ws_server.AccessRules(ws_server.listens_on_loopback(config.host), port, config.allowed_hosts,
+                                 config.allowed_origins, config.access_token)
 
 
 class SSEServer(ThreadingHTTPServer):
@@ -1905,7 +2123,7 @@ class SSEServer(ThreadingHTTPServer):
         if history is None:  # another History may be given (the tests give one whose store fails)
             history = self.open_history(self.config)
         self.hub = Hub(history, max_clients=self.config.max_clients, max_queue=self.config.max_queue,
-                       trace=self.config.trace)
+                       trace=self.config.trace, max_clients_per_address=self.config.max_clients_per_address)
         self._stopping = threading.Event()
         self._background: list[threading.Thread] = []
         self._reader: threading.Thread | None = None
@@ -1914,6 +2132,7 @@ class SSEServer(ThreadingHTTPServer):
         except OSError:
             history.close()
             raise
+        self.access = access_rules(self.config, self.port)  # once the port is known
 
     def server_bind(self) -> None:
         if self.config.reuse_port:  # before bind: then other processes may bind the same port
@@ -1923,7 +2142,7 @@ class SSEServer(ThreadingHTTPServer):
     @staticmethod
     def open_history(config: ServerConfig) -> History:
         if config.redis is not None:
-            return RedisHistory(config.redis, config.history, config.redis_timeout)
+            return RedisHistory(config.redis, config.history, config.redis_timeout, max_body=config.max_body)
         if config.store:
             return SQLiteHistory(config.store, config.history)
         return History(config.history)
@@ -2030,12 +2249,22 @@ REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 20
 
 
-def open_stream(url: str, last_event_id: str = "", timeout: float | None = None, cafile: str | None = None
-                ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+def same_origin(first: str, second: str) -> bool:
+    """Do two URLs have one origin (scheme, host, port: RFC 6454 §4)?"""
+    a, b = urllib.parse.urlsplit(first), urllib.parse.urlsplit(second)
+    default = {"http": 80, "https": 443}
+    return (a.scheme, a.hostname, a.port or default.get(a.scheme)) == (b.scheme, b.hostname, b.port or default.get(b.scheme))
+
+
+def open_stream(url: str, last_event_id: str = "", timeout: float | None = None, cafile: str | None = None,
+                access_token: str | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     """GET the stream the way EventSource does (WHATWG HTML §9.2.2, §9.2.3): redirects followed
     (EventSource fetches with redirect mode "follow"), Last-Event-ID sent UTF-8 encoded;
     StreamFailed unless 200 with the event-stream type.  https:// verifies the server's certificate and name
-    (`cafile` for a private CA).  The caller closes the connection."""
+    (`cafile` for a private CA).  `access_token` is sent as `Authorization: Bearer`, to the
+    first URL's origin only: a redirect elsewhere does not get it.  The caller closes the
+    connection."""
+    first_url = url
     for _ in range(MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https"):
@@ -2048,6 +2277,8 @@ def open_stream(url: str, last_event_id: str = "", timeout: float | None = None,
         headers: dict[str, str | bytes] = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id.encode("utf-8")  # http.client would send latin-1
+        if access_token and same_origin(url, first_url):
+            headers["Authorization"] = f"Bearer {access_token}"
         try:
             connection.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
                                headers=headers)
@@ -2078,7 +2309,7 @@ def read_events(response: http.client.HTTPResponse, parser: EventStreamParser) -
 
 
 def follow(url: str, timeout: float | None = 60.0, cafile: str | None = None,
-           max_line: int | None = DEFAULT_MAX_LINE) -> Iterator[ServerSentEvent]:
+           max_line: int | None = DEFAULT_MAX_LINE, access_token: str | None = None) -> Iterator[ServerSentEvent]:
     """Events from `url` forever, reconnecting like a browser (WHATWG HTML §9.2.3): after the stream ends
     or breaks, wait the reconnection time (at most `MAX_RECONNECTION_TIME`), then ask again with
     Last-Event-ID.  A refusal (not 200 with the right type) raises StreamFailed: a browser gives
@@ -2086,7 +2317,7 @@ def follow(url: str, timeout: float | None = 60.0, cafile: str | None = None,
     parser = EventStreamParser(max_line=max_line)
     while True:
         try:
-            connection, response = open_stream(url, parser.last_event_id, timeout, cafile)
+            connection, response = open_stream(url, parser.last_event_id, timeout, cafile, access_token)
             try:
                 log.info("connected to %s", url)
                 yield from read_events(response, parser)
@@ -2123,9 +2354,21 @@ def fatal_failure(error: BaseException, url: str) -> str | None:
     return None
 
 
-def run_client(url: str, cafile: str | None = None, max_line: int = DEFAULT_MAX_LINE) -> None:
-    for event in follow(url, cafile=cafile, max_line=max_line):
-        print(f"[{event.type}] id={event.last_event_id!r} {event.data}", flush=True)
+def event_lines(event: ServerSentEvent) -> str:
+    """An event as the terminal client prints it: `[type] id='...' data`.  What the server sent
+    is escaped (`ws_server.escape_controls`: ESC, BEL, CR ... as `\x1b`, `\x07`, `\r`), so that
+    it cannot move the cursor, retitle the window or rewrite earlier lines; the one exception is
+    the LF that joins the lines of multi-line data (WHATWG HTML §9.2.6), printed as a line
+    break, each further line indented by four spaces so that it cannot pass for an event."""
+    first, *rest = [ws_server.escape_controls(line) for line in event.data.split("\n")]
+    head = f"[{ws_server.escape_controls(event.type)}] id={event.last_event_id!r} {first}"
+    return "\n".join([head, *("    " + line for line in rest)])
+
+
+def run_client(url: str, cafile: str | None = None, max_line: int = DEFAULT_MAX_LINE,
+               access_token: str | None = None) -> None:
+    for event in follow(url, cafile=cafile, max_line=max_line, access_token=access_token):
+        print(event_lines(event), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2153,9 +2396,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", metavar="FILE",
                         help="keep the history in this SQLite file, owned by this process (default: memory)")
     parser.add_argument("--allow-origin", action="append", metavar="ORIGIN",
-                        help="origin allowed by CORS (repeatable; default: *)")
+                        help="a page origin (scheme://host[:port]) allowed to publish and, once any is "
+                             "given, the only ones allowed to read the stream; * for any (repeatable; "
+                             "default: this server's own pages publish, any page reads)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME[:PORT]",
+                        help="also answer requests for this Host name: the name clients use, behind a "
+                             "proxy too; on loopback any other name is refused, 421, against DNS "
+                             "rebinding (repeatable; default: loopback's names only on loopback)")
+    parser.add_argument("--publish-token", metavar="TOKEN",
+                        help="POST /publish needs Authorization: Bearer TOKEN "
+                             f"(default: ${PUBLISH_TOKEN_VARIABLE}, else none)")
+    parser.add_argument("--access-token", metavar="TOKEN",
+                        help="the stream needs this token, in the cookie a link ?access=TOKEN sets or as "
+                             f"Authorization: Bearer; with --connect, sent (default: ${ACCESS_TOKEN_VARIABLE}, else none)")
     parser.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS, metavar="N",
-                        help=f"open streams; more get 503 (default: {DEFAULT_MAX_CLIENTS})")
+                        help=f"open streams; more are told to come back later (default: {DEFAULT_MAX_CLIENTS})")
+    parser.add_argument("--max-clients-per-address", type=int, default=DEFAULT_MAX_CLIENTS_PER_ADDRESS, metavar="N",
+                        help="open streams from one client address (behind a proxy: see --trusted-proxy) "
+                             f"(default: {DEFAULT_MAX_CLIENTS_PER_ADDRESS})")
     parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, metavar="N",
                         help=f"largest POST /publish body in bytes (default: {DEFAULT_MAX_BODY})")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
@@ -2180,6 +2438,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exposure_warnings(config: ServerConfig) -> list[str]:
+    """What a server reachable from other machines (bound to anything but loopback) should be
+    told at start: who can publish, and that any Host name is answered."""
+    if ws_server.listens_on_loopback(config.host):
+        return []
+    warnings = []
+    if config.publish_token is None and config.access_token is None:
+        warnings.append(f"anyone who can reach {config.host or 'every address'} can publish: give "
+                        f"--publish-token (or ${PUBLISH_TOKEN_VARIABLE}) to require a token")
+    if not config.allowed_hosts:
+        warnings.append("any Host name is answered: give --allowed-host with the name clients use "
+                        "(against DNS rebinding)")
+    return warnings
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -2188,7 +2461,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("max_clients", "max_body", "max_queue", "max_header_bytes", "max_header_lines", "max_line"):
+    for name in ("max_clients", "max_clients_per_address", "max_body", "max_queue", "max_header_bytes",
+                 "max_header_lines", "max_line"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.history < 0 or args.retry < 0 or args.write_timeout <= 0 or args.request_timeout <= 0:
@@ -2199,17 +2473,20 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell may start us with it ignored
         signal.signal(signum, _interrupt)
     try:
+        access_token = ws_server.token_from(args.access_token, ACCESS_TOKEN_VARIABLE)
         if args.connect:
-            run_client(args.connect, args.cafile, args.max_line)
+            run_client(args.connect, args.cafile, args.max_line, access_token)
             return 0
         tls = ws_server.server_tls_context(args.certfile, args.keyfile) if args.certfile else None
         config = ServerConfig(args.host, args.port, args.static, args.retry, args.heartbeat, args.history,
-                              args.store, tuple(args.allow_origin or ("*",)), args.max_clients,
+                              args.store, tuple(args.allow_origin or ()), args.max_clients,
                               args.max_body, args.max_queue, args.write_timeout, args.clock, args.trace,
                               args.request_timeout, args.max_header_bytes, args.max_header_lines,
                               tls, tuple(args.trusted_proxy),
                               ws_server.RedisAddress.parse(args.redis) if args.redis else None,
-                              args.redis_timeout, args.reuse_port)
+                              args.redis_timeout, args.reuse_port, tuple(args.allowed_host),
+                              ws_server.token_from(args.publish_token, PUBLISH_TOKEN_VARIABLE), access_token,
+                              args.max_clients_per_address)
         server = SSEServer(config)
     except KeyboardInterrupt:
         return 0
@@ -2232,6 +2509,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("Events kept in the store %s (the last %d replayed after a restart)", config.store, config.history)
     else:
         log.info("Events kept in memory (the last %d, lost when the server stops)", config.history)
+    for warning in exposure_warnings(config):
+        log.warning("%s", warning)
     try:
         server.start_background()
         server.serve_forever()

@@ -574,7 +574,7 @@ class SSEServerTestCase(unittest.TestCase):
         sock.settimeout(TIMEOUT)
         sock.connect(("127.0.0.1", self.port))
         self.addCleanup(sock.close)
-        sock.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /sse HTTP/1.1\r\nHost: localhost\r\n\r\n")
         return sock
 
 

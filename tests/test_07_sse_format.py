@@ -21,6 +21,12 @@ from sse_server import (ChunkedDecoder, History, HTTPError, Hub, ServerSentEvent
 from tests.support import TIMEOUT, fuzz, mutations
 
 
+def request_from(origin: str | None, host: str = "127.0.0.1:8088", method: str = "POST") -> sse_server.ws_server.Request:
+    """A request head as the handler sees it, with this Origin (None: none) and Host."""
+    headers = {"host": [host], **({"origin": [origin]} if origin is not None else {})}
+    return sse_server.ws_server.Request(method, "/publish", (1, 1), headers, "/publish")
+
+
 def parse(stream: bytes) -> list[ServerSentEvent]:
     return sse_server.EventStreamParser().feed(stream)
 
@@ -182,15 +188,46 @@ class Test03DecisionsAboutARequest(unittest.TestCase):
         self.assertEqual(sse_server.cors_headers("http://b.example", ("http://a.example",)), [("Vary", "Origin")])
 
     def test_06_with_an_allow_list_other_pages_are_refused_and_broken_origins_too(self):
-        """Operational: --allow-origin: another page's Origin is 403; origins (RFC 6454 §7.1) are compared as strings, never parsed, so `http://[` is a 403, not a crash; same origin and no Origin pass."""
-        allowed = ("http://a.example",)
-        sse_server.check_origin_allowed(None, "x", allowed)  # a program, not a page
-        sse_server.check_origin_allowed("http://a.example", "x", allowed)
-        sse_server.check_origin_allowed("http://127.0.0.1:8088", "127.0.0.1:8088", allowed)  # same origin
+        """Operational: --allow-origin (the rules the server builds, `access_rules`): another page's Origin is 403; origins (RFC 6454 §7.1) are compared as strings, never parsed, so `http://[` is a 403, not a crash; same origin and no Origin pass."""
+        rules = sse_server.access_rules(sse_server.ServerConfig(allowed_origins=("http://a.example",)), 8088)
+        rules.check_origin(request_from(None))  # a program, not a page
+        rules.check_origin(request_from("http://a.example"))
+        rules.check_origin(request_from("http://127.0.0.1:8088"))  # same origin
         for origin in ("http://evil.example", "http://[", "null", "http://127.0.0.1:8088.evil"):
             with self.subTest(origin=origin), self.assertRaises(HTTPError) as caught:
-                sse_server.check_origin_allowed(origin, "127.0.0.1:8088", allowed)
+                rules.check_origin(request_from(origin))
             self.assertEqual(caught.exception.status, 403)
+
+    def test_08_by_default_only_this_servers_own_pages_may_publish(self):
+        """Fetch "CORS protocol" (a simple request has no preflight) and RFC 6454 §5: with no --allow-origin the rules allow this server's own origin and no Origin (curl), and refuse every other page, 403."""
+        rules = sse_server.access_rules(sse_server.ServerConfig(), 8088)
+        for origin in (None, "http://127.0.0.1:8088", "http://localhost:8088"):
+            rules.check_origin(request_from(origin, host=(origin or "http://127.0.0.1:8088")[7:]))
+        for origin in ("http://127.0.0.1:9999", "http://evil.example", "null", "https://127.0.0.1:8088.evil"):
+            with self.subTest(origin=origin), self.assertRaises(HTTPError) as caught:
+                rules.check_origin(request_from(origin))
+            self.assertEqual(caught.exception.status, 403)
+
+    def test_09_on_loopback_a_host_that_is_not_loopbacks_is_421_unless_allowed(self):
+        """RFC 9110 §15.5.20 421 (Operational: DNS rebinding): bound to loopback, a Host that names anything else is refused; --allowed-host adds a name; bound elsewhere, any Host passes."""
+        rules = sse_server.access_rules(sse_server.ServerConfig(allowed_hosts=("events.example",)), 8088)
+        for host in ("127.0.0.1:8088", "localhost:8088", "[::1]:8088", "localhost", "events.example", "events.example:8088"):
+            rules.check_host(request_from(None, host=host))
+        for host in ("evil.example:8088", "127.0.0.1:9999", "127.0.0.1.evil.example:8088"):
+            with self.subTest(host=host), self.assertRaises(HTTPError) as caught:
+                rules.check_host(request_from(None, host=host))
+            self.assertEqual(caught.exception.status, 421)
+        sse_server.access_rules(sse_server.ServerConfig(host="0.0.0.0"), 8088).check_host(request_from(None, host="evil.example"))
+
+    def test_10_the_servers_own_event_names_and_the_browsers_cannot_be_published(self):
+        """WHATWG HTML §9.2.3 (EventSource fires `open` and `error` itself) and the server's own `reset` (I.5): `?event=` with one of them is a 400 that says why."""
+        for name in ("reset", "open", "error"):
+            with self.subTest(name=name), self.assertRaises(HTTPError) as caught:
+                sse_server.publish_event_name(f"event={name}")
+            self.assertEqual(caught.exception.status, 400)
+            self.assertIn("reserved", caught.exception.reason)
+        self.assertEqual(sse_server.publish_event_name("event=message"), "message")
+        self.assertEqual(sse_server.publish_event_name("event=Reset"), "Reset")  # names are case-sensitive
 
     def test_07_an_empty_body_an_event_named_twice_or_a_query_not_utf8_is_400(self):
         """WHATWG HTML §9.2.6 An event with no data is never dispatched: an empty body is a 400; so are `?event=` given twice and a query that is not UTF-8 (§9.2.5), rather than one name kept silently or U+FFFD."""
@@ -417,10 +454,12 @@ class Test07Fuzz(unittest.TestCase):
 
     def test_02_any_publish_query_body_and_origin_are_accepted_or_refused_with_a_status(self):
         """Operational (II.3, I.6, I.5), fuzzed: whatever the query, body, Origin or Last-Event-ID: a decision, or an HTTPError."""
+        rules = sse_server.access_rules(sse_server.ServerConfig(allowed_origins=("http://a.example",)), 8088)
+
         def decide(data: bytes) -> None:
             text = data.decode("latin-1")
             for check in (lambda: sse_server.publish_event_name(text), lambda: sse_server.publish_text(data),
-                          lambda: sse_server.check_origin_allowed(text, "127.0.0.1:8088", ("http://a.example",)),
+                          lambda: rules.check_origin(request_from(text)), lambda: sse_server.ws_server.is_valid_authority(text) and rules.check_host(request_from(None, text)),
                           lambda: History(10, first_id=1).parse_id(text)):
                 try:
                     check()

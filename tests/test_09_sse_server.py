@@ -123,7 +123,7 @@ class Test03Publishing(SSEServerTestCase):
     def test_06_a_chunked_body_is_decoded(self):
         """RFC 9112 §7.1 "A recipient MUST be able to parse and decode the chunked transfer coding"."""
         stream = self.subscribed(self.stream())
-        status, _, _ = exchange(self.port, b"POST /publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        status, _, _ = exchange(self.port, b"POST /publish HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
                                            b"Connection: close\r\n\r\n8\r\nchunked \r\n4;ext=1\r\nbody\r\n0\r\n\r\n")
         self.assertEqual(status, 204)
         self.assertEqual(stream.next_events(1)[0].data, "chunked body")
@@ -131,20 +131,20 @@ class Test03Publishing(SSEServerTestCase):
     def test_07_a_chunked_body_over_max_body_is_413(self):
         """RFC 9110 §15.5.14 413 (Operational: --max-body) for a chunked body too, counted as it arrives."""
         body = b"".join(sse_server.encode_chunk(b"x" * 500) for _ in range(3)) + sse_server.LAST_CHUNK
-        status, _, _ = exchange(self.port, b"POST /publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+        status, _, _ = exchange(self.port, b"POST /publish HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
         self.assertEqual(status, 413)
 
     def test_08_expect_100_continue_gets_413_before_continue_when_too_large(self):
         """RFC 9110 §10.1.1 A server may answer with the final status instead of 100 Continue."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
-            sock.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+            sock.sendall(b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
             self.assertTrue(sock.recv(1024).startswith(b"HTTP/1.1 413 "))
 
     def test_09_expect_100_continue_gets_100_then_the_body_is_read(self):
         """RFC 9110 §10.1.1 "100-continue": the client waits for 100 Continue before sending its body."""
         stream = self.subscribed(self.stream())
         with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
-            sock.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            sock.sendall(b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
             self.assertEqual(sock.recv(1024), b"HTTP/1.1 100 Continue\r\n\r\n")
             sock.sendall(b"hello")
             self.assertTrue(sock.recv(1024).startswith(b"HTTP/1.1 204 "))
@@ -163,7 +163,7 @@ class Test03Publishing(SSEServerTestCase):
         stream = self.subscribed(self.stream())
         with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
             for text in (b"one", b"two", b"three"):
-                sock.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text))
+                sock.sendall(b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text))
                 self.assertTrue(sock.recv(1024).startswith(b"HTTP/1.1 204 "))
         self.assertEqual([e.data for e in stream.next_events(3)], ["one", "two", "three"])
 
@@ -264,14 +264,12 @@ class Test05AStoreThatFails(SSEServerTestCase):
         self.streams = []
 
     def test_01_a_refused_event_is_a_503_with_a_reason_and_is_never_replayed(self):
-        """RFC 9110 §15.6.4 503 with a one-line reason, and a log line; nothing was sent, nothing will be replayed."""
+        """RFC 9110 §15.6.4 503 with a one-line generic reason (no file, no address: the log has them); nothing was sent, nothing will be replayed."""
         stream = self.subscribed(self.stream())
         with self.assertLogs("sse_server", "WARNING") as logged:
             status, _, body = http_request(self.port, "POST", "/publish", b"lost")
         self.assertIn("publish refused: test.sqlite3", logged.output[0])  # and the operator reads why
-        self.assertEqual(status, 503)
-        self.assertIn(b"test.sqlite3", body)
-        self.assertEqual(body.count(b"\n"), 1)
+        self.assertEqual((status, body), (503, b"503 the event store is unavailable: the event was not published\n"))
         again = self.subscribed(self.stream(Last_Event_ID="0"))
         self.assertEqual(again.events, [])
         self.assertNotIn(b"lost", stream.body + again.body)
@@ -341,7 +339,7 @@ class Test07Departures(SSEServerTestCase):
         """Operational (DepartureWatcher, II.4): this server reads nothing from a stream's client after its request (its answer says Connection: close), so bytes from it end that stream; the others notice nothing."""
         talker, listener = self.subscribed(self.stream()), self.subscribed(self.stream())
         wait_until(lambda: self.server.hub.subscriber_count == 2, message="2 subscribers")
-        talker.sock.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        talker.sock.sendall(b"GET /sse HTTP/1.1\r\nHost: localhost\r\n\r\n")
         wait_until(lambda: self.server.hub.subscriber_count == 1, message="the talker dropped")
         talker.read_to_eof()
         self.publish("still here")
@@ -402,15 +400,49 @@ class Test08SlowClients(SSEServerTestCase):
 
 class Test09Limits(SSEServerTestCase):
 
-    options = {"max_clients": 2, "request_timeout": 0.5, "write_timeout": 0.5, "max_queue": 100_000}
+    options = {"max_clients": 3, "max_clients_per_address": 2, "request_timeout": 0.5, "write_timeout": 0.5,
+               "max_queue": 100_000}
 
-    def test_01_beyond_max_clients_the_answer_is_503(self):
-        """Operational: --max-clients: one more stream gets 503 (RFC 9110 §15.6.4) with Retry-After."""
-        for _ in range(2):
-            self.subscribed(self.stream())
-        refused = self.stream()
-        self.assertEqual(refused.status, 503)
-        self.assertEqual(refused.headers["retry-after"], "5")
+    def assert_told_to_come_back(self, refused: StreamClient, reason: str) -> None:
+        """A refused stream is a 200 event stream (WHATWG HTML §9.2.2: anything else and an
+        EventSource never retries) with a long retry, a comment saying why, and the end."""
+        refused.read_to_eof()
+        self.assertEqual(refused.status, 200)
+        self.assertEqual(refused.headers["content-type"], sse_server.EVENT_STREAM_TYPE)
+        self.assertTrue(refused.complete)  # the last chunk: the stream ends, the browser reconnects later
+        self.assertEqual(refused.events, [])
+        self.assertEqual(refused.parser.retry, sse_server.capacity_retry(sse_server.DEFAULT_RETRY))
+        self.assertIn(f": refused: {reason}".encode(), refused.body)
+
+    def test_01_beyond_max_clients_a_stream_is_told_to_come_back_later_not_503(self):
+        """Operational: --max-clients: one more stream gets a 200 that sets `retry:` (WHATWG HTML §9.2.6) to 5 times --retry and ends; a browser reconnects after it (§9.2.3), where a 503 would make it give up for good (§9.2.2)."""
+        self.subscribed(self.stream())
+        self.subscribed(self.stream())
+        self.server.hub.max_clients_per_address = 3
+        self.subscribed(self.stream())
+        with self.assertLogs("sse_server", "INFO") as logged:
+            self.assert_told_to_come_back(self.stream(), "the server is full (3 streams open)")
+        self.assertIn("refused a stream to 127.0.0.1: the server is full", "\n".join(logged.output))
+        self.streams.pop(0).close()
+        wait_until(lambda: self.server.hub.subscriber_count == 2, message="the departure")
+        self.subscribed(self.stream())  # a slot freed is a slot taken
+
+    def test_06_one_address_cannot_take_more_than_max_clients_per_address(self):
+        """Operational: --max-clients-per-address: a third stream from one address is told to come back later while the server has room; the count follows departures."""
+        first, _ = self.subscribed(self.stream()), self.subscribed(self.stream())
+        self.assert_told_to_come_back(self.stream(), "2 streams are already open from this address")
+        self.assertEqual(self.server.hub.subscriber_count, 2)
+        first.close()
+        wait_until(lambda: self.server.hub.subscriber_count == 1, message="the departure")
+        self.subscribed(self.stream())
+
+    def test_07_behind_a_trusted_proxy_the_address_counted_is_the_forwarded_one(self):
+        """Operational: --trusted-proxy with --max-clients-per-address: X-Forwarded-For from the proxy names the client counted, so clients behind one proxy are not one address."""
+        self.server.config.trusted_proxies = ("127.0.0.1",)
+        self.server.hub.max_clients = 10
+        for client in ("192.0.2.1", "192.0.2.1", "192.0.2.2"):
+            self.subscribed(self.stream(X_Forwarded_For=client))
+        self.assert_told_to_come_back(self.stream(X_Forwarded_For="192.0.2.1"), "2 streams are already open from this address")
 
     def test_02_a_request_head_with_too_many_headers_is_431(self):
         """RFC 6585 §5 431 (Operational: --max-header-lines): too many header lines, and a one-line reason."""
@@ -422,7 +454,7 @@ class Test09Limits(SSEServerTestCase):
     def test_03_a_head_that_never_ends_gets_408(self):
         """RFC 9110 §15.5.9 408 (Operational: --request-timeout): a head not complete in time."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
-            sock.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n")  # and no empty line
+            sock.sendall(b"GET /sse HTTP/1.1\r\nHost: localhost\r\n")  # and no empty line
             self.assertTrue(sock.recv(1024).startswith(b"HTTP/1.1 408 "))
 
     def test_04_a_byte_now_and_then_does_not_extend_the_timeout(self):
@@ -430,7 +462,7 @@ class Test09Limits(SSEServerTestCase):
         with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
             sock.settimeout(0.05)
             answer = b""
-            for byte in b"GET /sse HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 200:
+            for byte in b"GET /sse HTTP/1.1\r\nHost: localhost\r\nX: " + b"y" * 200:
                 sock.sendall(bytes([byte]))
                 try:
                     answer = sock.recv(1024)  # waits at most 50 ms: one byte every 50 ms
@@ -511,7 +543,7 @@ class Test12ThePages(SSEServerTestCase):
         """RFC 3986 §3.3 No dot-segment, encoded or not, leaves the folder of the pages."""
         for target in ("/../sse_server.py", "/%2e%2e/sse_server.py", "/..%5csse_server.py", "/missing.html", "/%ff"):
             with self.subTest(target=target):
-                status, _, _ = exchange(self.port, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                status, _, _ = exchange(self.port, f"GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
                 self.assertEqual(status, 404)
 
 
@@ -522,15 +554,15 @@ class Test13HostileRequests(SSEServerTestCase):
 
     def test_01_each_hostile_head_gets_one_status_line(self):
         """RFC 9112 §3, §5, §6.3 Every answer is a status line, even to what http.server would answer with none."""
-        heads = {b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n": 404,
-                 b"GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n": 400,
-                 b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n": 400,
+        heads = {b"GET /%ff HTTP/1.1\r\nHost: localhost\r\n\r\n": 404,
+                 b"GET http://[::1/ HTTP/1.1\r\nHost: localhost\r\n\r\n": 400,
+                 b"GET / HTTP/1.1\r\nHost: localhost\r\nHost: y\r\n\r\n": 400,
                  b"GET / HTTP/1.1\r\n\r\n": 400,
                  b"GET / HTTP/1.1\r\nHost : x\r\n\r\n": 400,
                  b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": 505,
-                 b"GET / HTTP/9.9\r\nHost: x\r\n\r\n": 505,
-                 b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n": 400,
-                 b"GET / HTTP/1.1\nHost: x\n\n": 200}
+                 b"GET / HTTP/9.9\r\nHost: localhost\r\n\r\n": 505,
+                 b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: \xb2\r\n\r\n": 400,
+                 b"GET / HTTP/1.1\nHost: localhost\n\n": 200}
         for head, expected in heads.items():
             with self.subTest(head=head):
                 status, _, rest = exchange(self.port, head)
@@ -538,7 +570,7 @@ class Test13HostileRequests(SSEServerTestCase):
 
     def test_02_two_different_content_lengths_get_one_answer_and_the_end(self):
         """RFC 9112 §6.3 item 5 Conflicting lengths are 400, answered once; the rest is never read as a request."""
-        status, headers, rest = exchange(self.port, b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+        status, headers, rest = exchange(self.port, b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n"
                                                     b"Content-Length: 2\r\n\r\nab")
         self.assertEqual(status, 400)
         self.assertEqual(headers["connection"], "close")
@@ -546,9 +578,9 @@ class Test13HostileRequests(SSEServerTestCase):
 
     def test_03_a_get_with_a_body_is_answered_and_its_body_never_read_as_a_request(self):
         """RFC 9112 §6.3 A body nobody reads ends the connection: it cannot smuggle a second request."""
-        smuggled = b"0\r\n\r\nPOST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nsmuggled"
+        smuggled = b"0\r\n\r\nPOST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: 8\r\n\r\nsmuggled"
         stream = self.subscribed(self.stream())
-        status, headers, rest = exchange(self.port, b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggled)
+        status, headers, rest = exchange(self.port, b"GET / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggled)
         self.assertEqual(status, 200)
         self.assertNotIn(b"HTTP/1.1 204", rest)
         self.publish("after")
@@ -558,8 +590,8 @@ class Test13HostileRequests(SSEServerTestCase):
         """Operational: after hostile requests (and heads left unfinished, then 408), a client is served, and threads and fds are back to the baseline."""
         wait_until(lambda: request_threads() == 0, message="earlier tests' threads to end")
         fds = open_fds()
-        for head in (b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\n", b"\x16\x03\x01\x02\x00\r\n\r\n",
-                     b"GET /sse HTTP/1.1\r\nHost: x\r\nLast-Event-ID: " + b"9" * 5000 + b"\r\nConnection: close\r\n\r\n"):
+        for head in (b"GET /%ff HTTP/1.1\r\nHost: localhost\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\n", b"\x16\x03\x01\x02\x00\r\n\r\n",
+                     b"GET /sse HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: " + b"9" * 5000 + b"\r\nConnection: close\r\n\r\n"):
             with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
                 sock.sendall(head)
                 self.assertTrue(sock.recv(100).startswith(b"HTTP/1.1 "))
