@@ -120,6 +120,17 @@ class Test03Publishing(SSEServerTestCase):
             with self.subTest(query=query):
                 self.assertEqual(self.publish("x", query), 400)
 
+    def test_14_the_servers_own_event_names_are_400_with_the_reason_and_reach_nobody(self):
+        """WHATWG HTML §9.2.3 (EventSource fires `open` and `error` itself) and the server's `reset` (I.5): `?event=reset`, `open` or `error` is a 400 that says the name is reserved, and no subscriber sees it, so a page can trust a reset."""
+        stream = self.subscribed(self.stream())
+        for name in ("reset", "open", "error"):
+            with self.subTest(name=name):
+                status, _, body = http_request(self.port, "POST", f"/publish?event={name}", b"fake")
+                self.assertEqual(status, 400)
+                self.assertIn(b"reserved", body)
+        self.assertEqual(self.publish("marker"), 204)
+        self.assertEqual([(event.type, event.data) for event in stream.next_events(1)], [("message", "marker")])
+
     def test_06_a_chunked_body_is_decoded(self):
         """RFC 9112 §7.1 "A recipient MUST be able to parse and decode the chunked transfer coding"."""
         stream = self.subscribed(self.stream())
@@ -666,6 +677,167 @@ class Test15TheCommandLine(unittest.TestCase):
                 self.assertEqual(len(second.stderr.strip().splitlines()), 1)
             finally:
                 stop_process(owner)
+
+
+def raw(port: int, head: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One request written byte for byte, as a browser or an attacker would send it."""
+    return exchange(port, head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+
+
+class Test16OtherSitesMayNotPublish(SSEServerTestCase):
+    """Fetch "CORS protocol": a "simple" POST (a form, a no-cors fetch, a text/plain fetch) is sent with no preflight, so CORS cannot stop it: with the default flags only this server's own pages (and programs, which send no Origin) may publish."""
+
+    def forged(self, origin: str, content_type: str = "text/plain") -> int:
+        """A POST as a page of `origin` makes the visitor's browser send it."""
+        status, _, body = raw(self.port, f"POST /publish HTTP/1.1\nHost: 127.0.0.1:{self.port}\nOrigin: {origin}\n"
+                                         f"Content-Type: {content_type}\nContent-Length: 6\nConnection: close\n", b"forged")
+        return status
+
+    def test_01_a_simple_post_from_another_page_is_403_and_nothing_is_published(self):
+        """Fetch "CORS protocol" and RFC 6454 §7: the POST of a form (text/plain, urlencoded, multipart) or a fetch from another origin (another port is another origin, `null` a sandboxed or file page) is 403, and no subscriber gets anything."""
+        stream = self.subscribed(self.stream())
+        for origin in ("http://127.0.0.1:9", "http://localhost:9", "http://evil.example", "null", "http://127.0.0.1"):
+            for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+                with self.subTest(origin=origin, content_type=content_type):
+                    self.assertEqual(self.forged(origin, content_type), 403)
+        self.assertEqual(self.publish("marker"), 204)
+        self.assertEqual([event.data for event in stream.next_events(1)], ["marker"])  # nothing came before it
+
+    def test_02_this_servers_own_pages_and_programs_without_origin_publish(self):
+        """RFC 6454 §5 same origin (http://127.0.0.1:PORT, http://localhost:PORT) and the README's curl commands (no Origin): 204, and the answer to the own page carries no CORS grant it does not need."""
+        self.assertEqual(self.forged(f"http://127.0.0.1:{self.port}"), 204)
+        status, _, _ = raw(self.port, f"POST /publish HTTP/1.1\nHost: localhost:{self.port}\nOrigin: http://localhost:{self.port}\n"
+                                      "Content-Length: 2\nConnection: close\n", b"hi")
+        self.assertEqual(status, 204)
+        self.assertEqual(self.publish("hello"), 204)  # curl -d hello http://127.0.0.1:8088/publish
+        self.assertEqual(self.publish("hi", "?event=note"), 204)  # curl -d hi 'http://127.0.0.1:8088/publish?event=note'
+
+    def test_03_the_preflight_of_a_publish_from_another_page_is_403_and_from_our_own_204(self):
+        """Fetch "CORS-preflight fetch": a JSON or Authorization publish from another page asks first, and is told no (403); the stream's preflight stays open to any page."""
+        ask = ("OPTIONS /publish HTTP/1.1\nHost: 127.0.0.1:{port}\nOrigin: {origin}\nAccess-Control-Request-Method: POST\n"
+               "Access-Control-Request-Headers: content-type, authorization\nConnection: close\n")
+        status, _, _ = raw(self.port, ask.format(port=self.port, origin="http://evil.example"))
+        self.assertEqual(status, 403)
+        status, headers, _ = raw(self.port, ask.format(port=self.port, origin=f"http://127.0.0.1:{self.port}"))
+        self.assertEqual(status, 204)
+        self.assertIn("Authorization", headers["access-control-allow-headers"])
+        status, headers, _ = raw(self.port, f"OPTIONS /sse HTTP/1.1\nHost: 127.0.0.1:{self.port}\nOrigin: http://evil.example\n"
+                                            "Access-Control-Request-Method: GET\nConnection: close\n")
+        self.assertEqual((status, headers["access-control-allow-origin"]), (204, "*"))
+
+    def test_04_any_page_may_still_read_the_stream(self):
+        """Fetch "CORS protocol": the stream is public by default: another page's EventSource gets it, with `*` and no credentials."""
+        stream = self.subscribed(self.stream(Origin="http://evil.example"))
+        self.assertEqual((stream.status, stream.headers["access-control-allow-origin"]), (200, "*"))
+        self.assertNotIn("access-control-allow-credentials", stream.headers)
+
+
+class Test17DNSRebinding(SSEServerTestCase):
+    """Operational (DNS rebinding): a page whose name was re-resolved to 127.0.0.1 sends its own name as the Host, and its own origin, which would pass any same-origin check: on loopback such a Host is 421 (RFC 9110 §15.5.20) for every request, before anything else."""
+
+    def test_01_every_kind_of_request_with_a_foreign_host_is_421(self):
+        """RFC 9110 §15.5.20 421: the stream, a publish from the rebound page's own origin, a page, a preflight and an unknown method, all 421; nothing is published."""
+        stream = self.subscribed(self.stream())
+        host = f"evil.example:{self.port}"
+        for head in (f"GET /sse HTTP/1.1\nHost: {host}\n", f"GET / HTTP/1.1\nHost: {host}\n",
+                     f"POST /publish HTTP/1.1\nHost: {host}\nOrigin: http://{host}\nContent-Length: 6\n",
+                     f"OPTIONS /publish HTTP/1.1\nHost: {host}\nOrigin: http://{host}\n",
+                     f"DELETE / HTTP/1.1\nHost: {host}\n", f"GET /sse HTTP/1.1\nHost: 127.0.0.1:1\n"):
+            with self.subTest(head=head.splitlines()[0]):
+                status, _, body = raw(self.port, head + "Connection: close\n", b"forged" if "POST" in head else b"")
+                self.assertEqual(status, 421)
+                self.assertIn(b"does not answer for the host", body)
+        self.assertEqual(self.publish("marker"), 204)
+        self.assertEqual([event.data for event in stream.next_events(1)], ["marker"])
+
+    def test_02_allowed_host_adds_a_name(self):
+        """Operational: --allowed-host events.example: that name is answered (the stream, and a publish from its pages); others still 421."""
+        server = self.start_server(allowed_hosts=("events.example",))
+        status, _, _ = raw(server.port, f"POST /publish HTTP/1.1\nHost: events.example\nOrigin: http://events.example\n"
+                                        "Content-Length: 2\nConnection: close\n", b"ok")
+        self.assertEqual(status, 204)
+        self.assertEqual(raw(server.port, "GET / HTTP/1.1\nHost: other.example\nConnection: close\n")[0], 421)
+
+
+class Test18Tokens(SSEServerTestCase):
+    """Operational (RFC 6750 Bearer tokens, RFC 6265 cookies): --publish-token for publishing, --access-token for the stream; compared in constant time and never logged."""
+
+    options = {"publish_token": "publish-secret", "access_token": "access-secret", "trace": True}
+
+    def test_01_a_publish_needs_the_publish_token(self):
+        """RFC 6750 §3 401 with `WWW-Authenticate: Bearer realm="publish"` without the token or with a wrong one (the access token is not it); 204 with it."""
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer access-secret"},
+                        {"Authorization": "Basic cHVibGlzaC1zZWNyZXQ="}, {"Cookie": "access=access-secret"}):
+            with self.subTest(headers=headers):
+                status, answer, _ = http_request(self.port, "POST", "/publish", b"x", headers)
+                self.assertEqual(status, 401)
+                self.assertEqual(answer["www-authenticate"], 'Bearer realm="publish"')
+        self.assertEqual(self.publish("x", Authorization="Bearer publish-secret"), 204)
+
+    def test_02_the_stream_needs_the_access_token_the_page_does_not(self):
+        """RFC 6750 §2.1 Bearer or RFC 6265 the `access` cookie: without either the stream is 401 (an EventSource then stops, as it should: retrying cannot help); the page is served, it holds no secret."""
+        self.assertEqual(self.stream().status, 401)
+        self.assertEqual(self.stream(Cookie="access=wrong").status, 401)
+        self.assertEqual(self.subscribed(self.stream(Authorization="Bearer access-secret")).status, 200)
+        self.assertEqual(self.subscribed(self.stream(Cookie="theme=dark; access=access-secret")).status, 200)
+        self.assertEqual(http_request(self.port, "GET", "/")[0], 200)
+
+    def test_03_an_access_link_sets_the_cookie_and_redirects_to_the_path_without_it(self):
+        """RFC 9110 §15.4.4 303 to the same path without the token, with `Set-Cookie` (RFC 6265 §4.1: HttpOnly, SameSite=Strict); a wrong token is 401 and sets nothing."""
+        status, headers, _ = http_request(self.port, "GET", "/?access=access-secret")
+        self.assertEqual((status, headers["location"]), (303, "/"))
+        self.assertEqual(headers["set-cookie"], "access=access-secret; Path=/; HttpOnly; SameSite=Strict")
+        status, headers, _ = http_request(self.port, "GET", "/sse?access=wrong")
+        self.assertEqual(status, 401)
+        self.assertNotIn("set-cookie", headers)
+
+    def test_04_no_token_appears_in_any_log_line(self):
+        """Operational: with --trace (every request line logged), the access link's token is replaced by [redacted], and neither token appears anywhere."""
+        with self.assertLogs("sse_server", "INFO") as logged:
+            http_request(self.port, "GET", "/?access=access-secret")
+            http_request(self.port, "GET", "/sse?x=1&access=wrong")
+            self.publish("x", Authorization="Bearer publish-secret")
+            self.publish("x", Authorization="Bearer publish-wrong")
+            stream = self.subscribed(self.stream(Authorization="Bearer access-secret"))
+            stream.close()
+            wait_until(lambda: self.server.hub.subscriber_count == 0, message="the departure")
+        output = "\n".join(logged.output)
+        self.assertIn("access granted to 127.0.0.1 by its link", output)  # (its request line is not logged)
+        self.assertIn("GET /sse?x=1&access=[redacted] HTTP/1.1", output)
+        for secret in ("access-secret", "publish-secret", "publish-wrong", "=wrong"):
+            self.assertNotIn(secret, output)
+
+    def test_05_with_an_access_token_alone_publishing_needs_it_too(self):
+        """Operational: --access-token without --publish-token: whoever may read may publish, nobody else (the cookie the page has, or Bearer)."""
+        server = self.start_server(access_token="access-secret")
+        status, _, _ = http_request(server.port, "POST", "/publish", b"x")
+        self.assertEqual(status, 401)
+        for headers in ({"Authorization": "Bearer access-secret"}, {"Cookie": "access=access-secret"}):
+            self.assertEqual(http_request(server.port, "POST", "/publish", b"x", headers)[0], 204)
+
+
+class Test19WhatTheLogsAndAnswersSay(SSEServerTestCase):
+    """Operational: what a client sends is escaped in the logs; what the server tells a client names nothing internal."""
+
+    def test_01_client_text_in_a_log_line_has_its_control_characters_escaped(self):
+        """Operational: a field value may carry obs-text (RFC 9110 §5.5), read as latin-1: an Origin with 0x9B (CSI, the 8-bit ESC [ of terminals) is refused with a log line that shows it as an escape."""
+        with self.assertLogs("sse_server", "INFO") as logged:
+            status, _, _ = exchange(self.port, f"POST /publish HTTP/1.1\r\nHost: localhost:{self.port}\r\n".encode()
+                                    + b"Origin: http://e\x9b2Jvil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        self.assertEqual(status, 403)
+        output = "\n".join(logged.output)
+        self.assertIn("http://e\\\\x9b2Jvil.example", output)  # (escaped, then quoted by AccessRules' repr: two backslashes)
+        self.assertNotIn("\x9b", output)
+
+    def test_02_an_exposed_server_is_told_who_can_publish_and_to_name_its_host(self):
+        """Operational: bound to other than loopback without a token: one line saying anyone can publish, one recommending --allowed-host; on loopback, or with both, nothing."""
+        warnings = sse_server.exposure_warnings(sse_server.ServerConfig(host="0.0.0.0"))
+        self.assertEqual(len(warnings), 2)
+        self.assertIn("anyone who can reach 0.0.0.0 can publish", warnings[0])
+        self.assertIn("--allowed-host", warnings[1])
+        self.assertEqual(sse_server.exposure_warnings(sse_server.ServerConfig(host="localhost")), [])
+        self.assertEqual(sse_server.exposure_warnings(sse_server.ServerConfig(
+            host="::", publish_token="t", allowed_hosts=("events.example",))), [])
 
 
 if __name__ == "__main__":
