@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import queue
+import subprocess
 import tempfile
 import socket
 import ssl
@@ -20,7 +21,7 @@ import unittest.mock
 
 import sse_server
 from sse_server import EventStreamParser, ServerSentEvent
-from tests.support import TIMEOUT, SSEServerTestCase, fuzz, mutations, wait_until
+from tests.support import ROOT, TIMEOUT, SSEServerTestCase, fuzz, mutations, python_command, stop_process, wait_until
 
 
 def parse(stream: bytes) -> list[ServerSentEvent]:
@@ -172,8 +173,8 @@ class Following:
     test waits for it with a bound, then fails.  (A next() that timed out is left running in its
     daemon thread, reconnecting, until the test process ends: the test has failed by then.)"""
 
-    def __init__(self, url: str) -> None:
-        self.events = sse_server.follow(url, timeout=TIMEOUT)
+    def __init__(self, url: str, **options) -> None:
+        self.events = sse_server.follow(url, timeout=TIMEOUT, **options)
         self.running: threading.Thread | None = None
 
     def next(self, meanwhile=None, timeout: float = TIMEOUT) -> ServerSentEvent:
@@ -265,8 +266,8 @@ class EndsInTheMiddleOfAnEvent(http.server.BaseHTTPRequestHandler):
 class Test05TheClient(SSEServerTestCase):
     """`--connect URL`: an EventSource in a terminal (WHATWG HTML §9.2.2-§9.2.4, §9.2.6)."""
 
-    def follow(self, url: str) -> Following:
-        client = Following(url)
+    def follow(self, url: str, **options) -> Following:
+        client = Following(url, **options)
         self.addCleanup(client.close)
         return client
 
@@ -344,6 +345,72 @@ class Test05TheClient(SSEServerTestCase):
         self.assertEqual(client.next(), ServerSentEvent("after the reconnection"))
         self.assertEqual(streamer.connections, 2)
 
+
+
+class RecordsAuthorization(http.server.BaseHTTPRequestHandler):
+    """`/old` redirects (307) to `/sse` here; `/sse` is one event and its end.  Each request's
+    Authorization header is noted."""
+
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self):
+        self.server.authorizations.append(self.headers.get("Authorization"))
+        if self.path == "/old":
+            self.send_response(307)
+            self.send_header("Location", "/sse")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b"retry: 10\ndata: here\n\n")
+
+    def log_message(self, *args):
+        pass
+
+
+class Test07TheClientsTokenAndTerminal(SSEServerTestCase):
+    """`--connect` with `--access-token` (RFC 6750 §2.1 Bearer), and what it prints (Operational: a terminal is not a page)."""
+
+    options = {"access_token": "access-secret"}
+    follow, serve = Test05TheClient.follow, Test05TheClient.serve
+
+    def test_01_with_the_access_token_it_reads_without_it_it_is_refused_for_good(self):
+        """RFC 6750 §2.1 `Authorization: Bearer`: the stream that needs the token is read with it; without it the 401 fails the connection (WHATWG HTML §9.2.2) and the client ends."""
+        client = self.follow(f"http://127.0.0.1:{self.port}/sse", access_token="access-secret")
+        self.assertEqual(client.next(meanwhile=lambda: publish_once_subscribed(self.server, "for token holders")).data,
+                         "for token holders")
+        with self.assertRaises(sse_server.StreamFailed) as caught:
+            self.follow(f"http://127.0.0.1:{self.port}/sse").next()
+        self.assertIn("401", str(caught.exception))
+
+    def test_02_the_token_goes_to_the_first_urls_origin_only_not_where_a_redirect_leads(self):
+        """RFC 6454 §4 origin, Fetch "HTTP-redirect fetch" (which drops Authorization across origins): a redirect within the origin keeps the token; one to another origin (another port) does not get it."""
+        recorder = self.serve(RecordsAuthorization, authorizations=[])
+        here = f"http://127.0.0.1:{recorder.server_address[1]}"
+        self.assertEqual(self.follow(f"{here}/old", access_token="t").next().data, "here")
+        self.assertEqual(recorder.authorizations[:2], ["Bearer t", "Bearer t"])
+        recorder.authorizations.clear()
+        redirector = self.serve(Redirector, status=307, target=f"{here}/sse")
+        self.assertEqual(self.follow(f"http://127.0.0.1:{redirector.server_address[1]}/old", access_token="t").next().data, "here")
+        self.assertEqual(recorder.authorizations[:1], [None])
+
+    def test_03_what_it_prints_has_control_characters_escaped_and_multi_line_data_as_indented_lines(self):
+        """Operational: escape sequences in an event's data, type or id are printed as escapes (`\\x1b`), never sent to the terminal; the LF between data lines (WHATWG HTML §9.2.6) is a line break, each further line indented four spaces."""
+        event = ServerSentEvent("\x1b[2Jred\nsecond\x07\n\x9b31m", "no\x1bte", "7\x1b")
+        self.assertEqual(sse_server.event_lines(event),
+                         "[no\\x1bte] id='7\\x1b' \\x1b[2Jred\n    second\\x07\n    \\x9b31m")
+
+    def test_04_the_terminal_client_takes_the_token_from_the_environment_and_prints_escaped(self):
+        """Operational: `python sse_server.py --connect URL` with ACCESS_TOKEN in its environment (not on its command line, which `ps` shows) reads the stream and prints what it gets escaped."""
+        process = subprocess.Popen(python_command("sse_server.py", "--connect", f"http://127.0.0.1:{self.port}/sse"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+                                   env={**os.environ, "ACCESS_TOKEN": "access-secret", "PYTHONIOENCODING": "utf-8"})
+        self.addCleanup(stop_process, process)
+        publish_once_subscribed(self.server, "\x1b]0;owned\x07title\nline two")
+        lines = [process.stdout.readline() for _ in range(2)]
+        self.assertRegex(lines[0], r"^\[message\] id='\d+' \\x1b\]0;owned\\x07title\n$")
+        self.assertEqual(lines[1], "    line two\n")
 
 
 class CountingLineBreaks:
