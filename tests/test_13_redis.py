@@ -219,6 +219,30 @@ class Test02ASharedHistory(unittest.TestCase):
         self.assertIn("not stored", str(caught.exception))
 
 
+class Test07EntriesAreInput(unittest.TestCase):
+    """Operational (sse_server II.6): an entry read back from Redis is checked like a publish (no Redis needed)."""
+
+    def test_01_an_entry_this_server_would_not_have_written_is_a_bad_entry_saying_why(self):
+        """WHATWG HTML §9.2.5 (an event name is one line), §9.2.6 (UTF-8), and the server's own rules (II.3): each foreign entry is refused with its reason."""
+        foreign = {
+            "no data": {b"event": b"note"},
+            "empty data": {b"data": b""},
+            "not UTF-8": {b"data": b"\xff\xfe"},
+            "one non-empty line": {b"data": b"x", b"event": b"a\nb"},
+            "reserved": {b"data": b"x", b"event": b"reset"},
+            "over --max-body": {b"data": b"x" * 1001},
+            "does not write (extra)": {b"data": b"x", b"extra": b"y"},
+        }
+        for reason, fields in foreign.items():
+            with self.subTest(reason=reason), self.assertRaises(sse_server.BadEntry) as caught:
+                sse_server.entry_event("1-0", fields, max_body=1000)
+            self.assertIn(reason.split(" (")[0], str(caught.exception))
+        with self.assertRaises(sse_server.BadEntry):
+            sse_server.entry_event("not-an-id", {b"data": b"x"})
+        event = sse_server.entry_event("1-0", {b"data": "日本\nx".encode(), b"event": b"note"}, max_body=1000)
+        self.assertEqual(event.payload, "event: note\nid: 1-0\ndata: 日本\ndata: x\n\n".encode())
+
+
 class RedisTestCase(unittest.TestCase):
     """A real redis-server for the class; each test starts from an empty one."""
 
@@ -587,7 +611,8 @@ class Test05TheEventStreamAcrossProcesses(RedisTestCase):
         self.redis.stop()
         status, body = self.publish(first, "while Redis is gone")
         self.assertEqual(status, 503)
-        self.assertIn(b"not stored", body)
+        self.assertEqual(body, b"503 the event store is unavailable: the event was not published\n")  # no address
+        self.assertNotIn(str(self.redis.port).encode(), body)
         self.redis.start()  # empty
         acknowledged = []
 
@@ -618,6 +643,41 @@ class Test05TheEventStreamAcrossProcesses(RedisTestCase):
         self.assertEqual([e.data for e in far.next_events(1)], ["marker"])  # the first thing it saw: no ticks
         self.assertEqual(self.redis.command("XLEN", sse_server.EVENT_STREAM), 1)  # ticks are not in the stream
 
+
+    def add_foreign_entries(self) -> list[str]:
+        """What anyone who can write to the Redis may add, with redis-cli or a client of their
+        own: the ids of an entry with a line break in its event name, one that is not UTF-8, one
+        of 100 KB (over --max-body), one with no data, one named `reset`, one with a stray field."""
+        foreign = [("data", "x", "event", "a\nb"), ("data", b"\xff\xfe\x1b[2J"), ("data", "x" * 100_000),
+                   ("event", "no data"), ("data", "fake", "event", "reset"), ("data", "x", "extra", "y")]
+        return [self.redis.command("XADD", sse_server.EVENT_STREAM, "*", *fields).decode() for fields in foreign]
+
+    def test_05_foreign_entries_in_the_stream_are_skipped_and_logged_and_reading_goes_on(self):
+        """Operational: entries read back from Redis are input: each foreign one is skipped, logged once with its id by each process, reaches no subscriber, and the next publish still reaches subscribers on both processes."""
+        first, second = self.event_servers()
+        watchers = [self.stream(first), self.stream(second)]
+        ids = self.add_foreign_entries()
+        self.assertEqual(self.publish(first, "after the foreign entries")[0], 204)
+        for watcher in watchers:
+            self.assertEqual([(e.type, e.data) for e in watcher.next_events(1)], [("message", "after the foreign entries")])
+        for logs in self.logs:
+            for entry_id in ids:
+                wait_until(lambda: f"skipped the event stream's entry {entry_id}:" in logs.text, message=f"{entry_id} logged")
+                self.assertEqual(logs.text.count(f"entry {entry_id}:"), 1)
+            self.assertNotIn("\x1b", logs.text)
+
+    def test_06_a_restart_with_foreign_entries_in_the_stream_starts_and_serves(self):
+        """Operational: the start-up replay checks entries too: a process started on a stream whose newest entries are foreign starts, skips them, replays the good one to a client that missed it, and publishes."""
+        first = self.server("sse_server.py", "--clock", "0", "--heartbeat", "0")
+        watcher = self.stream(first)
+        self.assertEqual(self.publish(first, "good")[0], 204)
+        good = watcher.next_events(1)[0]
+        self.add_foreign_entries()
+        restarted = self.server("sse_server.py", "--clock", "0", "--heartbeat", "0")  # exits 1 if the start fails
+        wait_until(lambda: self.logs[-1].text.count("skipped the event stream's entry") == 6, message="six skipped")
+        back = self.stream(restarted, good.last_event_id)
+        self.assertEqual(self.publish(restarted, "after the restart")[0], 204)
+        self.assertEqual([e.data for e in back.next_events(1)], ["after the restart"])  # nothing foreign between
 
 
 @unittest.skipUnless(hasattr(socket, "SO_REUSEPORT"), "this platform has no SO_REUSEPORT")
