@@ -534,6 +534,18 @@ class Test11CORSWithAnAllowList(SSEServerTestCase):
         self.assertEqual(self.publish("x"), 204)
 
 
+    def test_04_an_allowed_pages_publish_and_its_preflight_carry_its_origin(self):
+        """Fetch "CORS protocol": a publish from an allowed page (with a token, so after a preflight) is answered with its origin in Access-Control-Allow-Origin, credentials allowed, Vary: Origin; the preflight too."""
+        status, headers, _ = http_request(self.port, "OPTIONS", "/publish", headers={
+            "Origin": "http://good.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        self.assertEqual((status, headers["access-control-allow-origin"], headers["vary"]), (204, "http://good.example", "Origin"))
+        self.assertIn("Authorization", headers["access-control-allow-headers"])
+        status, headers, _ = http_request(self.port, "POST", "/publish", b"x", {"Origin": "http://good.example"})
+        self.assertEqual((status, headers["access-control-allow-origin"]), (204, "http://good.example"))
+        self.assertEqual(headers["access-control-allow-credentials"], "true")
+
+
 class Test12ThePages(SSEServerTestCase):
     """GET / is the SSE page; ws_server's traversal checks, reused."""
 

@@ -4,13 +4,15 @@ Skipped, with how to install it, when no Chromium is found; CI installs Debian's
 """
 
 import asyncio
+import http.server
 import json
+import threading
 import unittest
 
 import sse_server
 import ws_server
 from tests.browser import INSTALL_HINT, Chromium, DevTools, Tab, find_chromium
-from tests.support import CERT_FILE, KEY_FILE, TIMEOUT, http_request, spki_sha256
+from tests.support import CERT_FILE, KEY_FILE, TIMEOUT, StreamClient, http_request, spki_sha256, wait_until
 
 BROWSER: Chromium | None = None
 
@@ -310,6 +312,123 @@ class Test02SSEPage(BrowserTestCase):
             self.assertEqual(await tab.evaluate(script % (self.port, "{withCredentials: true}")), "refused")
         finally:
             await asyncio.to_thread(other.stop)
+
+    async def test_08_the_form_sends_the_publish_token_and_says_when_it_is_missing_or_wrong(self):
+        """RFC 6750 §2.1 Bearer (Operational: --publish-token): the form's token field (a labelled password field) goes in `Authorization`; a 401 is said on the page, with or without a token typed."""
+        server = self.start_sse(0, clock=0, publish_token="publish-secret")
+        self.addAsyncCleanup(asyncio.to_thread, server.stop)
+        tab = await self.tab(f"http://127.0.0.1:{server.port}/")
+        await tab.wait_for("source.readyState === 1")
+        self.assertEqual(await tab.evaluate("document.querySelector('label[for=publishToken]').textContent"),
+                         "Publish token (if required)")
+        self.assertEqual(await tab.evaluate("document.getElementById('publishToken').type"), "password")
+        for token, said in (("", "needs a publish token"), ("wrong", "the publish token was refused")):
+            await tab.evaluate(f"document.getElementById('publishText').value = 'try';"
+                               f"document.getElementById('publishToken').value = {json.dumps(token)};"
+                               "document.querySelector('#publishForm button').click()")
+            await tab.wait_for(f"document.getElementById('state').textContent.includes({json.dumps(said)})")
+        await tab.evaluate("document.getElementById('publishToken').value = 'publish-secret';"
+                           "document.querySelector('#publishForm button').click()")
+        await tab.wait_for(f"{self.items('try')} === 1")
+
+    async def test_09_an_access_link_opens_the_page_and_its_stream(self):
+        """RFC 6265 (an HttpOnly, SameSite=Strict cookie) with --access-token: opening /?access=TOKEN lands on / with the cookie, which EventSource sends (same origin), so the stream opens; without it, the stream is 401 and the page says it gave up."""
+        server = self.start_sse(0, clock=0, access_token="access-secret")
+        self.addAsyncCleanup(asyncio.to_thread, server.stop)
+        refused = await self.tab(f"http://localhost:{server.port}/")  # (another host name: no cookie yet)
+        await refused.wait_for("source.readyState === 2 && document.getElementById('state').textContent.includes('access token')")
+        tab = await self.tab(f"http://127.0.0.1:{server.port}/?access=access-secret")
+        await tab.wait_for("source.readyState === 1")
+        self.assertEqual(await tab.evaluate("location.search + document.cookie"), "")  # the link gone, the cookie unreadable
+        server.hub.publish("for holders of the link")
+        await tab.wait_for(f"{self.items('for holders of the link')} === 1")
+
+    async def test_10_a_page_refused_for_capacity_comes_back_by_itself(self):
+        """WHATWG HTML §9.2.2 and §9.2.3: refused for capacity with a 200 that sets retry and ends (not a 503, after which it would give up for good), the page's EventSource reconnects by itself and gets events once there is room."""
+        server = self.start_sse(0, clock=0, max_clients=1)
+        self.addAsyncCleanup(asyncio.to_thread, server.stop)
+        holder = await asyncio.to_thread(StreamClient, server.port)
+        await asyncio.to_thread(holder.wait_until, lambda: holder.parser.retry is not None)
+        tab = await self.tab(f"http://127.0.0.1:{server.port}/")
+        await tab.wait_for("document.getElementById('state').textContent.includes('reconnecting')")
+        holder.close()
+        await tab.wait_for("source.readyState === 1", timeout=10)  # after the retry: 5 x 300 ms
+        await asyncio.to_thread(wait_until, lambda: server.hub.subscriber_count == 1, TIMEOUT, "the page")
+        server.hub.publish("room again")
+        await tab.wait_for(f"{self.items('room again')} === 1")
+
+
+#: A page of another site, which makes the visitor's browser POST to the event server in the
+#: three ways that need no preflight: a no-cors fetch, a "simple" CORS fetch (text/plain), and
+#: a form with enctype=text/plain submitted by script (into a frame, so the page stays).
+ATTACK_PAGE = """<!DOCTYPE html><html><body>
+<iframe name="sink"></iframe>
+<form id="forged" method="POST" enctype="text/plain" target="sink" action="{target}/publish">
+<input type="hidden" name="forged by a form" value="">
+</form>
+<script>
+var done = [];
+fetch('{target}/publish', {{method: 'POST', mode: 'no-cors', body: 'forged by a no-cors fetch'}})
+    .then(function () {{ done.push('no-cors'); }}, function () {{ done.push('no-cors'); }});
+fetch('{target}/publish', {{method: 'POST', body: 'forged by a text/plain fetch', headers: {{'Content-Type': 'text/plain'}}}})
+    .then(function () {{ done.push('cors'); }}, function () {{ done.push('cors'); }});
+document.querySelector('iframe').onload = function () {{ done.push('form'); }};
+document.getElementById('forged').submit();
+</script></body></html>"""
+
+
+class AttackPage(http.server.BaseHTTPRequestHandler):
+    """Serves ATTACK_PAGE, aimed at the server's `target` origin, from another port: another origin."""
+
+    def do_GET(self):
+        body = ATTACK_PAGE.format(target=self.server.target).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Test04OtherSitesCannotPublish(BrowserTestCase):
+    """Cross-site request forgery (Fetch "CORS protocol": simple requests are sent without a preflight), in Chromium: a page on another port makes the browser POST to /publish three ways."""
+
+    async def attack(self, server: sse_server.SSEServer) -> list[str]:
+        """Open the attack page against `server`; the data of every event a subscriber got."""
+        attacker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AttackPage)
+        attacker.target = f"http://127.0.0.1:{server.port}"
+        threading.Thread(target=attacker.serve_forever, daemon=True).start()
+        self.addCleanup(attacker.server_close)
+        self.addCleanup(attacker.shutdown)
+        watcher = await asyncio.to_thread(StreamClient, server.port)
+        self.addCleanup(watcher.close)
+        tab = await self.tab(f"http://127.0.0.1:{attacker.server_address[1]}/attack.html")
+        await tab.wait_for("done.length === 3")
+        status, _, _ = await asyncio.to_thread(http_request, server.port, "POST", "/publish", b"marker")
+        self.assertEqual(status, 204)  # after the three: whatever they published came before it
+        await asyncio.to_thread(watcher.wait_until, lambda: any(e.data == "marker" for e in watcher.events))
+        return [event.data for event in watcher.events]
+
+    async def test_01_with_the_default_flags_none_of_the_three_forged_posts_publishes(self):
+        """Fetch "CORS protocol": a no-cors fetch, a text/plain fetch and an auto-submitted text/plain form from another origin reach the server, which refuses them (403): no subscriber gets them."""
+        server = sse_server.SSEServer(sse_server.ServerConfig(port=0, clock=0, heartbeat=0))
+        server.start()
+        self.addAsyncCleanup(asyncio.to_thread, server.stop)
+        with self.assertLogs("sse_server", "INFO") as logged:
+            self.assertEqual(await self.attack(server), ["marker"])
+        self.assertEqual(sum("403 origin 'http://127.0.0.1:" in line for line in logged.output), 3)
+
+    async def test_02_the_same_posts_do_publish_where_every_origin_is_allowed(self):
+        """Fetch "CORS protocol": the control experiment: with --allow-origin '*' the same page publishes all three, so the first test's silence is the server's refusal, not a failed attack."""
+        server = sse_server.SSEServer(sse_server.ServerConfig(port=0, clock=0, heartbeat=0, allowed_origins=("*",)))
+        server.start()
+        self.addAsyncCleanup(asyncio.to_thread, server.stop)
+        published = await self.attack(server)
+        self.assertEqual(sorted(data.strip() for data in published[:3]),
+                         ["forged by a form=", "forged by a no-cors fetch", "forged by a text/plain fetch"])
+        self.assertEqual(published[3:], ["marker"])
 
 
 class Test03ThePagesOverTLS(BrowserTestCase):
