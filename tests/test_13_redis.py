@@ -680,6 +680,39 @@ class Test05TheEventStreamAcrossProcesses(RedisTestCase):
         self.assertEqual([e.data for e in back.next_events(1)], ["after the restart"])  # nothing foreign between
 
 
+class Test08TheReaderGoesOn(RedisTestCase):
+    """Operational (sse_server II.6): nothing an entry causes ends the reader thread."""
+
+    def test_01_an_error_while_handling_an_entry_is_logged_the_entry_read_past_and_reading_goes_on(self):
+        """Operational: an unforeseen exception while an entry is handled (here the hub's, standing in for a bug) is logged with the entry's id; the reader reads past that entry and delivers the next one."""
+        history = sse_server.RedisHistory(self.redis.address, 10, timeout=TIMEOUT)
+        delivered: list[bytes] = []
+
+        class FailsOnce:
+            def deliver(self, event: sse_server.StoredEvent) -> None:
+                if not delivered:
+                    delivered.append(b"")
+                    raise RuntimeError("a bug")
+                history.append(event)
+                delivered.append(event.payload)
+
+            def history_lost(self) -> None:
+                pass
+        stopping = threading.Event()
+        history.start_reading()
+        reader = threading.Thread(target=history.follow, args=(FailsOnce(), stopping), daemon=True)
+        with self.assertLogs("sse_server", "ERROR") as logged:
+            reader.start()
+            failed, _ = history.store("first"), history.store("second")
+            wait_until(lambda: len(delivered) == 2, message="the second entry delivered")
+        stopping.set()
+        history.close()
+        reader.join(TIMEOUT)
+        self.assertFalse(reader.is_alive())
+        self.assertIn(f"the Redis reader failed at entry {failed.id}, skipped: RuntimeError: a bug", logged.output[0])
+        self.assertTrue(delivered[1].endswith(b"data: second\n\n"))
+
+
 @unittest.skipUnless(hasattr(socket, "SO_REUSEPORT"), "this platform has no SO_REUSEPORT")
 class Test06TwoProcessesOnOnePort(RedisTestCase):
     """--reuse-port: two processes listen on one port, the kernel spreads the clients, Redis makes them one service."""
