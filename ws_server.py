@@ -3741,9 +3741,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-origin", action="append", metavar="ORIGIN",
                         help="also accept browser pages from this origin, e.g. https://app.example "
                              "(repeatable; default: only this server's own pages)")
-    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME[:PORT]",
-                        help="also answer requests for this host name (behind a proxy, or on a LAN); "
-                             "on loopback only loopback names are answered otherwise")
     parser.add_argument("--access-token", metavar="TOKEN",
                         help="require this token to chat: open the page once as /?access=TOKEN (it sets a "
                              "cookie), or send Authorization: Bearer TOKEN; with --connect, the token to send "
@@ -3783,7 +3780,12 @@ def add_deployment_arguments(parser: argparse.ArgumentParser, serves: str, share
                         help=f"serve {serves}: the certificate chain, PEM (the key may be in it)")
     parser.add_argument("--keyfile", metavar="FILE", help="the private key of --certfile, if not in it")
     parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
-                        help="believe X-Forwarded-For from this proxy's address, for the logs (repeatable)")
+                        help="believe X-Forwarded-For from this proxy's address: the client's address, for "
+                             "the logs and the per-address caps (repeatable)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME[:PORT]",
+                        help="also answer requests for this Host name: the name clients use, behind a "
+                             "proxy too; on loopback any other name is refused, 421, against DNS "
+                             "rebinding (repeatable; default: loopback's names only on loopback)")
     parser.add_argument("--redis", metavar="URL",
                         help=f"share the {shares} with every server on this Redis, "
                              "redis://[:password@]host[:port][/db] (default: this process alone)")
