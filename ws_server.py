@@ -1710,8 +1710,9 @@ def resolve_static_path(root: str | os.PathLike, path: str, index: str) -> Path:
 
     The careful way, as `http.server`'s translate_path does it: percent-decode once, as UTF-8
     (so `%2e%2e` is `..` here and refused like it, and `%c0%ae`, an overlong ".", is no name
-    at all), refuse backslashes and NUL (another OS's separators), refuse any `..` or `.`
-    segment, then resolve symlinks and check that the result is still inside the root.  `/`
+    at all), refuse backslashes and NUL (another OS's separators), refuse any segment that
+    starts with a dot (`..`, `.`, and hidden files: `.env`, `.git/config`), then resolve
+    symlinks and check that the result is still inside the root, and not hidden either.  `/`
     serves `index`.  Raises `FileNotFoundError`, or `PermissionError` for a symlink that leads
     out, like opening a file would: each caller answers those in its own way.
     """
@@ -1724,7 +1725,10 @@ def resolve_static_path(root: str | os.PathLike, path: str, index: str) -> Path:
     if "\\" in path or "\x00" in path:
         raise FileNotFoundError(path)
     segments = [s for s in path.split("/") if s]
-    if any(s in (".", "..") for s in segments):
+    # `.` and `..` (RFC 3986 §3.3 dot-segments), and every other name that starts with a dot:
+    # by convention a hidden file (`.env`, `.git/config`, `.htpasswd`), which a folder of pages
+    # may hold without meaning to publish it.  404, not 403: nothing says it exists.
+    if any(s.startswith(".") for s in segments):
         raise FileNotFoundError(path)
     base = Path(root).resolve()
     candidate = base.joinpath(*segments) if segments else base / index
@@ -1734,6 +1738,8 @@ def resolve_static_path(root: str | os.PathLike, path: str, index: str) -> Path:
         raise FileNotFoundError(path) from None
     if real != base and base not in real.parents:  # a symlink that leads out
         raise PermissionError(path)
+    if any(part.startswith(".") for part in real.relative_to(base).parts):  # a link to a hidden file
+        raise FileNotFoundError(path)
     if not real.is_file():
         raise FileNotFoundError(path)
     return real
@@ -1747,22 +1753,90 @@ def content_type(path: Path) -> str:
     return kind
 
 
+# -- what a browser may do with a page: the security headers of every static answer -----------
+#
+# The pages run inline code, and show what strangers type.  They take care never to run it
+# (textContent, never innerHTML), and the browser is told to enforce that care as well:
+#
+#   Content-Security-Policy (CSP Level 3): the page may do what it does and nothing else.
+#       default-src 'none'        nothing by default: no images, fonts, frames, plugins, workers
+#       script-src 'sha256-...'   its own inline <script>, by hash, and no other script: an
+#                                 injected <script> or onerror= attribute does not run
+#       style-src 'sha256-...'    its own inline <style>, by hash
+#       connect-src 'self'        WebSocket, EventSource and fetch to this origin only.  CSP
+#                                 Level 3 §6.7.2.8 makes 'self' match ws: and wss: on the same
+#                                 host and port as the http: or https: page; Chromium and Firefox
+#                                 do, WebKit since 2022 (an older Safari would block the chat)
+#       base-uri 'none', form-action 'none'   no <base> to re-point relative URLs, no form may
+#                                 submit anywhere (the pages' forms are handled by script)
+#       frame-ancestors 'none'    no other page may show this one in a frame (clickjacking:
+#                                 a page that frames the chat could trick clicks into it)
+#   X-Frame-Options: DENY         the same for browsers older than frame-ancestors (RFC 7034)
+#   X-Content-Type-Options: nosniff   the Content-Type is the type: a text file is never run
+#                                 as a script or read as HTML (Fetch, "X-Content-Type-Options")
+#   Referrer-Policy: no-referrer  a link followed from a page does not tell where it came from
+#                                 (Referrer Policy §3.1)
+#
+# Hashes rather than 'unsafe-inline' (which would let an injected script run too), and hashes
+# computed here, from the page as it is served, rather than written down once: a page that is
+# edited keeps working and keeps its protection, with nothing else to update.  (Moving the
+# code to .js and .css files with script-src 'self' would do as well, at the price of three
+# requests per page instead of one; the pages stay single files that also work when opened
+# from disk.)  The hash is of the element's text as the browser's parser sees it: UTF-8, with
+# CRLF and CR turned into LF (HTML §13.2.3.5), so a checkout with Windows line ends still matches.
+
+#: Inline <script> and <style> elements (not those with src=, which load a file: 'self' then).
+_INLINE_ELEMENT = re.compile(r"<(script|style)(\s[^>]*)?>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL)
+_SRC_ATTRIBUTE = re.compile(r"\ssrc\s*=", re.IGNORECASE)
+
+#: The policy of everything that is not an HTML page (a stylesheet, an image, a refusal): it
+#: loads nothing and may be framed by no one.
+LOCKED_DOWN_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+
+def content_security_policy(page: bytes) -> str:
+    """The CSP of an HTML page: its own inline scripts and styles (by their SHA-256), connections
+    to its own origin, nothing else."""
+    text = page.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+    sources: dict[str, list[str]] = {"script": [], "style": []}
+    for element, attributes, content in _INLINE_ELEMENT.findall(text):
+        kind = element.lower()
+        if kind == "script" and attributes and _SRC_ATTRIBUTE.search(attributes):
+            source = "'self'"  # a script file of this site (the hash would be of nothing)
+        else:
+            source = "'sha256-%s'" % base64.b64encode(hashlib.sha256(content.encode("utf-8")).digest()).decode()
+        if source not in sources[kind]:
+            sources[kind].append(source)
+    return "; ".join(["default-src 'none'",
+                      "script-src " + (" ".join(sources["script"]) or "'none'"),
+                      "style-src " + (" ".join(sources["style"]) or "'none'"),
+                      "connect-src 'self'", "base-uri 'none'", "form-action 'none'", "frame-ancestors 'none'"])
+
+
+def security_headers(policy: str = LOCKED_DOWN_POLICY) -> list[tuple[str, str]]:
+    """What every static answer carries (the table above)."""
+    return [("Content-Security-Policy", policy), ("X-Frame-Options", "DENY"),
+            ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")]
+
+
 def static_response(root: str | os.PathLike, request: Request, index: str) -> bytes:
     """Answer a plain GET or HEAD from `root` (RFC 9110 §9.3.1, §9.3.2); 405 otherwise.
-    The connection closes after it."""
+    Every answer carries `security_headers`.  The connection closes after it."""
     head_only = request.method == "HEAD"
     if request.method not in ("GET", "HEAD"):
         return build_error_response(405, f"method {request.method} is not allowed here",
-                                    [("Allow", "GET, HEAD")], head_only=head_only)
+                                    [("Allow", "GET, HEAD"), *security_headers()], head_only=head_only)
     try:
         path = resolve_static_path(root, request.path, index)
         body = path.read_bytes()
     except PermissionError:
-        return build_error_response(403, "forbidden", head_only=head_only)
+        return build_error_response(403, "forbidden", security_headers(), head_only=head_only)
     except OSError:
-        return build_error_response(404, "not found", head_only=head_only)
-    headers = [("Content-Type", content_type(path)), ("Content-Length", str(len(body))),
-               ("Cache-Control", "no-cache"), ("Connection", "close")]
+        return build_error_response(404, "not found", security_headers(), head_only=head_only)
+    kind = content_type(path)
+    policy = content_security_policy(body) if kind.startswith("text/html") else LOCKED_DOWN_POLICY
+    headers = [("Content-Type", kind), ("Content-Length", str(len(body))),
+               ("Cache-Control", "no-cache"), ("Connection", "close"), *security_headers(policy)]
     return build_response(200, headers, body, head_only=head_only)
 
 

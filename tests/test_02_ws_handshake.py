@@ -2,6 +2,7 @@
 served beside it.  Pure functions and the RFC's own example bytes: no sockets."""
 
 import base64
+import hashlib
 import os
 import tempfile
 import unittest
@@ -324,6 +325,62 @@ class Test07StaticFiles(unittest.TestCase):
         post = ws_server.static_response(self.root, parse_request(b"POST / HTTP/1.1\r\nHost: x"), "chat.html")
         self.assertTrue(post.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n"))
         self.assertIn(b"Allow: GET, HEAD\r\n", post)
+
+    def test_05_hidden_files_and_folders_are_404(self):
+        """Operational (RFC 3986 §3.3 segments): a segment that starts with a dot names a hidden file (`.env`, `.git/config`): 404, percent-encoded or not, and through a symbolic link too."""
+        (self.root / ".env").write_text("SECRET=1")
+        (self.root / ".git").mkdir()
+        (self.root / ".git" / "config").write_text("[core]")
+        (self.root / "sub" / ".hidden").write_text("x")
+        os.symlink(self.root / ".env", self.root / "env.txt")  # a visible name for a hidden file
+        for target in ("/.env", "/.git/config", "/sub/.hidden", "/%2eenv", "/%2Egit/config", "/env.txt", "/.git/"):
+            with self.subTest(target=target):
+                self.assertEqual(self.status_of(target), 404)
+        self.assertEqual(self.status_of("/sub/a.css"), 200)  # a dot inside a name is fine
+
+    @staticmethod
+    def headers_of(response: bytes) -> dict[str, str]:
+        return {name: values[-1] for name, values in parse_response(response.split(b"\r\n\r\n")[0]).headers.items()}
+
+    def test_06_every_static_answer_carries_the_security_headers(self):
+        """Fetch "X-Content-Type-Options" nosniff, Referrer Policy §3.1 no-referrer, CSP Level 3 frame-ancestors 'none' and RFC 7034 X-Frame-Options DENY: on every static answer (a page, a stylesheet, 404, 403, 405)."""
+        for method, target, status in (("GET", "/", 200), ("HEAD", "/", 200), ("GET", "/sub/a.css", 200),
+                                       ("GET", "/missing", 404), ("GET", "/leak.txt", 403), ("POST", "/", 405)):
+            with self.subTest(method=method, target=target):
+                head = f"{method} {target} HTTP/1.1\r\nHost: x".encode()
+                response = ws_server.static_response(self.root, parse_request(head), "chat.html")
+                self.assertEqual(int(response[9:12]), status)
+                headers = self.headers_of(response)
+                self.assertEqual(headers["x-content-type-options"], "nosniff")
+                self.assertEqual(headers["referrer-policy"], "no-referrer")
+                self.assertEqual(headers["x-frame-options"], "DENY")
+                self.assertIn("frame-ancestors 'none'", headers["content-security-policy"])
+                self.assertTrue(headers["content-security-policy"].startswith("default-src 'none'"))
+
+    def test_07_the_pages_csp_allows_their_own_inline_code_by_hash_and_connections_to_their_origin(self):
+        """CSP Level 3 §2.3.1 hash-source: each page's own inline <script> and <style>, by the SHA-256 of their text, and nothing else runs ('unsafe-inline' never); §6.7.2.8 connect-src 'self' covers the page's WebSocket, EventSource and fetch."""
+        for page in ("chat.html", "sse.html"):
+            with self.subTest(page=page):
+                head = f"GET /{page} HTTP/1.1\r\nHost: x".encode()
+                response = ws_server.static_response(ws_server.STATIC_DIR, parse_request(head), "chat.html")
+                policy = dict(directive.split(" ", 1) for directive in self.headers_of(response)["content-security-policy"].split("; "))
+                text = (ws_server.STATIC_DIR / page).read_text(encoding="utf-8")
+                for kind in ("script", "style"):
+                    inline = text.split(f"<{kind}>")[1].split(f"</{kind}>")[0]
+                    digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+                    self.assertEqual(policy[f"{kind}-src"], f"'sha256-{digest}'")
+                self.assertEqual(policy["connect-src"], "'self'")
+                self.assertEqual(policy["default-src"], "'none'")
+                self.assertNotIn("unsafe", " ".join(policy.values()))
+
+    def test_08_the_hash_is_of_the_text_the_browser_parses(self):
+        """HTML §13.2.3.5 CR LF and CR become LF before the parser sees a script: a page saved with CRLF line ends gets the hash of its LF text; an edited page gets a new hash."""
+        page = "<style>p{}\n</style><script>\nlet a = 1;\n</script>"
+        crlf = page.replace("\n", "\r\n")
+        self.assertEqual(ws_server.content_security_policy(crlf.encode()), ws_server.content_security_policy(page.encode()))
+        edited = ws_server.content_security_policy(page.replace("1", "2").encode())
+        self.assertNotEqual(edited, ws_server.content_security_policy(page.encode()))
+        self.assertIn("script-src 'none'", ws_server.content_security_policy(b"<p>no script</p>"))
 
 
 class Test08Fuzz(unittest.TestCase):

@@ -8,6 +8,7 @@ import http.server
 import json
 import threading
 import unittest
+from unittest import mock
 
 import sse_server
 import ws_server
@@ -139,6 +140,22 @@ class Test01ChatPage(BrowserTestCase):
         self.assertIn("permessage-deflate", at_limit["extensions"])
         over = json.loads(await tab.evaluate(script % (limit + 1)))
         self.assertEqual(over["code"], 1009)
+
+    async def test_08_no_page_may_show_the_chat_in_a_frame(self):
+        """CSP Level 3 §6.4.2 frame-ancestors 'none' (and RFC 7034 X-Frame-Options: DENY): a page that puts the chat in an iframe gets no frame, not even from the same origin; without those headers (the control) the same iframe shows the chat."""
+        # The framing page is this server's 404 answer (same origin, so the frame's document is
+        # readable when it loads); its own CSP (default-src 'none') would forbid any frame, so
+        # the browser is told to leave that one out: what is tested is the chat's answer.
+        tab = await self.tab("about:blank")
+        await tab.send("Page.setBypassCSP", {"enabled": True})
+        await tab.send("Page.navigate", {"url": self.url + "framing-page"})
+        await tab.wait_for("location.pathname === '/framing-page' && document.readyState === 'complete'")
+        frame = ("new Promise(done => { const f = document.createElement('iframe'); f.src = '/';"
+                 " f.onload = () => done(f.contentDocument === null ? 'no frame' : f.contentDocument.title);"
+                 " document.body.appendChild(f); })")
+        with mock.patch.object(ws_server, "security_headers", lambda policy=None: []):
+            self.assertEqual(await tab.evaluate(frame), "WebSocket Chat Example")  # the control
+        self.assertEqual(await tab.evaluate(frame), "no frame")
 
     async def test_05_the_state_line_is_a_status_and_the_chat_a_log(self):
         """WAI-ARIA 1.2 role=status and role=log, and the input's label: what a screen reader announces, in the live page."""
@@ -304,7 +321,13 @@ class Test02SSEPage(BrowserTestCase):
         # credentials allowed.  `*` alone works; a credentialed request is refused by the browser.
         other = self.start_sse(0)
         try:
-            tab = await self.tab(f"http://127.0.0.1:{other.port}/missing-page")
+            # A page of another origin stands for someone else's site, whose CSP is its own: the
+            # one our servers send (connect-src 'self') would rightly keep it from connecting
+            # anywhere else, so the browser is told to leave this tab's CSP out.
+            tab = await self.tab("about:blank")
+            await tab.send("Page.setBypassCSP", {"enabled": True})
+            await tab.send("Page.navigate", {"url": f"http://127.0.0.1:{other.port}/missing-page"})
+            await tab.wait_for(f"location.port === '{other.port}' && document.readyState === 'complete'")
             script = ("new Promise(done => { const s = new EventSource('http://127.0.0.1:%d/sse/', %s);"
                       " s.onopen = () => { s.close(); done('open'); };"
                       " s.onerror = () => { if (s.readyState === 2) done('refused'); }; })")
