@@ -341,7 +341,7 @@ def stream_headers(chunked: bool) -> list[tuple[str, str]]:
     (below), and http.server's `Server` and `Date`.  `curl -i http://127.0.0.1:8088/sse`:
 
         HTTP/1.1 200 OK
-        Server: sse_server Python/...
+        Server: sse_server
         Date: ...
         Content-Type: text/event-stream; charset=utf-8
         Cache-Control: no-cache
@@ -1784,7 +1784,7 @@ class SSERequestHandler(BaseHTTPRequestHandler):
     """
 
     protocol_version = "HTTP/1.1"
-    server_version = "sse_server"
+    server_version = "sse_server"  # the Server header (RFC 9110 §10.2.4): the name, no versions (`version_string`)
     default_request_version = "HTTP/1.1"  # so that even a refusal of a garbled head has a status line
     rbufsize = 0  # requests are read from the socket by read_request_head, not through rfile
     server: SSEServer
@@ -1807,6 +1807,12 @@ class SSERequestHandler(BaseHTTPRequestHandler):
                 log.info("TLS handshake with %s failed: %s", self.client_address[0], ws_server.tls_failure(error))
                 return
         super().handle()
+
+    def version_string(self) -> str:
+        """The `Server` field without http.server's `Python/3.x.y`: RFC 9110 §10.2.4 warns that
+        detail in it makes a server easier to attack (known holes of a known version), and a
+        client needs none of it."""
+        return self.server_version
 
     def address_string(self) -> str:
         """The client's address for the logs: the proxy's X-Forwarded-For if the proxy is trusted
