@@ -1701,6 +1701,53 @@ class RedisHistory(History):
 # ---------------------------------------------------------------------------------------------
 
 
+#: The answer to plain HTTP on the TLS port (ws_server.plain_http_answer): there is no wss:// here.
+PLAIN_HTTP_ON_TLS = "this port speaks TLS: use https://"
+
+
+def peek_first_bytes(sock: socket.socket, deadline: float) -> tuple[str | None, bytes]:
+    """What a connection to the TLS port begins with (`ws_server.sniff_tls_port`): ("tls", ...)
+    with nothing taken from the socket, for the TLS library to read; ("http" or "neither",
+    the bytes); (None, b"") if nothing came before `deadline` or the client closed."""
+    taken = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            peeked = sock.recv(ws_server.SNIFF_SIZE - len(taken), socket.MSG_PEEK)
+        except TimeoutError:
+            return None, taken
+        if not peeked:
+            return None, taken
+        verdict = ws_server.sniff_tls_port(taken + peeked)
+        if verdict is not None:
+            return verdict, taken + peeked
+        # Only letters so far: not TLS whatever follows, so they may be taken, and the next
+        # peek waits for more (peeking again at the same bytes would not wait).
+        taken += sock.recv(len(peeked))
+
+
+def answer_and_drain(sock: socket.socket, answer: bytes, deadline: float) -> None:
+    """Send `answer`, end our side, and read what the client still sends (a second at most, 64
+    KiB at most): closing with its request unread would make the kernel reset the connection,
+    and the client could lose the answer (RFC 9112 §9.6)."""
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 1.0))
+        sock.sendall(answer)
+        sock.shutdown(socket.SHUT_WR)
+        until, drained = time.monotonic() + 1.0, 0
+        while drained < 65536 and (remaining := until - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            data = sock.recv(4096)
+            if not data:
+                break
+            drained += len(data)
+    except OSError:
+        pass
+
+
 def read_request_head(sock: socket.socket, unread: bytes, max_bytes: int,
                       timeout: float) -> tuple[bytes, bytes] | None:
     """Read one request head from a blocking socket: (head, the bytes after it), or None when
@@ -1790,23 +1837,49 @@ class SSERequestHandler(BaseHTTPRequestHandler):
     server: SSEServer
 
     def setup(self) -> None:
+        self.tls_ready = self.server.config.tls is None or self._start_tls()
         super().setup()
         self.unread = b""  # what the client sent after the last request: the next one begins it
         self.request_head: ws_server.Request | None = None
         self.body_left = 0  # the request's body not read yet: 0, a length, or None (chunked)
 
+    def _start_tls(self) -> bool:
+        """With TLS, before anything else, in this thread, within --request-timeout: look at the
+        first bytes without taking them (MSG_PEEK, on every platform), then the handshake, with
+        the context in use now (SIGHUP may have replaced it).  Plain HTTP gets a 400 saying to
+        use https://; a client that sends nothing, or not TLS, or refuses the certificate, is
+        one log line.  The slot taken in `SSEServer.verify_request` is given back here."""
+        raw, address = self.request, self.client_address[0]
+        deadline = time.monotonic() + self.server.config.request_timeout
+        try:
+            verdict, first = peek_first_bytes(raw, deadline)
+            if verdict == "http":
+                log.info("plain HTTP from %s on the TLS port: answered 400 (use https://)", address)
+                answer_and_drain(raw, ws_server.plain_http_answer(PLAIN_HTTP_ON_TLS), deadline)
+                return False
+            if verdict != "tls":
+                log.info("TLS handshake with %s failed: %s", address,
+                         "no bytes in time" if verdict is None else f"neither TLS nor HTTP ({first!r})")
+                return False
+            wrapped = self.server.config.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            self.request = wrapped  # (wrap_socket took the descriptor over: `raw` is detached)
+            wrapped.settimeout(max(deadline - time.monotonic(), 0.001))
+            wrapped.do_handshake()
+            return True
+        except (OSError, ValueError) as error:
+            log.info("TLS handshake with %s failed: %s", address, ws_server.tls_failure(error))
+            return False
+        finally:
+            self.server.tls_slots.release(address)
+
     def handle(self) -> None:
-        """With TLS, the handshake first, in this thread, within --request-timeout: a client
-        that opens TCP and never speaks TLS is dropped in time.  A failed handshake (plain HTTP
-        on the TLS port, garbage, a client that refuses the certificate) is one log line."""
-        if isinstance(self.connection, ssl.SSLSocket):
-            try:
-                self.connection.settimeout(self.server.config.request_timeout)
-                self.connection.do_handshake()
-            except (OSError, ValueError) as error:
-                log.info("TLS handshake with %s failed: %s", self.client_address[0], ws_server.tls_failure(error))
-                return
-        super().handle()
+        if self.tls_ready:
+            super().handle()
+
+    def finish(self) -> None:
+        super().finish()
+        if isinstance(self.request, ssl.SSLSocket):  # the server closes the socket it accepted, detached
+            self.server.shutdown_request(self.request)
 
     def version_string(self) -> str:
         """The `Server` field without http.server's `Python/3.x.y`: RFC 9110 §10.2.4 warns that
@@ -2108,6 +2181,10 @@ class ServerConfig:
     publish_token: str | None = None  # --publish-token, or SSE_PUBLISH_TOKEN
     access_token: str | None = None  # --access-token, or ACCESS_TOKEN
     max_clients_per_address: int = DEFAULT_MAX_CLIENTS_PER_ADDRESS
+    certfile: str | None = None  # where `tls` was loaded from: SIGHUP loads them again
+    keyfile: str | None = None
+    max_tls_handshakes: int = ws_server.DEFAULT_MAX_TLS_HANDSHAKES  # --max-tls-handshakes
+    max_tls_handshakes_per_address: int = ws_server.DEFAULT_MAX_TLS_HANDSHAKES_PER_ADDRESS
 
 
 def access_rules(config: ServerConfig, port: int) -> ws_server.AccessRules:
@@ -2136,6 +2213,8 @@ class SSEServer(ThreadingHTTPServer):
         self._stopping = threading.Event()
         self._background: list[threading.Thread] = []
         self._reader: threading.Thread | None = None
+        self.tls_slots = ws_server.HandshakeSlots(self.config.max_tls_handshakes,
+                                                  self.config.max_tls_handshakes_per_address)
         try:
             super().__init__((self.config.host, self.config.port), SSERequestHandler)
         except OSError:
@@ -2164,12 +2243,18 @@ class SSEServer(ThreadingHTTPServer):
     def scheme(self) -> str:
         return "https" if self.config.tls else "http"
 
-    def get_request(self) -> tuple[socket.socket, tuple]:
-        """Accept a connection; with TLS, wrap it (its handshake happens in its own thread)."""
-        sock, address = super().get_request()
-        if self.config.tls is not None:
-            sock = self.config.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, address
+    def verify_request(self, request: socket.socket, client_address: tuple) -> bool:
+        """With TLS, a connection takes a handshake slot (`ws_server.HandshakeSlots`) before it
+        gets its thread, or is closed at once: each one waiting for its handshake holds a thread
+        (some 20 KiB), so their number is bounded, in all and per address (--max-tls-handshakes,
+        --max-tls-handshakes-per-address).  The handler gives the slot back
+        (`SSERequestHandler._start_tls`), which also does the handshake, in that thread."""
+        if self.config.tls is None:
+            return True
+        if self.tls_slots.acquire(client_address[0]):
+            return True
+        self.tls_slots.note_full(log, "new connections are closed at once until some finish")
+        return False
 
     def handle_error(self, request, client_address) -> None:
         """A client that resets or times out is routine: a log line, not a traceback."""
@@ -2491,8 +2576,14 @@ def main(argv: list[str] | None = None) -> int:
                               ws_server.RedisAddress.parse(args.redis) if args.redis else None,
                               args.redis_timeout, args.reuse_port, tuple(args.allowed_host),
                               ws_server.token_from(args.publish_token, PUBLISH_TOKEN_VARIABLE), access_token,
-                              args.max_clients_per_address)
+                              args.max_clients_per_address, certfile=args.certfile, keyfile=args.keyfile,
+                              max_tls_handshakes=args.max_tls_handshakes,
+                              max_tls_handshakes_per_address=args.max_tls_handshakes_per_address)
         server = SSEServer(config)
+        # SIGHUP: the certificate again, in a thread of its own (not inside whatever the main
+        # thread was doing when the signal came, which may hold the logging lock).
+        ws_server.reload_on_sighup(lambda: threading.Thread(target=ws_server.reload_certificate, args=(config, log),
+                                                            name="sighup", daemon=True).start())
     except KeyboardInterrupt:
         return 0
     except (StoreError, ValueError) as error:  # a configuration the server cannot start with

@@ -1152,13 +1152,13 @@ class WebSocketServer:
         settle_the_allocator()  # Part II: speed
         config = self.config
         self._end_of_turn = EndOfTurnWrites(asyncio.get_running_loop())  # Part II: batched writes
-        tls = {} if config.tls is None else {"ssl": config.tls, "ssl_handshake_timeout": config.handshake_timeout}
+        listen = asyncio.start_server if config.tls is None else TLSGate(config).start_server  # TLS: Part II
         if config.redis is not None:  # Part II: one chat for several processes
             self.bus = RedisChatBus(config.redis, self.room.broadcast, timeout=config.redis_timeout,
                                     max_size=config.limits.max_size)
             await self.bus.start()
-        self._server = await asyncio.start_server(self._handle, config.host, config.port, limit=READ_SIZE,
-                                                  reuse_port=config.reuse_port or None, **tls)
+        self._server = await listen(self._handle, config.host, config.port, limit=READ_SIZE,
+                                    reuse_port=config.reuse_port or None)
         self.access = access_rules(config, self.port)  # Part II: Host, Origin, access token
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -2799,6 +2799,12 @@ async def connect(url: str, *, origin: str | None = None, subprotocols: Iterable
 # TLS 1.2 at least (RFC 8996 retired 1.0 and 1.1), and ALPN "http/1.1" (RFC 7301): these
 # servers speak HTTP/1.1, and say so.  The TLS handshake has the same deadline as the request
 # head that follows it, so a client that opens TCP and never speaks TLS is dropped in time.
+#
+# Before TLS starts, a connection to the TLS port is looked at (`TLSGate`): a connection that
+# says nothing costs little (asyncio's TLS protocol takes some 300 KiB from its first moment, a
+# 256 KiB read buffer among it), a plain HTTP request gets a 400 that says to use https://,
+# and TLS handshakes under way are capped, in all and per client address.  SIGHUP loads the
+# certificate again (`reload_certificate`), for the next connections.
 
 
 class LoggedSSLObject(ssl.SSLObject):
@@ -2855,6 +2861,318 @@ def client_tls_context(cafile: str | None = None) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+def reload_certificate(config, logger: logging.Logger) -> bool:
+    """SIGHUP: load `config.certfile` and `config.keyfile` again, into a new context that
+    replaces `config.tls` for the connections that come next (those open keep theirs).
+
+    A new context, not `load_cert_chain` again into the one in use: that call loads the chain,
+    then the key, and OpenSSL drops the old key as soon as a new certificate does not match it
+    (SSL_CTX_use_certificate(3)); a reload that fails halfway (a certificate renewed, its new
+    key not copied yet) would leave a context that can finish no handshake.  Built aside and
+    swapped in whole, a failed reload keeps the old one, and says why in one line.  (Both the
+    asyncio gate and the threaded server read `config.tls` for each new connection.)"""
+    if config.tls is None or not getattr(config, "certfile", None):
+        logger.info("SIGHUP: no certificate to reload (TLS is not served from --certfile): ignored")
+        return False
+    try:
+        config.tls = server_tls_context(config.certfile, config.keyfile)
+    except ValueError as error:
+        logger.warning("SIGHUP: the certificate was not reloaded, the old one stays in use: %s", error)
+        return False
+    logger.info("SIGHUP: reloaded the certificate from %s; new connections use it", config.certfile)
+    return True
+
+
+def reload_on_sighup(action: Callable[[], None]) -> Callable[[], None]:
+    """Run `action` (in the main thread, between two bytecodes) on SIGHUP, where the platform has
+    one (Windows has not); return a function that puts the previous handler back.  Without it,
+    SIGHUP (a closed terminal, or an operator's `kill -HUP`) ends the process silently.  A plain
+    `signal.signal` handler, for the reason `stop_on_signals` gives."""
+    sighup = getattr(signal, "SIGHUP", None)
+    if sighup is None:
+        return lambda: None
+    previous = signal.signal(sighup, lambda signum, frame: action())
+    return lambda: signal.signal(sighup, previous)
+
+
+# -- the TLS port's gate: what a connection costs before its TLS handshake (asyncio) -----------
+
+DEFAULT_MAX_TLS_HANDSHAKES = 32  # --max-tls-handshakes: TLS handshakes under way at once
+DEFAULT_MAX_TLS_HANDSHAKES_PER_ADDRESS = 8  # --max-tls-handshakes-per-address: of them, from one address
+
+#: How many first bytes are looked at: enough for an HTTP method and its space.
+SNIFF_SIZE = 32
+
+#: The answer to plain HTTP on the TLS port: what to do instead, in one line.
+PLAIN_HTTP_ON_TLS = "this port speaks TLS: use https:// (or wss://)"
+
+
+def sniff_tls_port(first: bytes) -> str | None:
+    """What the first bytes on a TLS port are: "tls", "http", "neither", or None while they
+    may still become either.
+
+    A TLS record begins with its content type (RFC 8446 §5.1): 22 for the ClientHello's
+    handshake record.  An HTTP/1.1 request begins with its method (RFC 9112 §3: a token; every
+    method in use is ASCII letters) and a space.  A first byte that is not a letter is left to
+    TLS, which refuses what is not a ClientHello with an alert (RFC 8446 §6) and a log line;
+    letters that are not a method and a space are neither."""
+    if not first:
+        return None
+    if not (65 <= first[0] <= 90 or 97 <= first[0] <= 122):
+        return "tls"
+    letters = len(first) - len(first.lstrip(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
+    if letters < len(first):
+        return "http" if first[letters] == 32 and letters <= 20 else "neither"
+    return None if letters <= 20 else "neither"
+
+
+def plain_http_answer(text: str = PLAIN_HTTP_ON_TLS) -> bytes:
+    """400 (RFC 9110 §15.5.1: the request cannot be served as sent), and what to do instead."""
+    body = f"{text}\n".encode()
+    return build_response(400, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                                ("Connection", "close")], body)
+
+
+class HandshakeSlots:
+    """TLS handshakes under way: at most `total` at once, and `per_address` from one address, so
+    that one client that opens many connections and stalls them cannot take every slot.  Used
+    from the event loop and from threads (sse_server): a lock."""
+
+    def __init__(self, total: int = DEFAULT_MAX_TLS_HANDSHAKES,
+                 per_address: int = DEFAULT_MAX_TLS_HANDSHAKES_PER_ADDRESS) -> None:
+        self.total, self.per_address = total, per_address
+        self.in_use = 0
+        self._by_address: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.full_since_logged = False  # for one log line when the limit is reached, not one per connection
+
+    def acquire(self, address: str) -> bool:
+        with self._lock:
+            held = self._by_address.get(address, 0)
+            if self.in_use >= self.total or held >= self.per_address:
+                return False
+            self.in_use += 1
+            self._by_address[address] = held + 1
+            return True
+
+    def release(self, address: str) -> None:
+        with self._lock:
+            held = self._by_address.get(address, 0) - 1
+            if held > 0:
+                self._by_address[address] = held
+            else:
+                self._by_address.pop(address, None)
+            self.in_use -= 1
+            if self.in_use < self.total // 2:
+                self.full_since_logged = False
+
+    def note_full(self, logger: logging.Logger, what: str) -> None:
+        """One log line when connections start waiting (or being turned away), not one each."""
+        if not self.full_since_logged:
+            self.full_since_logged = True
+            logger.warning("TLS handshakes at their limit (%d in all, %d per address): %s", self.total,
+                           self.per_address, what)
+
+
+def feed_protocol(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Hand `data` to a protocol as a transport would: through its buffer, or data_received."""
+    if isinstance(protocol, asyncio.BufferedProtocol):
+        view = memoryview(data)
+        while view:
+            buffer = protocol.get_buffer(len(view))
+            count = min(len(buffer), len(view))
+            buffer[:count] = view[:count]
+            protocol.buffer_updated(count)
+            view = view[count:]
+    else:
+        protocol.data_received(data)
+
+
+class TLSGate:
+    """The TLS port of `WebSocketServer`: `start_server` stands in for `asyncio.start_server(...,
+    ssl=...)`, and calls the same `client_connected_cb(reader, writer)` once TLS is up.
+
+    asyncio's own TLS server gives every accepted connection its TLS protocol at once: about
+    300 KiB (a 256 KiB read buffer among it) for a connection that may never send a byte, so a
+    thousand silent connections took 300 MB.  Here a connection starts as a `TLSDoorman`, a few
+    hundred bytes, which reads at most SNIFF_SIZE bytes and decides (`sniff_tls_port`):
+
+    - nothing within --handshake-timeout: closed (it cost little meanwhile);
+    - plain HTTP: a 400 that says to use https://, then closed;
+    - TLS: when a handshake slot is free for its address (`HandshakeSlots`), `loop.start_tls`
+      on the same transport, with the bytes already read handed to the TLS protocol first;
+      until then it waits, paused, within the same deadline.
+
+    Only public asyncio calls (create_server, start_tls, pause_reading, set_protocol through
+    start_tls): it runs on every event loop asyncio has, the Windows proactor included."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.slots = HandshakeSlots(config.max_tls_handshakes, config.max_tls_handshakes_per_address)
+        self.waiting: collections.deque[TLSDoorman] = collections.deque()  # read TLS, no slot yet
+        self.doormen: set[TLSDoorman] = set()
+        self.upgrades: set[asyncio.Task] = set()
+        self.callback: Callable | None = None
+        self.limit = READ_SIZE
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start_server(self, client_connected_cb: Callable, host: str, port: int, *, limit: int = READ_SIZE,
+                           reuse_port: bool | None = None) -> TLSGate:
+        self.callback, self.limit = client_connected_cb, limit
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: TLSDoorman(self), host, port, reuse_port=reuse_port)
+        return self
+
+    # What WebSocketServer uses of an asyncio Server:
+    @property
+    def sockets(self) -> tuple:
+        return self.server.sockets
+
+    def close(self) -> None:
+        """Stop accepting; end the connections still at the gate."""
+        self.server.close()
+        for doorman in tuple(self.doormen):
+            doorman.transport.abort()
+        for task in tuple(self.upgrades):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self.upgrades:
+            await asyncio.wait(self.upgrades, timeout=1)
+        await self.server.wait_closed()
+
+    def admit(self, doorman: TLSDoorman) -> None:
+        """A connection that began TLS: its handshake now, or when a slot frees."""
+        if self.slots.acquire(doorman.address):
+            self._start_tls(doorman)
+        else:
+            self.slots.note_full(log, "new ones wait for a free slot, within --handshake-timeout")
+            self.waiting.append(doorman)
+
+    def _released(self, address: str) -> None:
+        self.slots.release(address)
+        for doorman in tuple(self.waiting):  # the oldest first, each address within its share
+            if doorman.transport.is_closing():
+                self.waiting.remove(doorman)
+            elif self.slots.acquire(doorman.address):
+                self.waiting.remove(doorman)
+                self._start_tls(doorman)
+            if self.slots.in_use >= self.slots.total:
+                break
+
+    def _start_tls(self, doorman: TLSDoorman) -> None:
+        self.doormen.discard(doorman)
+        doorman.timer.cancel()  # start_tls has the rest of the deadline as its own
+        task = asyncio.get_running_loop().create_task(self._upgrade(doorman))
+        self.upgrades.add(task)
+        task.add_done_callback(self.upgrades.discard)
+
+    async def _upgrade(self, doorman: TLSDoorman) -> None:
+        loop = asyncio.get_running_loop()
+        transport, first = doorman.transport, bytes(doorman.buffer[:doorman.received])
+        reader = asyncio.StreamReader(limit=self.limit)
+        protocol = asyncio.StreamReaderProtocol(reader, self.callback)
+        timeout = max(doorman.deadline - loop.time(), 0.01)
+        try:
+            starting = loop.create_task(loop.start_tls(transport, protocol, self.config.tls, server_side=True,
+                                                       ssl_handshake_timeout=timeout))
+            # The bytes the doorman read must reach the TLS protocol before anything read after
+            # them.  start_tls, once it runs, makes the TLS protocol the transport's, and
+            # schedules (call_soon) its connection_made, then resume_reading.  One turn of the
+            # loop lets it run that far; what is scheduled now runs after both, and before any
+            # byte that resume_reading lets in (those come at a later turn).  (Python 3.11's TLS
+            # protocol would keep bytes given before connection_made; 3.10's would drop them.)
+            await asyncio.sleep(0)
+            tls_protocol = transport.get_protocol()
+            if tls_protocol is not doorman and not transport.is_closing():
+                loop.call_soon(feed_protocol, tls_protocol, first)
+            app_transport = await starting
+        except (OSError, asyncio.TimeoutError) as error:  # late, or the client left
+            if not isinstance(error, ssl.SSLError):  # (a refused handshake LoggedSSLObject has said)
+                log.info("TLS handshake from %s failed: %s", doorman.address, error or type(error).__name__)
+            transport.abort()
+            return
+        finally:
+            self._released(doorman.address)
+        protocol.connection_made(app_transport)  # the reader and writer, and client_connected_cb
+
+
+class TLSDoorman(asyncio.BufferedProtocol):
+    """A connection to the TLS port until it has shown its first bytes (`TLSGate`).  It holds its
+    transport, a timer and at most SNIFF_SIZE bytes."""
+
+    def __init__(self, gate: TLSGate) -> None:
+        self.gate = gate
+        self.transport: asyncio.Transport | None = None
+        self.address = "?"
+        self.buffer: bytearray | None = None  # made when the first bytes come
+        self.received = 0
+        self.draining = False  # after the 400: what the client still sends is read and dropped
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.address = peer[0] if isinstance(peer, tuple) else str(peer)
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + self.gate.config.handshake_timeout
+        self.timer = loop.call_at(self.deadline, self._late)
+        self.gate.doormen.add(self)
+
+    def _late(self) -> None:
+        if not self.draining:
+            log.info("no TLS handshake from %s within %g s: closed", self.address, self.gate.config.handshake_timeout)
+        self.transport.abort()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.buffer is None:
+            self.buffer = bytearray(SNIFF_SIZE)
+        if self.draining:
+            return memoryview(self.buffer)
+        return memoryview(self.buffer)[self.received:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.draining:
+            return
+        self.received += nbytes
+        verdict = sniff_tls_port(bytes(self.buffer[:self.received]))
+        if verdict is None:
+            return
+        self.transport.pause_reading()
+        if verdict == "tls":
+            self.gate.admit(self)
+        elif verdict == "http":
+            log.info("plain HTTP from %s on the TLS port: answered 400 (use https://)", self.address)
+            self._answer_and_close(plain_http_answer())
+        else:
+            log.info("neither TLS nor HTTP from %s on the TLS port (%r): closed", self.address,
+                     bytes(self.buffer[:self.received]))
+            self.transport.close()
+
+    def _answer_and_close(self, answer: bytes) -> None:
+        """Send `answer`, then read and drop what the client still sends, for a second at most:
+        closing with its request unread would make the kernel reset the connection, and the
+        client could lose the answer (RFC 9112 §9.6)."""
+        self.transport.write(answer)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.draining = True
+        self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(1.0, self._late)
+        self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gate.doormen.discard(self)
+        if self in self.gate.waiting:
+            self.gate.waiting.remove(self)
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 #: What an address written by a proxy in X-Forwarded-For may contain (IPv4, IPv6, a port).
@@ -3614,6 +3932,10 @@ class ServerConfig:
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
     compression_threshold: int = DEFAULT_COMPRESSION_THRESHOLD
     tls: ssl.SSLContext | None = None  # --certfile/--keyfile: https:// and wss://
+    certfile: str | None = None  # where `tls` was loaded from: SIGHUP loads them again
+    keyfile: str | None = None
+    max_tls_handshakes: int = DEFAULT_MAX_TLS_HANDSHAKES  # --max-tls-handshakes
+    max_tls_handshakes_per_address: int = DEFAULT_MAX_TLS_HANDSHAKES_PER_ADDRESS
     trusted_proxies: list[str] = dataclasses.field(default_factory=list)  # --trusted-proxy
     redis: RedisAddress | None = None  # --redis: the chat shared by several processes
     redis_timeout: float = DEFAULT_REDIS_TIMEOUT
@@ -3683,11 +4005,14 @@ async def run_server(config: ServerConfig) -> None:
     if warning:
         log.warning("%s", warning)
     stop = asyncio.Event()
-    restore = stop_on_signals(asyncio.get_running_loop(), stop)
+    loop = asyncio.get_running_loop()
+    restore = stop_on_signals(loop, stop)
+    restore_sighup = reload_on_sighup(lambda: loop.call_soon_threadsafe(reload_certificate, config, log))
     try:
         await stop.wait()
     finally:
         restore()  # a second Ctrl-C during the shutdown below interrupts it
+        restore_sighup()
     log.info("Shutting down: closing %d client(s) with 1001", len(server.room.clients))
     await server.shutdown()
 
@@ -3852,7 +4177,14 @@ def add_deployment_arguments(parser: argparse.ArgumentParser, serves: str, share
     """The flags both servers share: TLS, a proxy in front, several processes."""
     parser.add_argument("--certfile", metavar="FILE",
                         help=f"serve {serves}: the certificate chain, PEM (the key may be in it)")
-    parser.add_argument("--keyfile", metavar="FILE", help="the private key of --certfile, if not in it")
+    parser.add_argument("--keyfile", metavar="FILE", help="the private key of --certfile, if not in it "
+                        "(SIGHUP loads both again, for new connections)")
+    parser.add_argument("--max-tls-handshakes", type=int, default=DEFAULT_MAX_TLS_HANDSHAKES, metavar="N",
+                        help="with --certfile: TLS handshakes under way at once; more wait or are turned "
+                             f"away (default: {DEFAULT_MAX_TLS_HANDSHAKES})")
+    parser.add_argument("--max-tls-handshakes-per-address", type=int, default=DEFAULT_MAX_TLS_HANDSHAKES_PER_ADDRESS,
+                        metavar="N", help="of those, from one client address "
+                                          f"(default: {DEFAULT_MAX_TLS_HANDSHAKES_PER_ADDRESS})")
     parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
                         help="believe X-Forwarded-For from this proxy's address: the client's address, for "
                              "the logs and the per-address caps (repeatable)")
@@ -3874,6 +4206,8 @@ def check_deployment_arguments(parser: argparse.ArgumentParser, args: argparse.N
     """The checks of the flags both servers share: TLS, Redis, --reuse-port."""
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")
+    if args.max_tls_handshakes < 1 or args.max_tls_handshakes_per_address < 1:
+        parser.error("--max-tls-handshakes and --max-tls-handshakes-per-address must be at least 1")
     if args.redis_timeout <= 0:
         parser.error("--redis-timeout must be above 0")
     if args.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
@@ -3925,7 +4259,10 @@ def main(argv: list[str] | None = None) -> int:
                               compression=args.compression == "deflate",
                               compression_level=args.compression_level,
                               compression_threshold=args.compression_threshold,
-                              tls=tls, trusted_proxies=args.trusted_proxy, redis=redis,
+                              tls=tls, certfile=args.certfile, keyfile=args.keyfile,
+                              max_tls_handshakes=args.max_tls_handshakes,
+                              max_tls_handshakes_per_address=args.max_tls_handshakes_per_address,
+                              trusted_proxies=args.trusted_proxy, redis=redis,
                               redis_timeout=args.redis_timeout, reuse_port=args.reuse_port,
                               allowed_hosts=args.allowed_host, access_token=access_token,
                               max_clients=args.max_clients, max_clients_per_address=args.max_clients_per_address,

@@ -10,6 +10,7 @@ import http.client
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -91,6 +92,36 @@ def closed_without_answer(port: int, data: bytes, timeout: float = TIMEOUT) -> b
     return answer == b"" or answer[0] == 21
 
 
+def raw_answer(port: int, data: bytes, timeout: float = TIMEOUT, source: str = "127.0.0.1") -> bytes:
+    """Send `data` raw (no TLS) and read everything the server answers, to its end."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0)) as sock:
+        sock.sendall(data)
+        try:
+            while chunk := sock.recv(4096):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer
+
+
+def served_certificate(port: int) -> bytes:
+    """The certificate a TLS server on 127.0.0.1 sends now (DER), whoever signed it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # looked at, not trusted
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        with context.wrap_socket(sock) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def der_of(pem_file: str) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(Path(pem_file).read_text())
+
+
+SECOND_CERT_FILE = str(Path(CERT_FILE).with_name("second.pem"))
+SECOND_KEY_FILE = str(Path(CERT_FILE).with_name("second-key.pem"))
+
+
 class Test01TheContexts(unittest.TestCase):
     """What the ssl module is asked for, on each side."""
 
@@ -125,6 +156,42 @@ class Test01TheContexts(unittest.TestCase):
         context = ws_server.client_tls_context(CA_FILE)
         self.assertEqual(context.verify_mode, ssl.CERT_REQUIRED)
         self.assertTrue(context.check_hostname)
+
+    def test_06_the_first_bytes_tell_tls_from_plain_http(self):
+        """RFC 8446 §5.1 a TLS record starts with its content type (22, handshake); RFC 9112 §3 an HTTP request with its method and a space: the TLS port tells them apart from the first bytes, and waits while letters could still be a method."""
+        sniff = ws_server.sniff_tls_port
+        self.assertEqual(sniff(b"\x16\x03\x01\x02\x00"), "tls")
+        self.assertEqual(sniff(b"\x80\x2e"), "tls")  # not a letter: TLS decides (and refuses)
+        self.assertEqual(sniff(b"GET / HTTP/1.1"), "http")
+        self.assertEqual(sniff(b"OPTIONS *"), "http")
+        self.assertIsNone(sniff(b""))
+        self.assertIsNone(sniff(b"GE"))
+        self.assertEqual(sniff(b"GET\r\n"), "neither")
+        self.assertEqual(sniff(b"A" * 21), "neither")
+
+    def test_07_handshake_slots_are_capped_in_all_and_per_address(self):
+        """Operational: --max-tls-handshakes and --max-tls-handshakes-per-address: one address cannot take every slot, and a slot given back can be taken again."""
+        slots = ws_server.HandshakeSlots(total=3, per_address=2)
+        self.assertTrue(slots.acquire("10.0.0.1"))
+        self.assertTrue(slots.acquire("10.0.0.1"))
+        self.assertFalse(slots.acquire("10.0.0.1"))  # its share
+        self.assertTrue(slots.acquire("10.0.0.2"))
+        self.assertFalse(slots.acquire("10.0.0.3"))  # all of them
+        slots.release("10.0.0.1")
+        self.assertTrue(slots.acquire("10.0.0.3"))
+        self.assertEqual(slots.in_use, 3)
+
+    def test_08_a_failed_load_into_a_context_in_use_would_break_it_so_a_reload_builds_a_new_one(self):
+        """RFC 8446 §4.4.2 the server sends its certificate: load_cert_chain again into the same context does replace it for new handshakes, but a load that fails halfway (a key that does not match) leaves a context that completes none: why SIGHUP builds a new context and swaps it in whole."""
+        context = ws_server.server_tls_context(CERT_FILE, KEY_FILE)
+        look = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        look.check_hostname, look.verify_mode = False, ssl.CERT_NONE
+        context.load_cert_chain(SECOND_CERT_FILE, SECOND_KEY_FILE)
+        self.assertEqual(tls_handshake(context, look).getpeercert(binary_form=True), der_of(SECOND_CERT_FILE))
+        with self.assertRaises(ssl.SSLError):
+            context.load_cert_chain(CERT_FILE, SECOND_KEY_FILE)
+        with self.assertRaises(ssl.SSLError):
+            tls_handshake(context, look)
 
     def test_05_x_forwarded_for_is_believed_only_from_a_trusted_proxy(self):
         """Operational: --trusted-proxy: X-Forwarded-For (the older twin of RFC 7239 §5.2 "for") is believed only from a trusted proxy, and only its hop."""
@@ -164,16 +231,17 @@ class Test02TheChatOverTLS(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(ssl.SSLCertVerificationError):
             await ws_server.connect(f"wss://localhost:{self.port}/")  # the system's CAs only
 
-    async def test_03_plain_http_and_garbage_on_the_tls_port_are_one_log_line_each(self):
-        """RFC 8446 §6 A record that is not TLS ends the connection: a log line, never a traceback."""
+    async def test_03_plain_http_gets_a_400_saying_use_https_and_garbage_is_one_log_line(self):
+        """RFC 9110 §15.5.1 plain HTTP on the TLS port (a method and a space, not RFC 8446 §5.1's record type 22) gets a 400 that says to use https:// or wss://; RFC 8446 §6 a record that is not TLS ends the connection: a log line each, never a traceback."""
         with self.assertLogs("ws_server", "INFO") as logs:
-            for data in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello, not TLS at all"):
-                self.assertTrue(await asyncio.to_thread(closed_without_answer, self.port, data))
-            await async_wait_until(lambda: sum("TLS handshake failed" in line for line in logs.output) == 2,
-                                   message="two log lines")
-        failures = [line for line in logs.output if "TLS handshake failed" in line]
-        self.assertEqual(len(failures), 2)
-        self.assertIn("plain HTTP", failures[0])
+            answer = await asyncio.to_thread(raw_answer, self.port, b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 50 + b"\r\n")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+            self.assertTrue(answer.endswith(b"\r\n\r\nthis port speaks TLS: use https:// (or wss://)\n"), answer)
+            self.assertTrue(await asyncio.to_thread(closed_without_answer, self.port, b"\x16\x03\x01\x00\x05hello, not TLS at all"))
+            await async_wait_until(lambda: any("TLS handshake failed" in line for line in logs.output),
+                                   message="the handshake's log line")
+        self.assertEqual(sum("plain HTTP" in line and "400" in line for line in logs.output), 1)
+        self.assertEqual(sum("TLS handshake failed" in line for line in logs.output), 1)
         self.assertNotIn("Traceback", "\n".join(logs.output))
 
     async def test_04_a_client_that_never_speaks_tls_is_dropped_in_time(self):
@@ -222,12 +290,16 @@ class Test03TheEventsOverTLS(SSEServerTestCase):
                 self.assertEqual(result.returncode, 1, result.stderr)
                 self.assertIn("--cafile", result.stderr.strip().splitlines()[-1])
 
-    def test_04_plain_http_and_garbage_are_one_log_line_each_and_a_silent_client_is_dropped(self):
-        """RFC 8446 §6 Not TLS: one log line each, no traceback; and (Operational: --request-timeout) no TLS at all: dropped."""
+    def test_04_plain_http_gets_a_400_garbage_and_silence_are_one_log_line_each(self):
+        """RFC 9110 §15.5.1 plain HTTP on the TLS port gets a 400 that says to use https://; RFC 8446 §6 not TLS: one log line, no traceback; and (Operational: --request-timeout) no TLS at all: dropped."""
         with self.assertLogs("sse_server", "INFO") as logs:
-            for data in (b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05garbage", b""):
+            answer = raw_answer(self.port, b"GET /sse HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 50 + b"\r\n")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+            self.assertTrue(answer.endswith(b"\r\n\r\nthis port speaks TLS: use https://\n"), answer)
+            for data in (b"\x16\x03\x01\x00\x05garbage", b""):
                 self.assertTrue(closed_without_answer(self.port, data))
-            wait_until(lambda: sum("TLS handshake" in line for line in logs.output) == 3)
+            wait_until(lambda: sum("TLS handshake" in line for line in logs.output) == 2)
+        self.assertEqual(sum("plain HTTP" in line and "400" in line for line in logs.output), 1)
         self.assertNotIn("Traceback", "\n".join(logs.output))
 
 
@@ -500,3 +572,142 @@ class Test06BehindNginxWithTLS(unittest.TestCase):
             self.assertEqual(events[0].data, "over https")
         finally:
             connection.close()
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory, from Linux's /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as file:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", file.read()).group(1))
+
+
+@unittest.skipUnless(sys.platform.startswith("linux") and os.path.exists("/proc/self/status"),
+                     "measures memory with Linux's /proc/PID/status, and connects from 127.0.0.2 (Linux's loopback)")
+class Test07SilentConnectionsOnTheTLSPort(unittest.TestCase):
+    """What connections that never start TLS cost: the target is at most 20 MiB for 1,000 of them
+    (asyncio's own TLS server took some 300 KiB each: 300 MB), so at most 4 MiB for 200."""
+
+    COUNT = 200
+    BOUND_KIB = 20 * 1024 * COUNT // 1000
+
+    def check(self, script: str) -> None:
+        process, port = start_process(script, "--certfile", CERT_FILE, "--keyfile", KEY_FILE)
+        logs = LogReader(process)
+        self.addCleanup(stop_process, process)
+        self.assertEqual(https_request(port, "GET", "/")[0], 200)  # everything a first request allocates
+        before = rss_kib(process.pid)
+        silent = []
+        self.addCleanup(lambda: [sock.close() for sock in silent])
+        for _ in range(self.COUNT):  # from another address than the real client's
+            silent.append(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=("127.0.0.2", 0)))
+        # A real client meanwhile: served, and only after the server accepted every silent one
+        # before it (one listening queue, in order).
+        self.assertEqual(https_request(port, "GET", "/")[0], 200)
+        growth = rss_kib(process.pid) - before
+        self.assertLess(growth, self.BOUND_KIB, f"{script}: {growth} KiB for {self.COUNT} silent connections")
+        self.assertNotIn("Traceback", logs.text)
+
+    def test_01_the_chat_server(self):
+        """Operational (RFC 8446 §4.1.2: nothing happens before the ClientHello): 200 TCP connections to ws_server's TLS port that send nothing cost it less than 4 MiB, and a real client is served meanwhile."""
+        self.check("ws_server.py")
+
+    def test_02_the_events_server(self):
+        """Operational (RFC 8446 §4.1.2): 200 silent connections cost sse_server less than 4 MiB (at most --max-tls-handshakes-per-address of them get a thread; the others are closed at once), and a real client is served meanwhile."""
+        self.check("sse_server.py")
+
+
+class Test08HandshakesBeyondTheShareWait(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+
+    server_options = {"tls": ws_server.server_tls_context(CERT_FILE, KEY_FILE), "handshake_timeout": 2.0,
+                      "max_tls_handshakes_per_address": 1}
+
+    async def asyncSetUp(self) -> None:
+        asyncio.get_running_loop().set_debug(False)  # (as in Test02)
+        await super().asyncSetUp()
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "connects from 127.0.0.2 (Linux's loopback)")
+    async def test_01_a_stalled_handshake_takes_its_addresss_share_not_everyone_s(self):
+        """Operational: --max-tls-handshakes-per-address 1: two connections from one address that begin TLS (RFC 8446 §5.1 record type 22) and stall hold one slot and one waits; a client from another address is served at once."""
+        stalled = []
+        self.addCleanup(lambda: [sock.close() for sock in stalled])
+        gate = self.server._server
+        with self.assertLogs("ws_server", "WARNING") as logs:
+            for _ in range(2):
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT, source_address=("127.0.0.2", 0))
+                sock.sendall(b"\x16\x03\x01")
+                stalled.append(sock)
+            await async_wait_until(lambda: gate.slots.in_use == 1 and len(gate.waiting) == 1, message="one slot, one waiting")
+        self.assertIn("TLS handshakes at their limit", logs.output[0])
+        client = await asyncio.wait_for(ws_server.connect(f"wss://localhost:{self.port}/", cafile=CA_FILE), 1.5)
+        self.clients.append(client)
+        self.assertEqual(gate.slots.in_use, 1)
+
+
+@unittest.skipUnless(hasattr(signal, "SIGHUP"), "this platform has no SIGHUP")
+class Test09SIGHUPReloadsTheCertificate(unittest.TestCase):
+    """SIGHUP: the certificate and key again, for new connections (both servers)."""
+
+    def test_01_new_connections_get_the_new_certificate_and_a_bad_file_keeps_the_old(self):
+        """RFC 8446 §4.4.2 the certificate a server sends: after SIGHUP, the one now in --certfile; a file that cannot be loaded keeps the one in use, with one log line saying why; the server keeps serving."""
+        for script in ("ws_server.py", "sse_server.py"):
+            with self.subTest(script=script), tempfile.TemporaryDirectory() as folder:
+                certfile, keyfile = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+                shutil.copy(CERT_FILE, certfile)
+                shutil.copy(KEY_FILE, keyfile)
+                process, port = start_process(script, "--certfile", certfile, "--keyfile", keyfile)
+                logs = LogReader(process)
+                try:
+                    self.assertEqual(served_certificate(port), der_of(CERT_FILE))
+                    shutil.copy(SECOND_CERT_FILE, certfile)
+                    shutil.copy(SECOND_KEY_FILE, keyfile)
+                    process.send_signal(signal.SIGHUP)
+                    wait_until(lambda: "SIGHUP: reloaded" in logs.text, message="the reload's log line")
+                    self.assertEqual(served_certificate(port), der_of(SECOND_CERT_FILE))
+                    with open(certfile, "w") as file:
+                        file.write("not a certificate\n")
+                    process.send_signal(signal.SIGHUP)
+                    wait_until(lambda: "not reloaded" in logs.text, message="the failed reload's log line")
+                    self.assertEqual(served_certificate(port), der_of(SECOND_CERT_FILE))
+                    failed = [line for line in logs.lines if "not reloaded" in line]
+                    self.assertEqual(len(failed), 1)
+                    self.assertIn(certfile, failed[0])
+                    self.assertIsNone(process.poll())
+                finally:
+                    stop_process(process)
+
+    def test_02_without_tls_sighup_is_logged_and_ignored(self):
+        """Operational: SIGHUP used to end both servers silently (exit status 129); without TLS it is one log line, and the server goes on."""
+        for script in ("ws_server.py", "sse_server.py"):
+            with self.subTest(script=script):
+                process, port = start_process(script)
+                logs = LogReader(process)
+                try:
+                    process.send_signal(signal.SIGHUP)
+                    wait_until(lambda: "SIGHUP: no certificate to reload" in logs.text, message="the log line")
+                    self.assertIsNone(process.poll())
+                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+                    try:
+                        connection.request("GET", "/")
+                        self.assertEqual(connection.getresponse().status, 200)
+                    finally:
+                        connection.close()
+                finally:
+                    stop_process(process)
+
+
+class Test10TheServerHeader(unittest.TestCase):
+
+    def test_01_no_server_says_its_versions(self):
+        """RFC 9110 §10.2.4 a Server field without needless detail: sse_server says `sse_server` (not Python's version), ws_server sends none."""
+        server = sse_server.SSEServer(sse_server.ServerConfig(port=0, clock=0, heartbeat=0))
+        server.start()
+        self.addCleanup(server.stop)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+        try:
+            connection.request("OPTIONS", "/sse")  # (its static pages, ws_server's answers, carry none)
+            response = connection.getresponse()
+            response.read()
+            self.assertEqual(response.getheader("Server"), "sse_server")
+        finally:
+            connection.close()
+        page = ws_server.static_response(ws_server.STATIC_DIR, ws_server.parse_request(b"GET / HTTP/1.1\r\nHost: x"), "chat.html")
+        self.assertNotIn(b"\r\nserver:", page.split(b"\r\n\r\n")[0].lower())
