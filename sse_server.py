@@ -1449,13 +1449,20 @@ class BlockingRedis:
                 return self._sock
             self._disconnect()
         if time.monotonic() < self._retry_at:
-            raise ws_server.RedisUnreachable(f"Redis at {self.address.host}:{self.address.port} is unreachable (retrying)")
+            raise ws_server.RedisUnreachable(f"Redis at {self.address} is unreachable (retrying)")
         try:
+            tls = self.address.tls_context()
             sock = socket.create_connection((self.address.host, self.address.port), timeout=self.timeout)
-        except OSError as error:
+            if tls is not None:  # rediss://: the handshake, within the same timeout
+                try:
+                    sock = tls.wrap_socket(sock, server_hostname=self.address.host)
+                except OSError:
+                    sock.close()
+                    raise
+        except OSError as error:  # (ssl.SSLError too: a certificate refused)
             self._retry_at = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, 2.0)
-            raise ws_server.RedisUnreachable(f"cannot reach Redis at {self.address.host}:{self.address.port}: "
+            raise ws_server.RedisUnreachable(f"cannot reach Redis at {self.address}: "
                                              f"{error or 'timed out'}") from None
         self._sock, self._parser = sock, ws_server.RESPParser()
         self._backoff = 0.1
@@ -1466,7 +1473,7 @@ class BlockingRedis:
                     raise ws_server.RedisError(f"Redis refused {setup[0]}: {reply}")
         except (OSError, ws_server.RedisError) as error:
             self._disconnect()
-            raise ws_server.RedisUnreachable(f"Redis at {self.address.host}:{self.address.port}: {error}") from None
+            raise ws_server.RedisUnreachable(f"Redis at {self.address}: {error}") from None
         return sock
 
     @staticmethod
@@ -1535,7 +1542,8 @@ class RedisHistory(History):
             reply = self._commands.command("XADD", self.stream, "MAXLEN", "~", max(self.maxlen, 1), "*", *fields)
             return StoredEvent.numbered(reply.decode("ascii"), data, event)
         except ws_server.RedisUnreachable as error:
-            raise StoreError(f"the event was not stored: {error}") from None
+            raise StoreError("the event was not stored: the event store is unavailable",
+                             f"the event was not stored: {error}") from None
         except (ws_server.RedisError, AttributeError, UnicodeDecodeError) as error:
             raise StoreError(f"the event was not confirmed by Redis ({error or 'an unexpected reply'}): "
                              f"it may still be sent, or not", STORE_UNCONFIRMED) from None
@@ -2573,7 +2581,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.max_body, args.max_queue, args.write_timeout, args.clock, args.trace,
                               args.request_timeout, args.max_header_bytes, args.max_header_lines,
                               tls, tuple(args.trusted_proxy),
-                              ws_server.RedisAddress.parse(args.redis) if args.redis else None,
+                              ws_server.RedisAddress.parse(args.redis, args.redis_cafile) if args.redis else None,
                               args.redis_timeout, args.reuse_port, tuple(args.allowed_host),
                               ws_server.token_from(args.publish_token, PUBLISH_TOKEN_VARIABLE), access_token,
                               args.max_clients_per_address, certfile=args.certfile, keyfile=args.keyfile,
@@ -2600,7 +2608,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("Serving %s on %s://%s:%d/ (stream at /sse, POST /publish)",
              "the clock" if config.clock > 0 else "events (no clock)", server.scheme, host, server.port)
     if config.redis is not None:
-        log.info("Events shared through Redis at %s:%d (stream %s)", config.redis.host, config.redis.port, EVENT_STREAM)
+        log.info("Events shared through Redis at %s (stream %s)", config.redis, EVENT_STREAM)
     elif config.store is not None:
         log.info("Events kept in the store %s (the last %d replayed after a restart)", config.store, config.history)
     else:

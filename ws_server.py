@@ -3358,35 +3358,75 @@ class RESPParser:
 
 @dataclasses.dataclass(frozen=True)
 class RedisAddress:
-    """Where Redis is, from `redis://[:password@]host[:port][/db]`."""
+    """Where Redis is, from `redis[s]://[[user]:password@]host[:port][/db]`.
+
+    `rediss://` is Redis over TLS (the server's certificate verified against the system's CAs,
+    or `cafile`'s: --redis-cafile); a user name is Redis 6's ACL user (`AUTH user password`).
+    The password may stay out of the URL, and so out of `ps`: REDIS_PASSWORD in the
+    environment.  It is never shown: not in `repr`, not in any message (`redact_redis_url`)."""
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_REDIS_PORT
-    password: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
     db: int = 0
+    username: str | None = None
+    tls: bool = False
+    cafile: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> RedisAddress:
-        """ValueError for anything but a redis:// URL."""
+    def parse(cls, url: str, cafile: str | None = None, environ: dict | None = None) -> RedisAddress:
+        """ValueError for anything but a redis:// or rediss:// URL; its message never holds the
+        password.  Without a password in the URL, REDIS_PASSWORD (from `environ`, by default
+        the process's environment) is used when it is set."""
+        shown = redact_redis_url(url)
         try:
             parts = urllib.parse.urlsplit(url)
             port = parts.port
         except ValueError as error:
-            raise ValueError(f"not a redis:// URL: {url!r} ({error})") from None
+            raise ValueError(f"not a redis:// URL: {shown!r} ({redact_redis_url(str(error))})") from None
         path = parts.path.strip("/")
-        if parts.scheme != "redis" or not parts.hostname or (path and not path.isdigit()):
-            raise ValueError(f"not a redis://[:password@]host[:port][/db] URL: {url!r}")
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname or (path and not path.isdigit()):
+            raise ValueError(f"not a redis:// or rediss:// URL, redis[s]://[[user]:password@]host[:port][/db]: {shown!r}")
         password = urllib.parse.unquote(parts.password) if parts.password is not None else None
-        return cls(parts.hostname, port or DEFAULT_REDIS_PORT, password, int(path or 0))
+        if password is None:
+            password = (os.environ if environ is None else environ).get("REDIS_PASSWORD") or None
+        username = urllib.parse.unquote(parts.username) if parts.username else None
+        if cafile is not None and parts.scheme != "rediss":
+            raise ValueError(f"--redis-cafile is for rediss:// (Redis over TLS), not {shown!r}")
+        address = cls(parts.hostname, port or DEFAULT_REDIS_PORT, password, int(path or 0), username,
+                      parts.scheme == "rediss", cafile)
+        try:
+            address.tls_context()  # a CA file that cannot be read is said now, not at each connection
+        except OSError as error:
+            raise ValueError(f"--redis-cafile {cafile}: cannot be loaded ({error.strerror or error})") from None
+        return address
+
+    def __str__(self) -> str:
+        """Where Redis is, for the logs (never for an answer to a client): no password."""
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}"
 
     def setup_commands(self) -> list[tuple]:
         """What a client says first on a new connection: AUTH and SELECT, when given."""
         commands = []
         if self.password is not None:
-            commands.append(("AUTH", self.password))
+            commands.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
         if self.db:
             commands.append(("SELECT", self.db))
         return commands
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """For rediss://: the server's certificate and name verified (`cafile`, or the system's
+        CAs), TLS 1.2 at least; no ALPN (Redis speaks RESP, not HTTP).  None for redis://."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.cafile)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
+def redact_redis_url(text: str) -> str:
+    """`text` with the password of any URL in it replaced by `***`: what a refused --redis says."""
+    return re.sub(r"(\w+://[^/?#@\s:]*:)\S*@", r"\1***@", text)  # (to the last @: a password may hold / or @)
 
 
 class RESPConnection(asyncio.Protocol):
@@ -3482,14 +3522,16 @@ class AsyncRedis:
             if self._connection is not None and self._connection.failure is None:
                 return self._connection
             loop = asyncio.get_running_loop()
-            where = f"Redis at {self.address.host}:{self.address.port}"
+            where = f"Redis at {self.address}"
             if loop.time() < self._retry_at:
                 raise RedisUnreachable(f"{where} is unreachable (retrying)")
             try:
+                tls = self.address.tls_context()
                 _, connection = await asyncio.wait_for(
-                    loop.create_connection(RESPConnection, self.address.host, self.address.port),
+                    loop.create_connection(RESPConnection, self.address.host, self.address.port, ssl=tls,
+                                           server_hostname=self.address.host if tls else None),
                     max(0.0, deadline - loop.time()))
-            except (OSError, asyncio.TimeoutError) as error:
+            except (OSError, asyncio.TimeoutError) as error:  # (ssl.SSLError too: a certificate refused)
                 self._retry_at = loop.time() + self.backoff
                 self.backoff = min(self.backoff * 2, 2.0)
                 raise RedisUnreachable(f"cannot reach {where}: {error or 'timed out'}") from None
@@ -3999,8 +4041,7 @@ async def run_server(config: ServerConfig) -> None:
     log.info("Serving the chat on %s://%s:%d/ (WebSocket on %s://%s:%d/) ...", server.scheme,
              host, server.port, "wss" if config.tls else "ws", host, server.port)
     if config.redis is not None:
-        log.info("The chat is shared through Redis at %s:%d (stream %s)", config.redis.host, config.redis.port,
-                 CHAT_STREAM)
+        log.info("The chat is shared through Redis at %s (stream %s)", config.redis, CHAT_STREAM)
     warning = exposure_warning(config)
     if warning:
         log.warning("%s", warning)
@@ -4194,7 +4235,10 @@ def add_deployment_arguments(parser: argparse.ArgumentParser, serves: str, share
                              "rebinding (repeatable; default: loopback's names only on loopback)")
     parser.add_argument("--redis", metavar="URL",
                         help=f"share the {shares} with every server on this Redis, "
-                             "redis://[:password@]host[:port][/db] (default: this process alone)")
+                             "redis[s]://[[user]:password@]host[:port][/db] (rediss: over TLS; the password "
+                             "may come from REDIS_PASSWORD instead) (default: this process alone)")
+    parser.add_argument("--redis-cafile", metavar="FILE",
+                        help="with --redis rediss://...: trust the CA certificates in FILE (default: the system's)")
     parser.add_argument("--redis-timeout", type=float, default=DEFAULT_REDIS_TIMEOUT, metavar="S",
                         help=f"seconds Redis may take to connect or to answer (default: {DEFAULT_REDIS_TIMEOUT:g})")
     parser.add_argument("--reuse-port", action="store_true",
@@ -4206,6 +4250,8 @@ def check_deployment_arguments(parser: argparse.ArgumentParser, args: argparse.N
     """The checks of the flags both servers share: TLS, Redis, --reuse-port."""
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")
+    if args.redis_cafile and not args.redis:
+        parser.error("--redis-cafile needs --redis rediss://...")
     if args.max_tls_handshakes < 1 or args.max_tls_handshakes_per_address < 1:
         parser.error("--max-tls-handshakes and --max-tls-handshakes-per-address must be at least 1")
     if args.redis_timeout <= 0:
@@ -4241,7 +4287,7 @@ def main(argv: list[str] | None = None) -> int:
     check_deployment_arguments(parser, args)
     try:
         tls = server_tls_context(args.certfile, args.keyfile) if args.certfile else None
-        redis = RedisAddress.parse(args.redis) if args.redis else None
+        redis = RedisAddress.parse(args.redis, args.redis_cafile) if args.redis else None
     except ValueError as error:  # a configuration the server cannot start with: one line, exit 2
         log.error("%s", error)
         return 2

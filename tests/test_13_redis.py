@@ -16,6 +16,7 @@ import asyncio
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -24,9 +25,9 @@ import unittest
 import sse_server
 import ws_server
 from ws_server import RedisError, RedisReplyError, RedisUnreachable, RESPParser
-from tests.support import (REDIS_HINT, TIMEOUT, WINDOWS_PRELUDE, LogReader, RedisServer, StreamClient, find_redis_server,
+from tests.support import (CA_FILE, CERT_FILE, KEY_FILE, REDIS_HINT, TIMEOUT, WINDOWS_PRELUDE, LogReader, RedisServer, StreamClient, find_redis_server,
                            free_port, fuzz, http_request, mutations, python_command, start_process, stop_process,
-                           wait_until)
+                           wait_for_service, wait_until)
 
 # The examples of the Redis protocol specification ("RESP protocol spec", RESP2 types), each
 # with what the parser makes of it.
@@ -120,6 +121,41 @@ class Test01RESP(unittest.TestCase):
         for url in ("http://localhost", "redis://", "redis://host/x", "redis://host:99999", "localhost:6379"):
             with self.subTest(url=url), self.assertRaises(ValueError):
                 ws_server.RedisAddress.parse(url)
+
+    def test_09_rediss_an_acl_user_and_a_password_from_the_environment(self):
+        """Operational: --redis rediss://user:password@host (Redis over TLS; Redis 6 ACL `AUTH user password`), the password from REDIS_PASSWORD when the URL has none, --redis-cafile only with rediss://."""
+        address = ws_server.RedisAddress.parse("rediss://alice:wonder%2Fland@redis.example:6380", CA_FILE, environ={})
+        self.assertEqual((address.tls, address.username, address.password, address.cafile),
+                         (True, "alice", "wonder/land", CA_FILE))
+        self.assertEqual(address.setup_commands(), [("AUTH", "alice", "wonder/land")])
+        self.assertEqual(address.tls_context().verify_mode, ssl.CERT_REQUIRED)
+        self.assertIsNone(ws_server.RedisAddress.parse("redis://h", environ={}).tls_context())
+        from_environment = ws_server.RedisAddress.parse("redis://h", environ={"REDIS_PASSWORD": "from-env"})
+        self.assertEqual(from_environment.setup_commands(), [("AUTH", "from-env")])
+        in_url = ws_server.RedisAddress.parse("redis://:in-url@h", environ={"REDIS_PASSWORD": "from-env"})
+        self.assertEqual(in_url.password, "in-url")  # the URL's, when it has one
+        with self.assertRaises(ValueError):
+            ws_server.RedisAddress.parse("redis://h", CA_FILE)  # a CA file, but no TLS
+        with self.assertRaises(ValueError) as caught:
+            ws_server.RedisAddress.parse("rediss://h", "/nonexistent/ca.pem")  # said at start, not at each connection
+        self.assertIn("/nonexistent/ca.pem", str(caught.exception))
+
+    def test_10_the_password_is_never_shown(self):
+        """Operational: a password in --redis stays out of every message: repr, the address in the logs, a refused URL (redacted as ***), and a refused command line."""
+        address = ws_server.RedisAddress.parse("redis://bob:hunter2@10.0.0.7", environ={})
+        self.assertNotIn("hunter2", repr(address) + str(address))
+        for url in ("redis://:hunter2@h:99999", "http://bob:hunter2@h", "redis://:hunter2@h/x", "redis://:hun@ter2@h/x"):
+            with self.subTest(url=url), self.assertRaises(ValueError) as caught:
+                ws_server.RedisAddress.parse(url)
+            self.assertNotIn("hunter2", str(caught.exception))
+            self.assertNotIn("ter2", str(caught.exception))
+            self.assertIn("***", str(caught.exception))
+        for script in ("ws_server.py", "sse_server.py"):
+            with self.subTest(script=script):
+                result = subprocess.run(python_command(script, "--port", "0", "--redis", "redis://:hunter2@h:99999"),
+                                        capture_output=True, text=True, timeout=TIMEOUT * 2)
+                self.assertEqual(result.returncode, 2)
+                self.assertNotIn("hunter2", result.stderr)
 
     def test_08_stream_ids_and_stream_replies(self):
         """Redis streams: entry ids are "milliseconds-sequence", compared as numbers; XREAD replies have one shape."""
@@ -330,6 +366,73 @@ class Test03TheClients(RedisTestCase):
             admin = sse_server.BlockingRedis(ws_server.RedisAddress("127.0.0.1", self.redis.port, "s3cret"), TIMEOUT)
             admin.command("CONFIG", "SET", "requirepass", "")
             admin.close()
+
+    def test_04_an_acl_user_authenticates_with_its_name_and_a_refusal_does_not_show_the_password(self):
+        """Operational (Redis 6 ACL: `AUTH username password`): redis://user:password@ works for both clients; a wrong password is said (refused AUTH), without the password."""
+        self.redis.command("ACL", "SETUSER", "alice", "on", ">wonderland", "~*", "&*", "+@all")
+        self.addCleanup(self.redis.command, "ACL", "DELUSER", "alice")
+        right = ws_server.RedisAddress.parse(self.redis.url.replace("//", "//alice:wonderland@"), environ={})
+        wrong = ws_server.RedisAddress.parse(self.redis.url.replace("//", "//alice:looking-glass@"), environ={})
+        blocking = sse_server.BlockingRedis(right, TIMEOUT)
+        self.addCleanup(blocking.close)
+        self.assertEqual(blocking.command("ACL", "WHOAMI"), b"alice")
+        refused = sse_server.BlockingRedis(wrong, TIMEOUT)
+        self.addCleanup(refused.close)
+        with self.assertRaises(RedisUnreachable) as caught:
+            refused.command("PING")
+        self.assertIn("refused AUTH", str(caught.exception))
+        self.assertNotIn("looking-glass", str(caught.exception))
+
+        async def run():
+            client, bad = ws_server.AsyncRedis(right, TIMEOUT), ws_server.AsyncRedis(wrong, TIMEOUT)
+            try:
+                self.assertEqual(await client.command("ACL", "WHOAMI"), b"alice")
+                with self.assertRaises(RedisUnreachable) as caught:
+                    await bad.command("PING")
+                self.assertNotIn("looking-glass", str(caught.exception))
+            finally:
+                await client.close()
+                await bad.close()
+        asyncio.run(run())
+
+    def test_05_rediss_speaks_tls_to_a_redis_with_tls_and_verifies_its_certificate(self):
+        """Operational (rediss://, RFC 8446 with RFC 6125's name check): both clients reach a redis-server that serves TLS only, with its certificate verified against --redis-cafile; with the system's CAs alone they refuse it, naming the certificate."""
+        port = free_port()
+        process = subprocess.Popen(
+            [self.redis.binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.redis.folder.name, "--tls-cert-file", CERT_FILE,
+             "--tls-key-file", KEY_FILE, "--tls-ca-cert-file", CA_FILE, "--tls-auth-clients", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(stop_process, process)
+        verified = ws_server.RedisAddress.parse(f"rediss://127.0.0.1:{port}", CA_FILE, environ={})
+
+        def ping() -> bool:
+            client = sse_server.BlockingRedis(verified, 1.0)
+            try:
+                return client.command("PING") == "PONG"
+            finally:
+                client.close()
+        if not wait_for_service(process, ping):
+            self.skipTest("this redis-server does not serve TLS (built without it?)")
+        unverified = ws_server.RedisAddress.parse(f"rediss://127.0.0.1:{port}", environ={})
+        refused = sse_server.BlockingRedis(unverified, TIMEOUT)
+        self.addCleanup(refused.close)
+        with self.assertRaises(RedisUnreachable) as caught:
+            refused.command("PING")
+        self.assertIn("certificate", str(caught.exception))
+
+        async def run():
+            client, bad = ws_server.AsyncRedis(verified, TIMEOUT), ws_server.AsyncRedis(unverified, TIMEOUT)
+            try:
+                self.assertEqual(await client.command("SET", "over", "tls"), "OK")
+                self.assertEqual(await client.command("GET", "over"), b"tls")
+                with self.assertRaises(RedisUnreachable) as caught:
+                    await bad.command("PING")
+                self.assertIn("certificate", str(caught.exception))
+            finally:
+                await client.close()
+                await bad.close()
+        asyncio.run(run())
 
     def test_03_a_redis_that_does_not_answer_is_a_timeout_and_one_that_is_gone_is_unreachable(self):
         """Operational: --redis-timeout on every command: a stalled Redis is a RedisError (not "unreachable": sent, outcome unknown); then a reconnection; a Redis gone is unreachable."""
@@ -613,6 +716,8 @@ class Test05TheEventStreamAcrossProcesses(RedisTestCase):
         self.assertEqual(status, 503)
         self.assertEqual(body, b"503 the event store is unavailable: the event was not published\n")  # no address
         self.assertNotIn(str(self.redis.port).encode(), body)
+        wait_until(lambda: any("publish refused" in line and f":{self.redis.port}" in line for line in self.logs[0].lines),
+                   message="the log line naming Redis's address")
         self.redis.start()  # empty
         acknowledged = []
 
