@@ -1542,8 +1542,7 @@ class RedisHistory(History):
             reply = self._commands.command("XADD", self.stream, "MAXLEN", "~", max(self.maxlen, 1), "*", *fields)
             return StoredEvent.numbered(reply.decode("ascii"), data, event)
         except ws_server.RedisUnreachable as error:
-            raise StoreError("the event was not stored: the event store is unavailable",
-                             f"the event was not stored: {error}") from None
+            raise StoreError(f"the event was not stored: {error}") from None  # (a client is told less)
         except (ws_server.RedisError, AttributeError, UnicodeDecodeError) as error:
             raise StoreError(f"the event was not confirmed by Redis ({error or 'an unexpected reply'}): "
                              f"it may still be sent, or not", STORE_UNCONFIRMED) from None
