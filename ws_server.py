@@ -3721,8 +3721,8 @@ class RedisChatBus:
 # - The Host header, against DNS rebinding: a page at http://evil.example:8080 has its name
 #   re-resolved to 127.0.0.1, and its requests then reach this server, with `Host:
 #   evil.example:8080` and an `Origin` of the same.  A server on loopback answers only the Hosts
-#   that name loopback (`localhost`, 127.0.0.1, [::1]) or that `--allowed-host` names; anything
-#   else is 421, Misdirected Request (RFC 9110 §15.5.20).
+#   that name loopback (`localhost`, 127.0.0.1, [::1], on any port) or that `--allowed-host`
+#   names; anything else is 421, Misdirected Request (RFC 9110 §15.5.20).
 # - The Origin header, against cross-site requests: a page elsewhere may make the visitor's
 #   browser open the chat (a WebSocket is not bound by the same-origin policy: cross-site
 #   WebSocket hijacking, RFC 6455 §10.2) or POST a "simple" request with no preflight (Fetch,
@@ -3814,9 +3814,10 @@ class AccessRules:
             allowed_name, allowed_port = host_name_and_port(allowed.lower())
             if name == allowed_name and (allowed_port is None or allowed_port == port):
                 return
-        if self.loopback or self.allowed_hosts:
-            if not (is_loopback_name(name) and port in (None, self.port)):
-                raise HTTPError(421, f"this server does not answer for the host {escape_controls(host[:100])!r}")
+        # A loopback name on any port: a rebound name is never one, and a proxy on this machine
+        # (another port) passes on the Host the browser sent, port included (`$http_host`).
+        if (self.loopback or self.allowed_hosts) and not is_loopback_name(name):
+            raise HTTPError(421, f"this server does not answer for the host {escape_controls(host[:100])!r}")
 
     def is_own_origin(self, origin: str, request: Request) -> bool:
         """Is `origin` one of this server's own pages: its scheme, and the Host it was asked by

@@ -411,12 +411,12 @@ class Test09WhoMayConnect(unittest.TestCase):
     """`AccessRules` (ws_server.py II.9), shared by both servers: Host, Origin, credentials."""
 
     def test_01_on_loopback_only_loopback_hosts_are_answered(self):
-        """RFC 9110 §15.5.20 A server on loopback answers localhost, 127.0.0.0/8 and [::1] on its own port, and 421 to any other Host: a page whose name was rebound to 127.0.0.1 (DNS rebinding) is refused."""
+        """RFC 9110 §15.5.20 A server on loopback answers localhost, 127.0.0.0/8 and [::1] (on any port: a proxy on this machine passes on the browser's Host), and 421 to any other Host: a page whose name was rebound to 127.0.0.1 (DNS rebinding) is refused."""
         rules = ws_server.AccessRules(loopback=True, port=8080)
-        for host in ("localhost:8080", "localhost", "127.0.0.1:8080", "[::1]:8080", "app.localhost:8080"):
+        for host in ("localhost:8080", "localhost", "127.0.0.1:8080", "[::1]:8080", "app.localhost:8080", "localhost:9999"):
             with self.subTest(host=host):
                 rules.check_host(head(f"Host: {host}"))
-        for host in ("evil.example:8080", "evil.example", "localhost:9999", "10.0.0.1:8080"):
+        for host in ("evil.example:8080", "evil.example", "10.0.0.1:8080", "127.0.0.1.evil.example"):
             with self.subTest(host=host), self.assertRaises(HTTPError) as caught:
                 rules.check_host(head(f"Host: {host}"))
             self.assertEqual(caught.exception.status, 421)

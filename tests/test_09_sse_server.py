@@ -762,7 +762,7 @@ class Test17DNSRebinding(SSEServerTestCase):
         for head in (f"GET /sse HTTP/1.1\nHost: {host}\n", f"GET / HTTP/1.1\nHost: {host}\n",
                      f"POST /publish HTTP/1.1\nHost: {host}\nOrigin: http://{host}\nContent-Length: 6\n",
                      f"OPTIONS /publish HTTP/1.1\nHost: {host}\nOrigin: http://{host}\n",
-                     f"DELETE / HTTP/1.1\nHost: {host}\n", f"GET /sse HTTP/1.1\nHost: 127.0.0.1:1\n"):
+                     f"DELETE / HTTP/1.1\nHost: {host}\n", f"GET /sse HTTP/1.1\nHost: 127.0.0.1.evil.example:{self.port}\n"):
             with self.subTest(head=head.splitlines()[0]):
                 status, _, body = raw(self.port, head + "Connection: close\n", b"forged" if "POST" in head else b"")
                 self.assertEqual(status, 421)

@@ -462,9 +462,9 @@ class Test05BehindNginx(unittest.TestCase):
             connection.close()
 
     def test_01_a_chat_message_goes_through_the_proxy_both_ways(self):
-        """RFC 6455 §4.1 The upgrade reaches the server through nginx; messages flow both ways."""
+        """RFC 6455 §4.1 The upgrade reaches the server through nginx, messages flow both ways, and a page of the proxy's own origin (its port included, which nginx passes on in Host) is the chat's own page (§10.2)."""
         async def chat() -> tuple[str, str]:
-            alice = await ws_server.connect(f"ws://{self.base}/")
+            alice = await ws_server.connect(f"ws://{self.base}/", origin=f"http://{self.base}")
             bob = await ws_server.connect(f"ws://{self.base}/")
             try:
                 await alice.send("from alice " * 20)

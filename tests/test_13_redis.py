@@ -620,7 +620,10 @@ class Test04TheChatAcrossProcesses(RedisTestCase):
         for logs in self.logs:
             for entry_id, why in zip(ids, ("not UTF-8", "over --max-size", "no data", "no type", "neither text nor binary")):
                 with self.subTest(entry_id=entry_id):
-                    lines = [line for line in logs.lines if f"skipped the entry {entry_id} " in line]
+                    def said() -> list[str]:
+                        return [line for line in logs.lines if f"skipped the entry {entry_id} " in line]
+                    wait_until(lambda: said(), message=f"the log line of {entry_id}")  # (read from the process)
+                    lines = said()
                     self.assertEqual(len(lines), 1, logs.text[-2000:])
                     self.assertIn(why, lines[0])
             self.assertNotIn("\x1b", logs.text)
