@@ -37,7 +37,8 @@ class Test01TheRequestLine(unittest.TestCase):
 
     def test_03_a_malformed_version_is_400(self):
         """RFC 9112 §2.3: HTTP-version = "HTTP/" DIGIT "." DIGIT, case-sensitive."""
-        for version in (b"HTTX/1.1", b"http/1.1", b"HTTP/1", b"HTTP/1.10", b"HTTP/a.b", b"HTTP/1.1\x00"):
+        for version in (b"HTTX/1.1", b"http/1.1", b"HTTP/1", b"HTTP/1.10", b"HTTP/a.b", b"HTTP/1.1\x00",
+                        b"HTTP-1.1", b"HTTP/x.1", b"HTTP/1x1", b"HTTP/1.x"):
             with self.subTest(version=version):
                 self.assertEqual(refusal(b"GET / " + version + b"\r\nHost: x"), 400)
 
@@ -56,10 +57,11 @@ class Test01TheRequestLine(unittest.TestCase):
         self.assertEqual(parse_request(b"GET / HTTP/1.0").version, (1, 0))
 
     def test_06_origin_absolute_and_asterisk_forms_give_the_path_and_query(self):
-        """RFC 9112 §3.2: origin-form (§3.2.1), absolute-form (§3.2.2) and asterisk-form for OPTIONS (§3.2.4) give a path and a query (the authority of the absolute-form is checked, test_09, and not kept)."""
+        """RFC 9112 §3.2: origin-form (§3.2.1), absolute-form (§3.2.2) and asterisk-form for OPTIONS (§3.2.4) give a path and a query; an absolute-form target may be http, https, ws or wss (RFC 6455 §3), in any case (the authority of the absolute-form is checked, test_09, and not kept)."""
         forms = {b"GET /a/b?c=d": ("/a/b", "c=d"), b"GET http://example.com/x?y": ("/x", "y"),
                  b"GET http://[::1]:8080/ok": ("/ok", ""), b"GET https://h?q": ("/", "q"),
-                 b"OPTIONS *": ("*", ""), b"GET //[": ("//[", "")}
+                 b"OPTIONS *": ("*", ""), b"GET //[": ("//[", ""),
+                 b"GET ws://example.com/chat?x": ("/chat", "x"), b"GET WSS://example.com/chat?x": ("/chat", "x")}
         for line, expected in forms.items():
             with self.subTest(line=line):
                 request = parse_request(line + b" HTTP/1.1\r\nHost: x")
@@ -70,6 +72,9 @@ class Test01TheRequestLine(unittest.TestCase):
         for target in (b"*", b"example.com:443", b"ftp://x/", b"/caf\xc3\xa9", b"/a\x01b", b"/a\x7fb", b"mailto:x"):
             with self.subTest(target=target):
                 self.assertEqual(refusal(b"GET " + target + b" HTTP/1.1\r\nHost: x"), 400)
+        for target in (b"example", b"example.com:443"):  # OPTIONS takes `*`, not any other target
+            with self.subTest(target=target, method="OPTIONS"):
+                self.assertEqual(refusal(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: x"), 400)
 
     def test_09_an_absolute_form_target_with_an_invalid_authority_is_400(self):
         """RFC 9112 §3.2.2 and RFC 9110 §4.2.1: the authority of an absolute-form target is host [":" port]: an unclosed or invalid IP literal, an empty host, userinfo, or a port that is not digits is a 400."""
@@ -84,6 +89,34 @@ class Test01TheRequestLine(unittest.TestCase):
     def test_08_empty_lines_before_the_request_line_are_ignored(self):
         """RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line."""
         self.assertEqual(parse_request(b"\r\n\r\nGET / HTTP/1.1\r\nHost: x").method, "GET")
+
+    def test_10_every_token_character_may_be_in_a_method_and_a_field_name(self):
+        """RFC 9110 §5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA; a method (§9.1) and a field name (§5.1) made of all of them are read; one with a delimiter in it is 400."""
+        tchars = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+        request = parse_request(tchars + b" / HTTP/1.1\r\nHost: x\r\n" + tchars + b": y")
+        self.assertEqual((request.method, request.header(tchars.decode())), (tchars.decode(), "y"))
+        for char in b'"(),/;<=>?@[\\]{}':  # (a ":" would end the field name: test_05)
+            with self.subTest(char=chr(char)):
+                self.assertEqual(refusal(b"G" + bytes([char]) + b"T / HTTP/1.1\r\nHost: x"), 400)
+                self.assertEqual(refusal(b"GET / HTTP/1.1\r\nHost: x\r\nX" + bytes([char]) + b"Y: z"), 400)
+
+    def test_11_a_head_cut_short_is_408_if_it_took_too_long_and_400_if_the_connection_closed(self):
+        """RFC 9110 §15.5.9: a head not finished in time is 408 Request Timeout; a connection closed in the middle of a head is 400; nothing sent (or only empty lines, RFC 9112 §2.2) is no request at all, and gets no answer."""
+        for buffer in (b"", b"\r\n", b"\n\r\n"):
+            for timed_out in (True, False):
+                with self.subTest(buffer=buffer, timed_out=timed_out):
+                    self.assertIsNone(ws_server.no_head_received(buffer, timed_out))
+        for buffer, timed_out, status in ((b"GET", True, 408), (b"GET", False, 400),
+                                          (b"\r\nGET / HTTP/1.1\r\n", True, 408), (b"\rGET", False, 400)):
+            with self.subTest(buffer=buffer, timed_out=timed_out):
+                with self.assertRaises(HTTPError) as caught:
+                    ws_server.no_head_received(buffer, timed_out)
+                self.assertEqual(caught.exception.status, status)
+
+    def test_12_a_request_made_without_a_path_has_the_root_path(self):
+        """Operational: a `Request` built by hand (a test, a handler's stand-in) without a path has the path "/", the root, and an empty query."""
+        request = ws_server.Request("GET", "/", (1, 1), {"host": ["x"]})
+        self.assertEqual((request.path, request.query), ("/", ""))
 
 
 class Test02HeaderFields(unittest.TestCase):
@@ -113,7 +146,7 @@ class Test02HeaderFields(unittest.TestCase):
 
     def test_05_a_line_without_a_colon_or_a_name_is_400(self):
         """RFC 9112 §5: field-line = field-name ":" OWS field-value OWS; a name is a token."""
-        for line in (b"no colon", b": no name", b"bad name: x", b"na(me: x"):
+        for line in (b"no colon", b"NoColon", b": no name", b"bad name: x", b"na(me: x"):
             with self.subTest(line=line):
                 self.assertEqual(refusal(b"GET / HTTP/1.1\r\nHost: x\r\n" + line), 400)
 
@@ -126,7 +159,7 @@ class Test02HeaderFields(unittest.TestCase):
         parse_request(head, max_header_lines=101)
 
     def test_07_a_head_ends_at_an_empty_line_even_with_bare_lf(self):
-        """RFC 9112 §2.2: a recipient MAY recognize a single LF as a line terminator."""
+        """RFC 9112 §2.2: a recipient MAY recognize a single LF as a line terminator; the end is searched for from the buffer's start (a buffer that is only the empty line ends at 0), and is None until it arrives."""
         for line_end, empty_line in ((b"\r\n", b"\r\n"), (b"\n", b"\n"), (b"\n", b"\r\n"), (b"\r\n", b"\n")):
             head = b"GET / HTTP/1.1" + line_end + b"Host: x" + line_end + empty_line
             with self.subTest(head=head):
@@ -135,6 +168,7 @@ class Test02HeaderFields(unittest.TestCase):
                 self.assertEqual((head + b"rest")[body:], b"rest")
                 self.assertEqual(parse_request(head[:end]).header("host"), "x")
         self.assertIsNone(find_end_of_head(b"GET / HTTP/1.1\r\nHost: x\r\n"))
+        self.assertEqual(find_end_of_head(b"\r\n\r\n"), (0, 4))
 
 
 class Test03Host(unittest.TestCase):
@@ -160,6 +194,18 @@ class Test03Host(unittest.TestCase):
     def test_04_http_1_0_may_omit_host(self):
         """RFC 9112 §3.2: the Host requirement is HTTP/1.1's."""
         self.assertEqual(refusal(b"GET / HTTP/1.0"), 0)
+
+    def test_05_a_host_is_a_reg_name_or_an_ip_literal_and_a_port_of_at_most_5_ascii_digits(self):
+        """RFC 3986 §3.2.2: a reg-name is unreserved characters, sub-delims and percent-encodings (all of them together are read), an IP literal is an IPv6 address in brackets; §3.2.3: port = *DIGIT after a ":", and at most 5 digits here (a port is 16 bits); a port without a host, a port not right after "]" and a port that is not ASCII digits are 400."""
+        all_reg_name = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%41"
+        for host in (all_reg_name, b"x:65535", b"x:", b"[::1]", b"[::1]:65535", b"[::1]:"):
+            with self.subTest(host=host):
+                self.assertEqual(refusal(b"GET / HTTP/1.1\r\nHost: " + host), 0)
+        for host in (b":80", b"x:123456", b"[::1]:123456", b"[::1]80", b"[::1]x80", b"x:a", b"x:a1", b"x:1a",
+                     b"x:\xb2", b"[::1", b"[]"):
+            with self.subTest(host=host):
+                self.assertEqual(refusal(b"GET / HTTP/1.1\r\nHost: " + host), 400)
+        self.assertEqual(refusal(b"GET http://:80/ HTTP/1.1\r\nHost: x"), 400)
 
 
 class Test04TheLengthOfABody(unittest.TestCase):
@@ -190,10 +236,11 @@ class Test04TheLengthOfABody(unittest.TestCase):
         self.assertEqual(refusal(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked"), 400)
 
     def test_05_chunked_is_recognised_in_any_case_and_must_be_the_last_coding(self):
-        """RFC 9112 §6.3 item 4: chunked last, or 400; §6.1: a coding the server lacks is 501; §7: coding names are case-insensitive."""
+        """RFC 9112 §6.3 item 4: chunked last, or 400 (an empty list has no last coding: 400); §6.1: a coding the server lacks is 501; §7: coding names are case-insensitive."""
         self.assertIsNone(self.length(b"Transfer-Encoding: chunked"))
         self.assertIsNone(self.length(b"Transfer-Encoding: Chunked"))
         self.assertEqual(refusal(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip"), 400)
+        self.assertEqual(refusal(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,"), 400)
         self.assertEqual(refusal(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip"), 400)
         self.assertEqual(refusal(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked"), 501)
 
@@ -239,13 +286,21 @@ class Test05Responses(unittest.TestCase):
         self.assertEqual(response.tokens("connection"), ["close"])
 
     def test_04_a_client_reads_a_status_line_and_its_header_fields(self):
-        """RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ]."""
+        """RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ], status-code = 3DIGIT; a line that is not that, or whose version is not HTTP/1.x, fails the handshake."""
         response = ws_server.parse_response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket")
         self.assertEqual((response.status, response.reason, response.header("upgrade")),
                          (101, "Switching Protocols", "websocket"))
-        for head in (b"HTTP/1.1 1O1 x", b"SSH-2.0-OpenSSH", b"HTTP/1.1 101 x\r\nbad line"):
+        for head in (b"HTTP/1.1 1O1 x", b"SSH-2.0-OpenSSH", b"HTTP/1.1 101 x\r\nbad line", b"HTTPS/1.1 101 x",
+                     b"HTTP/10 101 x", b"HTTP/2 101 x", b"HTTP/1.1 1010 x", b"HTTP/1.1 10 x"):
             with self.subTest(head=head), self.assertRaises(ws_server.HandshakeFailed):
                 ws_server.parse_response(head)
+
+
+    def test_05_a_response_carries_its_body_and_the_answer_to_head_does_not(self):
+        """RFC 9112 §4, §6: a response is its status line, its header fields, the empty line, then its content; RFC 9110 §9.3.2: the same without the content for HEAD."""
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+        self.assertEqual(ws_server.build_response(200, [("Content-Length", "2")], b"ok"), head + b"ok")
+        self.assertEqual(ws_server.build_response(200, [("Content-Length", "2")], b"ok", head_only=True), head)
 
 
 class Test06Fuzz(unittest.TestCase):
