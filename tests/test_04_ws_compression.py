@@ -125,6 +125,37 @@ class Test01TheServersNegotiation(unittest.TestCase):
         self.assertIsNone(handshake.deflate)
         self.assertNotIn(b"Sec-WebSocket-Extensions", ws_server.build_switching_protocols(handshake))
 
+    def test_09_spaces_and_tabs_may_surround_every_separator(self):
+        """RFC 6455 §9.1, RFC 9110 §5.6.1, §5.6.6: optional whitespace (spaces and tabs) may come before and after each ",", ";" and "=" of the extension list; it is not part of any name or value."""
+        self.assertEqual(parse_extensions(' permessage-deflate ; a = 1 ;\tb=\t"2" ;c\t, x ,y '),
+                         [("permessage-deflate", [("a", "1"), ("b", "2"), ("c", None)]), ("x", []), ("y", [])])
+
+    def test_10_a_quoted_value_is_unescaped_and_must_then_be_a_non_empty_token(self):
+        """RFC 6455 §9.1: a quoted-string value must be a token once unquoted (RFC 9110 §5.6.4: a backslash escapes the next character, and is dropped), so any token character may be quoted; an empty one, one with a space, or one never closed is malformed (ValueError). Parameters after a quoted value are read on."""
+        tchars = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+        self.assertEqual(parse_extensions(f'x; a="{tchars}"'), [("x", [("a", tchars)])])
+        self.assertEqual(parse_extensions('x; a="1\\2"; b="abc"; c, y'),
+                         [("x", [("a", "12"), ("b", "abc"), ("c", None)]), ("y", [])])
+        for bad in ('x; a=""', 'x; a="a b"', 'x; a="abc', 'x; a="1\\ 2"'):
+            with self.subTest(bad=bad), self.assertRaises(ValueError):
+                parse_extensions(bad)
+
+    def test_11_a_window_size_is_a_decimal_from_8_to_15_without_leading_zeros(self):
+        """RFC 7692 §7.1.2: the value of a max_window_bits parameter is a decimal integer from 8 to 15, without leading zeros; anything else (7, 16, 010, an Arabic-Indic nine, a sign) is no window size."""
+        for text, bits in (("8", 8), ("9", 9), ("15", 15)):
+            with self.subTest(text=text):
+                self.assertEqual(ws_server.window_bits(text), bits)
+        for text in ("7", "16", "010", "08", "\u0669", "+9", "", None):
+            with self.subTest(text=text):
+                self.assertIsNone(ws_server.window_bits(text))
+
+    def test_12_the_parameters_are_written_back_as_an_extension_header(self):
+        """RFC 7692 §7.1: an answer names permessage-deflate and then only the parameters agreed, each once, a window size with its value: no parameter at all by default."""
+        self.assertEqual(DeflateParameters().header(), "permessage-deflate")
+        self.assertEqual(DeflateParameters(client_max_window_bits=10).header(), "permessage-deflate; client_max_window_bits=10")
+        self.assertEqual(DeflateParameters(True, True, 12, 10).header(),
+                         OUR_ANSWER + "; server_max_window_bits=12; client_max_window_bits=10")
+
 
 class Test02TheClientsSide(unittest.TestCase):
     """RFC 7692 §7.1.1.2, §7.1.2.2: the client offers as Chromium does and checks the answer."""
@@ -134,21 +165,24 @@ class Test02TheClientsSide(unittest.TestCase):
         self.assertEqual(ws_server.client_deflate_offer(), "permessage-deflate; client_max_window_bits")
 
     def test_02_a_valid_answer_gives_the_parameters_to_follow(self):
-        """RFC 7692 §7.1.2.2 client_max_window_bits in the answer limits the client's window; §7.1.1.1 with server_no_context_takeover the client keeps no inflating context between messages, without it it does."""
+        """RFC 7692 §7.1.2.2 client_max_window_bits in the answer limits the client's window; §7.1.2.1 server_max_window_bits in it is the server's, kept as answered; §7.1.1.1 with server_no_context_takeover the client keeps no inflating context between messages, without it it does."""
         answer = check_deflate_answer(parse_extensions(OUR_ANSWER + "; client_max_window_bits=10")[0][1])
         self.assertEqual(answer, DeflateParameters(True, True, None, 10))
         client = ws_server.client_compression(answer)
         self.assertEqual(client.deflater.window, 10)
         self.assertFalse(client.peer_keeps_context)
         self.assertTrue(ws_server.client_compression(DeflateParameters()).peer_keeps_context)
+        answer = check_deflate_answer(parse_extensions("permessage-deflate; server_max_window_bits=10")[0][1])
+        self.assertEqual(answer, DeflateParameters(server_max_window_bits=10))
 
     def test_03_an_answer_the_client_did_not_allow_fails_the_connection(self):
-        """RFC 7692 §7 An answer with an unknown, invalid or repeated parameter, or one the client cannot keep to, fails the connection."""
+        """RFC 7692 §7 An answer with an unknown, invalid or repeated parameter, or one the client cannot keep to, fails the connection (HandshakeFailed, with the status the server did answer: 101)."""
         for answer in ("permessage-deflate; foo", "permessage-deflate; client_max_window_bits",
                        "permessage-deflate; client_max_window_bits=8", "permessage-deflate; server_max_window_bits=99",
                        "permessage-deflate; server_no_context_takeover; server_no_context_takeover"):
-            with self.subTest(answer=answer), self.assertRaises(HandshakeFailed):
+            with self.subTest(answer=answer), self.assertRaises(HandshakeFailed) as caught:
                 check_deflate_answer(parse_extensions(answer)[0][1])
+            self.assertEqual(caught.exception.status, 101)  # what the server answered, with that header
 
     def test_04_the_opening_handshake_carries_the_offer_and_reads_the_answer(self):
         """RFC 6455 §4.1 item 11, §9.1 The offer goes in Sec-WebSocket-Extensions; the answer sets the connection up."""
