@@ -66,12 +66,14 @@ class Test01FormattingAnEvent(unittest.TestCase):
             with self.subTest(id=id), self.assertRaises(ValueError):
                 format_event("x", id=id)
 
-    def test_07_a_negative_retry_is_refused(self):
-        """WHATWG HTML §9.2.6 retry is "only ASCII digits", a number of milliseconds: a negative one is refused."""
+    def test_07_a_negative_retry_is_refused_and_zero_is_sent(self):
+        """WHATWG HTML §9.2.6 retry is "only ASCII digits", a number of milliseconds: a negative one is refused (ValueError); 0 is one (reconnect at once) and is sent."""
         with self.assertRaises(ValueError):
             format_event("x", retry=-1)
         with self.assertRaises(ValueError):
             format_retry(-1)
+        self.assertEqual(format_event("x", retry=0), "retry: 0\ndata: x\n\n")
+        self.assertEqual(format_retry(0), "retry: 0\n\n")
 
     def test_08_comments_start_with_a_colon_one_per_line(self):
         """WHATWG HTML §9.2.5 comment = colon *any-char end-of-line: one comment line per line of text."""
@@ -150,6 +152,50 @@ class Test02ChunkedFraming(unittest.TestCase):
     def test_07_the_media_type_has_its_charset_after_a_semicolon(self):
         """RFC 9110 §8.3.1 Parameters follow a semicolon: text/event-stream; charset=utf-8."""
         self.assertEqual(sse_server.EVENT_STREAM_TYPE, "text/event-stream; charset=utf-8")
+
+    def test_08_a_size_is_hexadecimal_in_either_case_with_at_most_16_digits(self):
+        """RFC 9112 §7.1 chunk-size = 1*HEXDIG (RFC 5234: "A" to "F" in either case): "10" is 16 bytes, "F" and "f" are 15, and leading zeros count as digits: 16 of them are read; Operational: 17 are 400 (no size needs more than 16 hex digits)."""
+        for size, length in ((b"10", 16), (b"F", 15), (b"f", 15), (b"Ab", 0xAB), (b"0000000000000005", 5)):
+            with self.subTest(size=size):
+                decoder = ChunkedDecoder(1000)
+                self.assertEqual(decoder.feed(size + b"\r\n" + b"x" * length + b"\r\n0\r\n\r\n"), [b"x" * length])
+                self.assertTrue(decoder.done)
+        with self.assertRaises(HTTPError) as caught:
+            ChunkedDecoder(1000).feed(b"00000000000000005\r\n")
+        self.assertEqual(caught.exception.status, 400)
+
+    def test_09_spaces_and_tabs_before_an_extension_are_skipped(self):
+        """RFC 9112 §7.1.1 chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ): whitespace (SP or HTAB) may follow the size, before the ";"."""
+        for line in (b"5 ;a=1", b"5\t;a", b"5 \t ;a"):
+            with self.subTest(line=line):
+                self.assertEqual(ChunkedDecoder(100).feed(line + b"\r\nhello\r\n"), [b"hello"])
+
+    def test_10_a_body_of_exactly_the_limit_is_read(self):
+        """Operational: --max-body is the most a body may hold: a chunked body of exactly that many bytes, in one chunk or several, is read (one more is 413: test_06)."""
+        for body in (b"5\r\nhello\r\n0\r\n\r\n", b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n"):
+            with self.subTest(body=body):
+                decoder = ChunkedDecoder(5)
+                self.assertEqual(b"".join(decoder.feed(body)), b"hello")
+                self.assertEqual((decoder.done, decoder.size), (True, 5))
+
+    def test_11_a_size_line_may_be_as_long_as_max_line_and_no_longer(self):
+        """Operational: a size line (with its extensions) still unfinished is kept up to `max_line` bytes, 4096 by default, while the rest of it comes; one byte more is 400."""
+        decoder = ChunkedDecoder(100)
+        self.assertEqual(decoder.feed(b"1;" + b"x" * 4094), [])  # 4096 bytes, no CRLF yet
+        self.assertFalse(decoder.done)
+        with self.assertRaises(HTTPError) as caught:
+            decoder.feed(b"x")
+        self.assertEqual(caught.exception.status, 400)
+
+    def test_12_what_follows_the_body_is_kept_for_the_next_request_even_when_it_comes_later(self):
+        """RFC 9112 §9.3: the bytes after a body are the next request on the connection: `unused` is empty until the body ends, then holds what followed it, with whatever is fed afterwards (no more chunks come out)."""
+        decoder = ChunkedDecoder(100)
+        self.assertEqual(decoder.unused, b"")
+        self.assertEqual(decoder.feed(b"5\r\nhello\r\n"), [b"hello"])
+        self.assertEqual(decoder.unused, b"")
+        self.assertEqual(decoder.feed(b"0\r\n\r\nGET / HT"), [])
+        self.assertEqual(decoder.feed(b"TP/1.1\r\n"), [])
+        self.assertEqual(decoder.unused, b"GET / HTTP/1.1\r\n")
 
 
 class Test03DecisionsAboutARequest(unittest.TestCase):
@@ -238,6 +284,13 @@ class Test03DecisionsAboutARequest(unittest.TestCase):
                 check()
             self.assertEqual(caught.exception.status, 400)
 
+    def test_11_a_preflight_is_answered_with_the_methods_and_headers_we_serve_cached_a_day(self):
+        """Fetch "CORS-preflight fetch": Access-Control-Allow-Methods lists what this server serves (GET, HEAD, POST, OPTIONS: not the tutorial's PUT and DELETE), Access-Control-Allow-Headers what a page may send (Last-Event-ID, Content-Type, Cache-Control, Authorization), Access-Control-Max-Age how long a browser may cache the answer: 86400 s."""
+        self.assertEqual(sse_server.preflight_headers(), [
+            ("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS"),
+            ("Access-Control-Allow-Headers", "Last-Event-ID, Content-Type, Cache-Control, Authorization"),
+            ("Access-Control-Max-Age", "86400")])
+
 
 def stored(id: int) -> StoredEvent:
     return StoredEvent.from_payload(id, format_event(f"event {id}", id=str(id)).encode())
@@ -299,6 +352,35 @@ class Test04TheHistoryForLastEventID(unittest.TestCase):
         for text in ("4" * 5000, "٣", "²", "-1", "1.5", ""):
             with self.subTest(text=text[:10]):
                 self.assertIsNone(history.parse_id(text))
+
+    def test_05_once_the_history_is_forgotten_only_the_newest_id_is_current(self):
+        """WHATWG HTML §9.2.4 Last-Event-ID, and this server's answer: after `forget` (the store lost what it kept) no earlier id can be resumed from (None: a reset); the newest id still can, with nothing missed."""
+        history = History(10, first_id=1)
+        for id in range(1, 6):
+            keep(history, f"event {id}")
+        history.forget()
+        for last_id in (1, 4):
+            with self.subTest(last_id=last_id):
+                self.assertIsNone(history.after(last_id))
+        self.assertEqual(history.after(5), [])
+
+    def test_06_a_reset_says_why_in_its_message_and_echoes_at_most_100_characters_of_the_id(self):
+        """Operational: a reset event's data is JSON with a `message` (UNKNOWN_POSITION), as the clock's ticks are, and the Last-Event-ID it could not resume from, cut to 100 characters (a client may send a long one)."""
+        history = History(10, first_id=1)
+        keep(history, "event 1")
+        for sent, echoed in (("x" * 100, "x" * 100), ("y" * 150, "y" * 100)):
+            with self.subTest(length=len(sent)):
+                [reset] = parse(sse_server.first_events(history, sent)[0].payload)
+                self.assertEqual(json.loads(reset.data), {"message": sse_server.UNKNOWN_POSITION, "last_event_id": echoed})
+
+    def test_07_a_thousand_events_are_kept_by_default(self):
+        """Operational: --history is 1000 events by default: after 1001 events, a client that missed the last 1000 gets them all, one that missed the first too gets a reset (None)."""
+        self.assertEqual(sse_server.ServerConfig().history, 1000)
+        history = History(sse_server.ServerConfig().history, first_id=1)
+        for id in range(1, 1002):
+            keep(history, f"event {id}")
+        self.assertEqual([e.id for e in history.after(1)], list(range(2, 1002)))
+        self.assertIsNone(history.after(0))
 
 
 class Test05TheSQLiteStore(unittest.TestCase):
