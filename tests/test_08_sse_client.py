@@ -60,10 +60,12 @@ class Test02ParsingRules(unittest.TestCase):
     """WHATWG HTML §9.2.5 and §9.2.6, rule by rule."""
 
     def test_01_one_leading_bom_is_ignored_a_second_one_is_not(self):
-        """WHATWG HTML §9.2.6 UTF-8 decode strips one leading BOM (§9.2.5: stream = [ bom ] *event); a second one is part of a field name."""
+        """WHATWG HTML §9.2.6 UTF-8 decode strips one leading BOM (§9.2.5: stream = [ bom ] *event); a second one is part of a field name, and one at the start of a later read (not the stream's start) is data."""
         self.assertEqual(parse(b"\xef\xbb\xbfdata: a\n\n"), [ServerSentEvent("a")])
         # "\ufeffdata" is then a field name nobody knows: ignored.
         self.assertEqual(parse(b"\xef\xbb\xbf\xef\xbb\xbfdata: a\n\n"), [])
+        parser = EventStreamParser()
+        self.assertEqual(parser.feed(b"data:") + parser.feed(b"\xef\xbb\xbfa\n\n"), [ServerSentEvent("\ufeffa")])
 
     def test_02_lines_end_with_cr_lf_or_crlf(self):
         """WHATWG HTML §9.2.6 A line ends with CRLF, a lone LF or a lone CR (§9.2.5: end-of-line = ( cr lf / cr / lf ))."""
@@ -87,9 +89,10 @@ class Test02ParsingRules(unittest.TestCase):
         self.assertEqual(events, [ServerSentEvent("ü", "é", "1"), ServerSentEvent("x", "message", "1")])
 
     def test_05_event_names_the_type_which_defaults_to_message_for_the_next_event(self):
-        """WHATWG HTML §9.2.6 event sets the type of this event only (dispatch empties the buffer); the next one is `message` again."""
+        """WHATWG HTML §9.2.6 event sets the type of this event only (dispatch empties the buffer, even when it dispatches nothing for want of data); the next one is `message` again."""
         self.assertEqual(parse(b"event: add\ndata: 1\n\ndata: 2\n\n"),
                          [ServerSentEvent("1", "add"), ServerSentEvent("2", "message")])
+        self.assertEqual(parse(b"event: add\n\ndata: 2\n\n"), [ServerSentEvent("2", "message")])
 
     def test_06_the_last_event_id_persists_until_the_stream_sets_another(self):
         """WHATWG HTML §9.2.6 The last event ID buffer "does not get reset": it persists from event to event, and is set at dispatch even with no data."""
@@ -103,7 +106,9 @@ class Test02ParsingRules(unittest.TestCase):
         self.assertEqual(parse(b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n")[1].last_event_id, "1")
 
     def test_08_retry_takes_ascii_digits_only(self):
-        """WHATWG HTML §9.2.6 "If the field value consists of only ASCII digits", retry sets the reconnection time; else it is ignored."""
+        """WHATWG HTML §9.2.6 "If the field value consists of only ASCII digits", retry sets the reconnection time; else it is ignored. Until the stream sends one, the reconnection time is the client's own (None here); a reconnection starts a new parse with the time set before."""
+        self.assertIsNone(EventStreamParser().retry)
+        self.assertEqual(EventStreamParser(retry=1500).retry, 1500)
         parser = EventStreamParser()
         parser.feed(b"retry: 1500\n")
         self.assertEqual(parser.retry, 1500)
@@ -443,9 +448,13 @@ class Test06TheClientsBounds(unittest.TestCase):
         self.assertEqual(self.searched(line, 64 * 1024), len(line))
 
     def test_02_a_line_longer_than_max_line_fails_the_stream_with_its_own_error(self):
-        """Operational: --max-line bounds one line of the stream, whether it arrives in one piece or many; the line at the limit is kept."""
+        """Operational: --max-line bounds one line of the stream, whether it arrives in one piece or many; the line at the limit is kept, ended or still coming, first or after another line."""
         parser = EventStreamParser(max_line=1000)
         self.assertEqual(parser.feed(b"data: " + b"x" * 994 + b"\n\n")[0].data, "x" * 994)
+        parser = EventStreamParser(max_line=1000)
+        self.assertEqual(parser.feed(b"data: " + b"x" * 994), [])  # the first line, 1000 characters so far
+        self.assertEqual(parser.feed(b"\ndata: a\n" + b": " + b"y" * 998), [])  # a later one, 1000 so far
+        self.assertEqual(parser.feed(b"\n\n"), [ServerSentEvent("x" * 994 + "\na")])
         for pieces in ([b"data: " + b"x" * 995 + b"\n"], [b"x" * 600, b"x" * 600]):
             with self.subTest(pieces=len(pieces)):
                 parser = EventStreamParser(max_line=1000)
