@@ -15,7 +15,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
+import unittest.mock
 
 import sse_server
 from tests.support import (ROOT, TIMEOUT, WINDOWS_PRELUDE, SSEServerTestCase, StreamClient, exchange, http_request,
@@ -73,6 +75,11 @@ class Test01TheStream(SSEServerTestCase):
         status, headers, body = http_request(self.port, "HEAD", "/sse")
         self.assertEqual((status, headers["allow"], body), (405, "GET, OPTIONS", b""))
 
+    def test_07_the_server_listens_on_the_tutorials_port_by_default(self):
+        """Operational: --port is 8088 by default, the tutorial's `const port = 8088`, where its page's `new EventSource('http://localhost:8088/sse/')` looks: the command line's default and the configuration's (these tests ask for any free port instead)."""
+        self.assertEqual(sse_server.ServerConfig().port, 8088)
+        self.assertEqual(sse_server.build_parser().parse_args([]).port, 8088)
+
 
 class Test02TheClock(SSEServerTestCase):
     """The tutorial's clock: every second, JSON with a message its page shows."""
@@ -85,6 +92,54 @@ class Test02TheClock(SSEServerTestCase):
         event = stream.next_events(1)[0]
         self.assertRegex(json.loads(event.data)["message"], r"^Current time: \d\d:\d\d:\d\d$")
         self.assertEqual(event.type, "message")
+
+    def ticks(self, interval: float, durations: list[float]) -> list[float]:
+        """When `run_every(interval, ...)` calls its action, in seconds after the start, on a clock that moves only
+        when run_every waits (by the time it waits) and when the action runs (by `durations`, one per tick): no real time
+        passes.  It stops once every duration is used."""
+        clock = FakeClock()
+        start, times = clock.now, []
+
+        def action() -> None:
+            times.append(round(clock.now - start, 6))
+            clock.now += durations[len(times) - 1]
+
+        clock.stop_when = lambda: len(times) == len(durations)
+        with unittest.mock.patch.object(sse_server, "time", clock):
+            sse_server.run_every(interval, action, clock)
+        return times
+
+    def test_02_the_clock_ticks_every_interval_on_schedule_however_long_each_tick_takes(self):
+        """Operational (the tutorial's setInterval): the first tick comes one interval after the start, not at once, and the next ones every interval after it, the time a tick takes included (a tick that takes a quarter of the interval does not push the next one back)."""
+        self.assertEqual(self.ticks(1.0, [0.0, 0.0, 0.0]), [1.0, 2.0, 3.0])
+        self.assertEqual(self.ticks(1.0, [0.25, 0.25, 0.25]), [1.0, 2.0, 3.0])
+
+    def test_03_after_a_stall_one_tick_comes_at_once_not_a_burst_of_the_missed_ones(self):
+        """Operational (`run_every`): a tick that takes 2.5 intervals makes the next one come at once, alone, and the schedule start again from there: not the 2 missed ticks in a burst."""
+        self.assertEqual(self.ticks(1.0, [0.0, 2.5, 0.0, 0.0]), [1.0, 2.0, 4.5, 5.5])
+
+
+class FakeClock:
+    """What `run_every` reads the time from and waits on, with no real waiting: `monotonic()` is `now` (the real
+    time when it was made), which `wait(timeout)` moves on by `timeout`; `wait` says "stop" once `stop_when()` is
+    true, or after 100 waits whatever happens.  Anything else asked of the time module is the real one's (this
+    server's other threads may ask while it stands in for it)."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+        self.waits = 0
+        self.stop_when = lambda: False
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, timeout: float) -> bool:
+        self.now += timeout
+        self.waits += 1
+        return self.stop_when() or self.waits > 100
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
 
 
 class Test03Publishing(SSEServerTestCase):
