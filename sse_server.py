@@ -717,9 +717,9 @@ class ChunkedDecoder:
                 buffer, self._remaining = buffer[self._remaining + 2:], None
                 continue
             line_end = buffer.find(b"\r\n")
+            if (line_end if line_end >= 0 else len(buffer)) > self.max_line:  # ended or still arriving
+                raise HTTPError(400, "a line of the chunked coding is too long")
             if line_end < 0:
-                if len(buffer) > self.max_line:
-                    raise HTTPError(400, "chunk size line too long")
                 break
             line, buffer = buffer[:line_end], buffer[line_end + 2:]
             if self._in_trailers:

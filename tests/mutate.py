@@ -175,12 +175,8 @@ EQUIVALENT: dict[str, str] = {
         'the same bytes encoded again for each group: speed only',
     'ws:WebSocketServer.start: drop: `settle_the_allocator()`':
         'an allocator tuning for speed and memory; nothing a client sees',
-    'ws:WebSocketServer.start: drop operand: `config.reuse_port or None` -> `config.reuse_port`  [in `self._server = await asyncio.start_server(self._handle, c...`]':
+    'ws:WebSocketServer.start: drop operand: `config.reuse_port or None` -> `config.reuse_port`  [in `self._server = await listen(self._handle, config.host, co...`]':
         'False and None both leave SO_REUSEPORT unset (asyncio tests its truth)',
-    'sse:EventStreamParser._feed_text: drop operand: `lines and not self._partial and text.endswith("\\r")` -> `not self._partial and text.endswith(\'\\r\')`  [in `if lines and not self._partial and text.endswith("\\r"):`]':
-        'text ending with CR always yields a line break, so `lines` is never empty then',
-    'sse:EventStreamParser._feed_text: drop operand: `lines and not self._partial and text.endswith("\\r")` -> `lines and text.endswith(\'\\r\')`  [in `if lines and not self._partial and text.endswith("\\r"):`]':
-        'text ending with CR always leaves an empty `_partial` after the split',
     'sse:EventStreamParser._process_line: drop operand: `colon and value.startswith(" ")` -> `value.startswith(\' \')`  [in `if colon and value.startswith(" "): # one leading space i...`]':
         'without a colon the value is empty, and an empty value does not start with a space',
     'sse:cors_headers: drop operand: `origin is not None and origin in allowed` -> `origin in allowed`  [in `if origin is not None and origin in allowed:`]':
@@ -201,6 +197,34 @@ EQUIVALENT: dict[str, str] = {
 
     'sse:EventStreamParser._process_line: string: `\':\'` -> `\';\'`  [in `if line.startswith(":"):`]':
         "a line starting with ':' then has the field name '' and one starting with ';' is then a comment: neither name is a field, both lines are ignored either way",
+    'ws:parse_http_version: constant: `8` -> `9`  [in `if not (len(version) == 8 and version.startswith(b"HTTP/"...`] (#2)':
+        'the length is checked to be 8 first, so `version[7:9]` is the same single byte as `version[7:8]`',
+    'ws:parse_request_target: drop operand: `not separator or scheme.lower() not in ("http", "https", "ws", "wss")` -> `scheme.lower() not in (\'http\', \'https\', \'ws\', \'wss\')`  [in `if not separator or scheme.lower() not in ("http", "https...`]':
+        'without "://" the scheme is the whole target and the authority empty, which is refused with the same 400',
+    'ws:parse_request_target: comparison: `i >= 0` -> `i > 0`  [in `end_of_authority = min((i for i in (rest.find("/"), rest....`]':
+        'a "/" or "?" at index 0 then stays in the authority, where neither is allowed: the same 400 as the empty authority',
+    'ws:parse_request_target: constant: `0` -> `1`  [in `end_of_authority = min((i for i in (rest.find("/"), rest....`]':
+        'a "/" or "?" at index 0 then stays in the authority, where neither is allowed: the same 400 as the empty authority',
+    'ws:parse_header_lines: string: `b\' \\t\'` -> `b\' \'`  [in `if line[0] in b" \\t":`]':
+        'a line starting with a tab has no token for a name: the same 400, in other words',
+    'ws:parse_header_lines: drop raise: `raise HTTPError(400, "obsolete line folding in headers")`':
+        'a folded line has no token for a name: the same 400, in other words',
+    'ws:is_valid_authority: comparison: `end < 0` -> `end <= 0`  [in `if end < 0:`]':
+        'the text starts with "[", so find("]") is -1 or at least 1, never 0',
+    'ws:is_valid_authority: constant: `0` -> `1`  [in `if end < 0:`]':
+        'the text starts with "[", so find("]") is -1 or at least 1, never 0 (nor 1 with a valid address inside)',
+    'ws:is_valid_authority: constant: `0` -> `-1`  [in `if end < 0:`]':
+        'with no "]" the port part is the whole text, which starts with "[", not ":": refused all the same',
+    'ws:parse_extensions.quoted_token: drop raise: `raise ValueError(f"unterminated quoted string in {value!r}")`':
+        'the position goes past the end, and the next token read raises ValueError anyway',
+    'ws:parse_extensions: drop: `skip_space()` (#7)':
+        'every path to it has just skipped spaces (after the name, a parameter name or a value)',
+    'sse:EventStreamParser.__init__: constant: `False` -> `True`  [in `self._after_cr = False`]':
+        'it can only drop a leading LF of the stream, a blank line before anything, which dispatches and changes nothing',
+    'sse:EventStreamParser._feed_text: drop operand: `not rest and text.endswith("\\r")` -> `text.endswith(\'\\r\')`  [in `self._after_cr = not rest and text.endswith("\\r")`]':
+        'a text that ends with CR always leaves nothing after its last line break',
+    'sse:stream_opening: constant: `0` -> `1`  [in `opening = [StoredEvent.from_payload(0, format_retry(retry...`]':
+        'the retry line is only bytes: its StoredEvent id is never written',
 }
 
 

@@ -187,6 +187,16 @@ class Test02ChunkedFraming(unittest.TestCase):
             decoder.feed(b"x")
         self.assertEqual(caught.exception.status, 400)
 
+    def test_13_a_whole_size_or_trailer_line_longer_than_max_line_is_400_too(self):
+        """Operational: the `max_line` bound holds for a line that arrives whole with its CRLF: a size line with long extensions, or a long trailer field, is 400; one of exactly `max_line` bytes is read."""
+        for body in (b"1;" + b"x" * 4095 + b"\r\na\r\n0\r\n\r\n", b"1\r\na\r\n0\r\nX: " + b"y" * 4094 + b"\r\n\r\n"):
+            with self.subTest(body=body[:12]), self.assertRaises(HTTPError) as caught:
+                ChunkedDecoder(100).feed(body)
+            self.assertEqual(caught.exception.status, 400)
+        decoder = ChunkedDecoder(100)
+        self.assertEqual(decoder.feed(b"1;" + b"x" * 4094 + b"\r\na\r\n0\r\nX: " + b"y" * 4093 + b"\r\n\r\n"), [b"a"])
+        self.assertTrue(decoder.done)
+
     def test_12_what_follows_the_body_is_kept_for_the_next_request_even_when_it_comes_later(self):
         """RFC 9112 §9.3: the bytes after a body are the next request on the connection: `unused` is empty until the body ends, then holds what followed it, with whatever is fed afterwards (no more chunks come out)."""
         decoder = ChunkedDecoder(100)
