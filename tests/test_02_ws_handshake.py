@@ -147,6 +147,29 @@ class Test02TheServersChecks(unittest.TestCase):
         self.assertTrue(ws_server.is_websocket_request(parse_request(RFC_REQUEST)))
         self.assertFalse(ws_server.is_websocket_request(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c")))
 
+    def test_10_either_upgrade_websocket_or_a_key_makes_a_handshake_and_each_alone_gets_400(self):
+        """§4.2.1 A request that asks for a WebSocket, by `Upgrade: websocket` (in any case, in a list) or by a Sec-WebSocket-Key, is read as a handshake, so that one missing the other is refused with 400 rather than served a page; one with neither is plain HTTP."""
+        upgrade_only = request_with(Sec_WebSocket_Key=None, Upgrade="h2c, WebSocket")
+        key_only = request_with(Upgrade=None)
+        neither = request_with(Upgrade=None, Sec_WebSocket_Key=None)
+        self.assertTrue(ws_server.is_websocket_request(upgrade_only))
+        self.assertTrue(ws_server.is_websocket_request(key_only))
+        self.assertFalse(ws_server.is_websocket_request(neither))
+        self.assertRefused(upgrade_only, 400, fragment="Sec-WebSocket-Key")
+        self.assertRefused(key_only, 400, fragment="Upgrade")
+
+    def test_11_a_key_with_a_character_outside_base64_is_400(self):
+        """§4.2.1 item 5: the key is base64 (RFC 4648 §4); a decoder that skipped a character outside its alphabet would read "dGhlIHNh!bXBsZSBub25jZQ==" as the RFC's 16 bytes, but it is not base64 and is refused with 400."""
+        self.assertRefused(request_with(Sec_WebSocket_Key="dGhlIHNh!bXBsZSBub25jZQ=="), 400, fragment="16 bytes")
+        self.assertRefused(request_with(Sec_WebSocket_Key="dGhlIHNh bXBsZSBub25jZQ=="), 400, fragment="16 bytes")
+
+    def test_12_compression_is_negotiated_only_when_the_server_enables_it(self):
+        """RFC 7692 §5: the server answers an offer of permessage-deflate only if it speaks it; `check_request` declines every offer unless called with compression=True (the server's --compression), and then accepts this one."""
+        offering = request_with(Sec_WebSocket_Extensions="permessage-deflate")
+        self.assertIsNone(check_request(offering).deflate)
+        self.assertIsNone(check_request(offering, compression=False).deflate)
+        self.assertIsNotNone(check_request(offering, compression=True).deflate)
+
 
 class Test03TheServersAnswer(unittest.TestCase):
     """§4.2.2: 101 Switching Protocols, and the proof that the server read the request."""
