@@ -99,6 +99,33 @@ class Test01RfcExamples(unittest.TestCase):
                 self.assertEqual(ws_server.encode_server_frame(Opcode.BINARY, payload), frame)
                 self.assertEqual(client_receiver().feed(wire), [Message(Opcode.BINARY, payload)])
 
+    def test_09_the_header_is_read_from_the_start_of_the_bytes_unless_told_where(self):
+        """§5.2 `parse_frame_header` reads the header at position 0 unless given another start, and returns where the payload begins: 0x81 0x05 is FIN, TEXT, unmasked, 5 bytes, payload at 2; the same frame after one byte is read with start=1."""
+        header, payload_start = ws_server.parse_frame_header(HELLO_UNMASKED)
+        self.assertEqual((header.fin, header.opcode, header.masked, header.length, payload_start), (True, Opcode.TEXT, False, 5, 2))
+        self.assertEqual(ws_server.parse_frame_header(b"\x00" + HELLO_UNMASKED, 1), (header, 3))
+        self.assertIsNone(ws_server.parse_frame_header(HELLO_UNMASKED[:1]))
+
+    def test_10_frame_header_is_unmasked_final_and_uncompressed_unless_told(self):
+        """§5.2 `frame_header(TEXT, 5)` is 0x81 0x05: FIN set, RSV1 clear, MASK clear unless asked (a server never masks, §5.1); with masked=True the MASK bit is set (0x85)."""
+        self.assertEqual(ws_server.frame_header(Opcode.TEXT, 5), b"\x81\x05")
+        self.assertEqual(ws_server.frame_header(Opcode.TEXT, 5, masked=True), b"\x81\x85")
+        self.assertEqual(ws_server.frame_header(Opcode.TEXT, 5, fin=False, rsv1=True), b"\x41\x05")
+
+    def test_11_a_frame_of_two_bytes_is_whole_an_empty_pong(self):
+        """§5.2 The shortest frame is its 2 header bytes: 0x8a 0x00, fed alone, is an empty Pong; its first byte alone is nothing yet."""
+        receiver = client_receiver()
+        self.assertEqual(receiver.feed(b"\x8a"), [])
+        self.assertEqual(receiver.feed(b"\x00"), [Pong(b"")])
+        self.assertEqual(client_receiver().feed(b"\x8a\x00"), [Pong(b"")])
+
+    def test_12_a_messages_data_is_str_for_text_and_bytes_for_binary(self):
+        """§5.6 A text message's payload is UTF-8 and `Message.data` gives it as str ("hé" from 68 c3 a9); a binary message's data is bytes, the same bytes."""
+        text = Message(Opcode.TEXT, b"h\xc3\xa9").data
+        self.assertEqual((type(text), text), (str, "hé"))
+        data = Message(Opcode.BINARY, bytearray(b"h\xc3\xa9")).data
+        self.assertEqual((type(data), data), (bytes, b"h\xc3\xa9"))
+
 
 class Test02Masking(unittest.TestCase):
     """§5.3: transformed[i] = original[i] XOR masking_key[i MOD 4]."""
@@ -188,11 +215,11 @@ class Test04ProtocolErrors(unittest.TestCase):
 
     def test_01_an_unmasked_client_frame_is_1002(self):
         """§5.1 A server MUST fail the connection on an unmasked frame (1002)."""
-        self.assertFails(encode_frame(Opcode.TEXT, b"hi"), 1002, fragment="unmasked")
+        self.assertFails(encode_frame(Opcode.TEXT, b"hi"), 1002, fragment="unmasked frame from a client")
 
     def test_02_a_masked_server_frame_is_1002_for_the_client(self):
         """§5.1 A client MUST fail the connection on a masked frame (1002)."""
-        self.assertFails(HELLO_MASKED, 1002, client_receiver(), fragment="masked")
+        self.assertFails(HELLO_MASKED, 1002, client_receiver(), fragment="masked frame from a server")
 
     def test_03_rsv_bits_without_an_extension_are_1002(self):
         """§5.2 RSV1-3 MUST be 0 unless an extension defines them (1002)."""
@@ -257,6 +284,11 @@ class Test04ProtocolErrors(unittest.TestCase):
         self.assertFails(masked(5, b""), 1002, receiver)
         self.assertEqual(receiver.feed(HELLO_MASKED), [])
 
+    def test_15_a_receiver_made_without_options_is_a_servers_and_expects_masked_frames(self):
+        """§5.1 "a server MUST close the connection upon receiving a frame that is not masked": `Receiver()` is the server's decoder, so it takes §5.7's masked "Hello" and fails an unmasked one with 1002."""
+        self.assertEqual(Receiver().feed(HELLO_MASKED), [Message(Opcode.TEXT, b"Hello")])
+        self.assertFails(HELLO_UNMASKED, 1002, Receiver(), fragment="unmasked frame from a client")
+
 
 class Test05Limits(unittest.TestCase):
     """§10.4 and --max-size, checked from the header; a flood of fragments is charged (operational)."""
@@ -299,6 +331,15 @@ class Test05Limits(unittest.TestCase):
         events = server_receiver(max_size=16 << 20).feed(b"".join(fragments))
         self.assertEqual(len(events), 1)
         self.assertEqual(events[0].payload, chunk * 65536)
+
+    def test_06_the_default_limit_is_1_mib(self):
+        """Operational: with no --max-size a message may be 1 MiB (DEFAULT_MAX_SIZE, 2**20 bytes): one of exactly 2**20 bytes passes, a header announcing 2**20 + 1 is §7.4.1's 1009."""
+        self.assertEqual(ws_server.DEFAULT_MAX_SIZE, 1 << 20)
+        payload = bytes(1 << 20)
+        self.assertEqual(Receiver().feed(masked(Opcode.BINARY, payload)), [Message(Opcode.BINARY, payload)])
+        header = bytes([0x82, 0xFF]) + ((1 << 20) + 1).to_bytes(8, "big") + MASK
+        [error] = Receiver().feed(header)
+        self.assertEqual((error.code, error.reason), (1009, "message over the limit of 1048576 bytes"))
 
 
 class Test06ClosePayloads(unittest.TestCase):
@@ -389,6 +430,49 @@ class Test07Fuzz(unittest.TestCase):
         """§5.5.1 Whatever a Close carries, it is read as code and reason, or refused with 1002 or 1007."""
         fuzz(self, ws_server.parse_close_payload, mutations(5510, [b"\x03\xe8bye", b"", b"\x0f\xa0\xe2\x82\xac"]),
              (ProtocolError,))
+
+
+class Test08TheTraceLine(unittest.TestCase):
+    """Operational: --trace logs every frame as one line of its §5.2 fields, `FrameHeader.describe`."""
+
+    def test_01_a_masked_ping_with_41_bytes_is_named_keyed_and_cut_at_40(self):
+        """Operational: --trace names the opcode (§5.2: 0x9 is PING), shows MASK=1 and the key in hex, and the first 40 bytes of the payload followed by "..." when there are more."""
+        header = ws_server.FrameHeader(True, False, False, False, Opcode.PING, True, 41, MASK)
+        self.assertEqual(header.describe(b"x" * 41),
+                         "FIN=1 RSV=000 opcode=0x9 PING MASK=1 len=41 key=37fa213d payload=b'" + "x" * 40 + "'...")
+        self.assertEqual(header.describe(b"x" * 40),
+                         "FIN=1 RSV=000 opcode=0x9 PING MASK=1 len=41 key=37fa213d payload=b'" + "x" * 40 + "'")
+
+    def test_02_an_unmasked_frame_has_key_dash_and_a_reserved_opcode_is_named_reserved(self):
+        """Operational: --trace shows key=- for an unmasked frame (§5.1: every server frame), each RSV bit in order, and RESERVED for an opcode §5.2 leaves unassigned (0x3)."""
+        header = ws_server.FrameHeader(False, True, False, True, 0x3, False, 0, None)
+        self.assertEqual(header.describe(), "FIN=0 RSV=101 opcode=0x3 RESERVED MASK=0 len=0 key=- payload=b''")
+
+    def test_03_every_opcode_of_section_5_2_has_its_name(self):
+        """§5.2 (registered in §11.8): 0x0 CONTINUATION, 0x1 TEXT, 0x2 BINARY, 0x8 CLOSE, 0x9 PING, 0xA PONG, each named in the trace line; the others are RESERVED."""
+        names = {0x0: "CONTINUATION", 0x1: "TEXT", 0x2: "BINARY", 0x8: "CLOSE", 0x9: "PING", 0xA: "PONG"}
+        self.assertEqual(ws_server.OPCODE_NAMES, names)
+        for opcode in range(16):
+            with self.subTest(opcode=opcode):
+                header = ws_server.FrameHeader(True, False, False, False, opcode, False, 0, None)
+                self.assertIn(f" opcode={opcode:#x} {names.get(opcode, 'RESERVED')} MASK=0 ", header.describe())
+
+    def test_04_a_compressed_frame_shows_its_inflated_size_and_others_do_not(self):
+        """Operational: for a compressed message (RFC 7692) --trace shows the payload after inflation and its size as inflated=N next to the length on the wire; without inflated=True there is no inflated= at all."""
+        header = ws_server.FrameHeader(True, True, False, False, Opcode.TEXT, False, 7, None)
+        self.assertEqual(header.describe(b"hello" * 3, inflated=True),
+                         "FIN=1 RSV=100 opcode=0x1 TEXT MASK=0 len=7 inflated=15 key=- payload=b'hellohellohello'")
+        self.assertEqual(header.describe(b"hello" * 3),
+                         "FIN=1 RSV=100 opcode=0x1 TEXT MASK=0 len=7 key=- payload=b'hellohellohello'")
+
+    def test_05_the_decoder_hands_every_frame_to_the_trace_unmasked_control_frames_too(self):
+        """Operational: --trace sees every frame the decoder reads, through `on_frame(header, payload, inflated)`: §5.7's masked Pong with its payload unmasked (§5.3) and inflated False, then each fragment of a message with its own payload."""
+        frames = []
+        receiver = server_receiver(on_frame=lambda header, payload, inflated: frames.append((header.opcode, payload, inflated)))
+        events = receiver.feed(PONG_HELLO_MASKED + masked(Opcode.TEXT, b"Hel", fin=False) + masked(Opcode.CONTINUATION, b"lo"))
+        self.assertEqual(events, [Pong(b"Hello"), Message(Opcode.TEXT, b"Hello")])
+        self.assertEqual(frames, [(Opcode.PONG, b"Hello", False), (Opcode.TEXT, b"Hel", False),
+                                  (Opcode.CONTINUATION, b"lo", False)])
 
 
 if __name__ == "__main__":
