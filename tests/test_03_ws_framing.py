@@ -6,6 +6,7 @@
 import os
 import random
 import unittest
+from unittest import mock
 
 import ws_server
 from tests.support import fuzz, mutations
@@ -174,6 +175,19 @@ class Test02Masking(unittest.TestCase):
         for i in range(len(stream)):
             events += receiver.feed(stream[i:i + 1])
         self.assertEqual(events, expected)
+
+    def test_05_a_message_in_one_piece_is_handed_over_as_unmasked_not_copied_again(self):
+        """Operational: a message that arrived in one piece is handed over as the bytes unmasking made (`Message.payload`: "not copied again"); only a message in several pieces is joined, into one bytes."""
+        payload = os.urandom(4096)
+        made = []
+        real = ws_server.mask_lanes
+        with mock.patch.object(ws_server, "mask_lanes", side_effect=lambda data, key: made.append(real(data, key)) or made[-1]):
+            [message] = server_receiver().feed(masked(Opcode.BINARY, payload))
+            self.assertIs(message.payload, made[-1])
+            self.assertEqual(message.payload, payload)
+            frames = masked(Opcode.BINARY, payload[:3000], fin=False) + masked(Opcode.CONTINUATION, payload[3000:])
+            [joined] = server_receiver().feed(frames)
+        self.assertEqual((type(joined.payload), joined.payload), (bytes, payload))
 
 
 class Test03Fragmentation(unittest.TestCase):
@@ -394,6 +408,27 @@ class Test06ClosePayloads(unittest.TestCase):
         events = server_receiver().feed(masked(Opcode.CLOSE, b"\x03\xe8" + b"x" * 124))
         self.assertIsInstance(events[-1], ProtocolError)
         self.assertEqual(events[-1].code, 1002)
+
+    def test_09_the_close_codes_are_the_numbers_of_section_7_4_1_and_the_iana_registry(self):
+        """§7.4.1 1000 normal closure, 1001 going away, 1002 protocol error, 1003 unsupported data, 1005 no status received, 1006 abnormal closure, 1007 invalid frame payload data, 1008 policy violation, 1009 message too big, 1010 mandatory extension, 1011 internal error, 1015 TLS handshake; §11.7's IANA registry adds 1012 service restart, 1013 try again later, 1014 bad gateway."""
+        numbers = {"NORMAL_CLOSURE": 1000, "GOING_AWAY": 1001, "PROTOCOL_ERROR": 1002, "UNSUPPORTED_DATA": 1003,
+                   "NO_STATUS_RCVD": 1005, "ABNORMAL_CLOSURE": 1006, "INVALID_FRAME_PAYLOAD_DATA": 1007,
+                   "POLICY_VIOLATION": 1008, "MESSAGE_TOO_BIG": 1009, "MANDATORY_EXTENSION": 1010,
+                   "INTERNAL_ERROR": 1011, "SERVICE_RESTART": 1012, "TRY_AGAIN_LATER": 1013, "BAD_GATEWAY": 1014,
+                   "TLS_HANDSHAKE": 1015}
+        self.assertEqual({code.name: code.value for code in CloseCode}, numbers)
+
+    def test_10_a_reason_without_a_code_cannot_be_sent(self):
+        """§5.5.1 "If there is a body, the first two bytes of the body MUST be a 2-byte unsigned integer": a Close with no code has an empty body, and a reason with no code is a ValueError."""
+        self.assertEqual(ws_server.build_close_payload(None), b"")
+        with self.assertRaises(ValueError):
+            ws_server.build_close_payload(None, "x")
+
+    def test_11_a_200_character_reason_fills_the_125_bytes_exactly(self):
+        """§5.5 A control frame's payload is at most 125 bytes: a 200-character ASCII reason is cut to 123, and the payload with its 2-byte code is exactly 125 bytes."""
+        payload = ws_server.build_close_payload(1000, "r" * 200)
+        self.assertEqual(payload, b"\x03\xe8" + b"r" * 123)
+        self.assertEqual(len(payload), 125)
 
 
 class Test07Fuzz(unittest.TestCase):
