@@ -94,6 +94,38 @@ class Test01TheClientsOpeningHandshake(unittest.TestCase):
         self.assertEqual(client.state, State.CLOSED)
         self.assertTrue(client.close_transport)
 
+    def test_06_a_head_of_exactly_the_limit_is_still_waited_for(self):
+        """Operational: the client's bound is DEFAULT_MAX_HEADER_BYTES (16384) bytes of answer head not yet ended: exactly that many, with no blank line yet, are waited for; one byte more fails the handshake (§4.1)."""
+        start = b"HTTP/1.1 101 Switching Protocols\r\n"
+        head = start + b"X: " + b"y" * (ws_server.DEFAULT_MAX_HEADER_BYTES - len(start) - 3)
+        self.assertEqual(len(head), ws_server.DEFAULT_MAX_HEADER_BYTES)
+        client = Protocol(client=True, opening=RFC_OPENING)
+        client.receive_data(head)
+        self.assertEqual((client.state, client.handshake_failure), (State.CONNECTING, None))
+        client.receive_data(b"y")
+        self.assertEqual(client.state, State.CLOSED)
+        self.assertEqual(client.handshake_failure.reason, "response head over 16384 bytes")
+
+    def test_07_an_answer_that_starts_with_a_blank_line_fails_at_once(self):
+        """§4.1, RFC 9112 §4: an answer begins with its status line; one that begins with the blank line that ends a head (CRLF CRLF, or LF LF, RFC 9112 §2.2) has none, and the handshake fails as soon as it arrives."""
+        for answer in (b"\r\n\r\n", b"\n\n"):
+            with self.subTest(answer=answer):
+                client = Protocol(client=True, opening=RFC_OPENING)
+                client.receive_data(answer)
+                self.assertEqual(client.state, State.CLOSED)
+                self.assertIsNotNone(client.handshake_failure)
+
+    def test_08_the_states_are_the_browsers_ready_state_numbers(self):
+        """WHATWG WebSockets: readyState is CONNECTING 0, OPEN 1, CLOSING 2, CLOSED 3; `State` uses the same numbers, so the tutorial's `readyState === WebSocket.OPEN` reads the same here."""
+        self.assertEqual((State.CONNECTING, State.OPEN, State.CLOSING, State.CLOSED), (0, 1, 2, 3))
+
+    def test_09_a_servers_protocol_starts_open_with_nothing_to_close(self):
+        """§4.2.2 Once the server has sent its 101, "the WebSocket connection is established": a server's Protocol starts OPEN, with nothing queued and no decision taken (close_transport, half_close_transport, close_expected all False)."""
+        server = Protocol()
+        self.assertEqual(server.state, State.OPEN)
+        self.assertEqual((server.close_transport, server.half_close_transport, server.close_expected), (False, False, False))
+        self.assertEqual((server.pending_bytes, server.data_to_send()), (0, ()))
+
 
 class Test02PingAndPong(unittest.TestCase):
     """§5.5.2, §5.5.3: a Ping is answered with a Pong carrying the same Application data."""
@@ -167,6 +199,21 @@ class Test02PingAndPong(unittest.TestCase):
                     server.send_ping(b"late")
                 self.assertEqual(sent(server), b"")
 
+    def test_09_a_ping_refused_says_how_the_connection_ended(self):
+        """§7.1.5 The ConnectionClosed that refuses a Ping carries the close code: 1000 and its reason after the peer's Close(1000, "bye"); 1006 after the end of TCP with no Close, or after this side's own Close while the peer's has not come (no Close received: no code yet)."""
+        theirs = Protocol()
+        theirs.receive_data(MASKED_CLOSE_1000_BYE)
+        events(theirs)
+        dropped = Protocol()
+        dropped.receive_eof()
+        ours = Protocol()
+        ours.send_close()
+        for name, protocol, expected in (("peer's close", theirs, (1000, "bye")), ("end of tcp", dropped, (1006, "")),
+                                         ("our close", ours, (1006, ""))):
+            with self.subTest(name), self.assertRaises(ConnectionClosed) as caught:
+                protocol.send_ping(b"late")
+            self.assertEqual((caught.exception.code, caught.exception.reason), expected)
+
 
 class Test03TheClosingHandshakeStartedByThePeer(unittest.TestCase):
     """§5.5.1, §7.1.1: a Close is answered with a Close; the server ends TCP first."""
@@ -219,6 +266,16 @@ class Test03TheClosingHandshakeStartedByThePeer(unittest.TestCase):
         self.assertEqual(events(server), [Close(1000, "bye")])
         with self.assertRaises(ConnectionClosed):
             server.send_text("too late")
+
+    def test_06_the_answering_close_echoes_the_code_alone_and_a_late_message_is_refused_with_it(self):
+        """§5.5.1 The answering Close echoes the status code it received (not the reason): close_sent is Close(1000, ""); §7.1.5, §7.1.6 after it, send_text raises ConnectionClosed carrying the peer's code and reason, 1000 and "bye"."""
+        server = Protocol()
+        server.receive_data(MASKED_CLOSE_1000_BYE)
+        events(server)
+        self.assertEqual(server.close_sent, Close(1000, ""))
+        with self.assertRaises(ConnectionClosed) as caught:
+            server.send_text("too late")
+        self.assertEqual((caught.exception.code, caught.exception.reason), (1000, "bye"))
 
 
 class Test04TheClosingHandshakeStartedHere(unittest.TestCase):
@@ -285,6 +342,26 @@ class Test04TheClosingHandshakeStartedHere(unittest.TestCase):
         client.receive_eof()
         self.assertTrue(client.close_transport)
 
+    def test_07_send_close_with_no_arguments_sends_1000_and_data_after_it_is_refused_with_1006(self):
+        """§7.4.1 send_close() closes with 1000 (normal closure): 0x88 0x02 0x03 0xe8 on the wire, close_sent Close(1000, ""); §5.5.1 a message after it raises ConnectionClosed, whose code is 1006 while no Close has been received (§7.1.5)."""
+        server = Protocol()
+        server.send_close()
+        self.assertEqual(sent(server), CLOSE_1000)
+        self.assertEqual(server.close_sent, Close(1000, ""))
+        with self.assertRaises(ConnectionClosed) as caught:
+            server.send_text("after")
+        self.assertEqual((caught.exception.code, caught.exception.reason), (1006, ""))
+
+    def test_08_the_end_of_tcp_while_closing_ends_the_wait(self):
+        """§7.1.4 When TCP ends the connection is closed: a server waiting for the peer's Close after its own (close_expected) waits no more, closes its side (close_transport), and the close code is 1006, no Close having come."""
+        server = Protocol()
+        server.send_close()
+        self.assertTrue(server.close_expected)
+        server.receive_eof()
+        self.assertEqual(server.state, State.CLOSED)
+        self.assertEqual((server.close_expected, server.close_transport), (False, True))
+        self.assertEqual(server.close_code, CloseCode.ABNORMAL_CLOSURE)
+
 
 class Test05FailingTheConnection(unittest.TestCase):
     """§7.1.7 Fail the WebSocket Connection: a Close with the code, then the end of TCP."""
@@ -348,6 +425,55 @@ class Test05FailingTheConnection(unittest.TestCase):
         server.receive_data(MASKED_TEXT_HI + encode_frame(5, b"", masking_key=KEY))
         kinds = [type(event) for event in events(server)]
         self.assertEqual(kinds, [Message, ProtocolError])
+
+    def test_07_failing_keeps_the_queued_frames_unless_told_and_the_close_goes_last(self):
+        """§7.1.7 The Close is sent after what was already queued unless discard_queued is given: two messages queued, then fail(1011), leave as the two messages then Close(1011)."""
+        server = Protocol()
+        server.send_text("one")
+        server.send_text("two")
+        server.fail(CloseCode.INTERNAL_ERROR, "gone wrong")
+        self.assertEqual(decoded(sent(server), masked=False),
+                         [Message(Opcode.TEXT, b"one"), Message(Opcode.TEXT, b"two"), Close(1011, "gone wrong")])
+
+    def test_08_a_connection_is_failed_once(self):
+        """§7.1.7 Failing is done once: a second fail() keeps the first failure and sends no second Close; failing while CLOSING (our Close already sent) records the failure and half-closes without another Close; once CLOSED, fail() does nothing at all."""
+        server = Protocol()
+        server.fail(CloseCode.POLICY_VIOLATION, "first")
+        server.fail(CloseCode.INTERNAL_ERROR, "second")
+        self.assertEqual((server.failure.code, server.failure.reason), (1008, "first"))
+        self.assertEqual(decoded(sent(server), masked=False), [Close(1008, "first")])
+        closing = Protocol()
+        closing.send_close()
+        sent(closing)
+        closing.fail(CloseCode.INTERNAL_ERROR, "no answer")
+        self.assertEqual(closing.failure.code, 1011)
+        self.assertTrue(closing.half_close_transport)
+        self.assertEqual(sent(closing), b"")
+        closed = Protocol()
+        closed.receive_eof()
+        closed.fail(CloseCode.INTERNAL_ERROR, "too late")
+        self.assertIsNone(closed.failure)
+        self.assertFalse(closed.half_close_transport)
+        self.assertEqual(sent(closed), b"")
+
+    def test_09_after_the_io_layer_fails_a_connection_nothing_more_is_decoded(self):
+        """§7.1.7 "MUST NOT continue to attempt to process data": after fail() from the I/O layer, the events not yet handed out are dropped and a valid frame that arrives later gives no event."""
+        server = Protocol()
+        server.receive_data(MASKED_TEXT_HI)
+        server.fail(CloseCode.POLICY_VIOLATION, "too slow")
+        self.assertIsNone(server.next_event())
+        server.receive_data(MASKED_TEXT_HI + MASKED_PING_HELLO)
+        self.assertEqual(events(server), [])
+        self.assertEqual(decoded(sent(server), masked=False), [Close(1008, "too slow")])
+
+    def test_10_discarding_the_queue_leaves_only_the_close_to_pay_for(self):
+        """Operational: fail(discard_queued=True) empties the queue and its budget: pending_bytes is then exactly what the Close costs, its bytes plus QUEUED_FRAME_CHARGE."""
+        server = Protocol()
+        server.send_binary(bytes(1000))
+        server.fail(CloseCode.POLICY_VIOLATION, "too slow", discard_queued=True)
+        close = bytes([0x88, 0x0A, 0x03, 0xF0]) + b"too slow"
+        self.assertEqual(server.pending_bytes, len(close) + ws_server.QUEUED_FRAME_CHARGE)
+        self.assertEqual(sent(server), close)
 
 
 class Test06Sending(unittest.TestCase):
@@ -421,6 +547,31 @@ class Test06Sending(unittest.TestCase):
         smaller.send_binary(payload[:-1])  # 65535 bytes: one bytes object
         self.assertIsInstance(smaller.data_to_send()[0], bytes)
 
+    def test_06_frames_encoded_once_are_queued_in_order_and_charged_their_cost(self):
+        """Operational: send_frame queues the broadcast's frame as it is, after those already queued, and adds its cost to pending_bytes: two frames, both sent in order, the sum of their costs charged."""
+        server = Protocol()
+        other = b"\x81\x05other"
+        self.assertTrue(server.send_frame(TEXT_HI, 100))
+        self.assertTrue(server.send_frame(other, 200))
+        self.assertEqual(server.pending_bytes, 300)
+        self.assertEqual(server.data_to_send(), [TEXT_HI, other])
+        self.assertEqual(server.pending_bytes, 0)
+
+    def test_07_data_to_send_with_a_limit_takes_every_frame_that_fits_and_one_larger_alone(self):
+        """Operational: data_to_send(limit) takes frames while their costs fit in the limit: of three frames of equal cost, a limit of exactly two costs takes two; a frame larger than the limit leaves alone, then the next."""
+        server = Protocol()
+        for text in ("a", "b", "c"):
+            server.send_text(text)
+        cost = 3 + ws_server.QUEUED_FRAME_CHARGE
+        self.assertEqual(server.data_to_send(limit=2 * cost), [b"\x81\x01a", b"\x81\x01b"])
+        self.assertEqual(server.pending_bytes, cost)
+        self.assertEqual(server.data_to_send(), [b"\x81\x01c"])
+        server.send_binary(bytes(500))
+        server.send_text("d")
+        [large] = server.data_to_send(limit=100)
+        self.assertEqual(large, bytes([0x82, 0x7E, 0x01, 0xF4]) + bytes(500))
+        self.assertEqual(server.data_to_send(limit=100), [b"\x81\x01d"])
+
 
 class Test07Fuzz(unittest.TestCase):
     """Seeded random and mutated bytes fed to both sides: the protocol never raises, whatever arrives."""
@@ -439,6 +590,58 @@ class Test07Fuzz(unittest.TestCase):
                 self.assertEqual(protocol.state, State.CLOSED)
                 self.assertIsNotNone(protocol.close_code)
         fuzz(self, run, mutations(6455, seeds, 1500))
+
+
+class Test08EventsWaitTheirTurn(unittest.TestCase):
+    """Operational: what arrives waits for `next_event`, in the order it arrived."""
+
+    def test_01_two_reads_before_next_event_deliver_both_in_order(self):
+        """Operational: events from two receive_data calls made before next_event is asked are all kept, in the order they arrived: a Ping from the first read, then the message and Ping of the second."""
+        server = Protocol()
+        server.receive_data(MASKED_PING_HELLO)
+        server.receive_data(MASKED_TEXT_HI + encode_frame(Opcode.PING, b"2", masking_key=KEY))
+        self.assertEqual(events(server), [Ping(b"Hello"), Message(Opcode.TEXT, b"hi"), Ping(b"2")])
+
+
+class Member:
+    """The part of a connection the room uses: its protocol, and `send_frame_bytes`, here
+    straight to `Protocol.send_frame` (the budget checks of Part II left out)."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+
+    def send_frame_bytes(self, frame, cost) -> None:
+        self.protocol.send_frame(frame, cost)
+
+
+class Test09TheChatRoom(unittest.TestCase):
+    """The tutorial's `server.clients.forEach(...)`: `ChatRoom` over Protocols, no sockets."""
+
+    def test_01_a_broadcast_reaches_every_member_and_a_member_that_left_gets_nothing(self):
+        """The tutorial's chat: a message goes to every client in the room; after one of two leaves, the other still gets every message and the one that left none; after both leave, nobody does."""
+        alice, bob = Member(Protocol()), Member(Protocol())
+        room = ws_server.ChatRoom()
+        room.join(alice)
+        room.join(bob)
+        room.broadcast(Message(Opcode.TEXT, b"hi"))
+        self.assertEqual((sent(alice.protocol), sent(bob.protocol)), (TEXT_HI, TEXT_HI))
+        room.leave(alice)
+        room.broadcast(Message(Opcode.TEXT, b"hi"))
+        self.assertEqual((sent(alice.protocol), sent(bob.protocol)), (b"", TEXT_HI))
+        room.leave(bob)
+        room.broadcast(Message(Opcode.TEXT, b"hi"))
+        self.assertEqual((sent(alice.protocol), sent(bob.protocol)), (b"", b""))
+        self.assertEqual(room.clients, set())
+
+    def test_02_each_member_is_charged_the_frames_size_plus_the_queue_charge(self):
+        """Operational: a broadcast charges each client's budget (pending_bytes) the frame's size on the wire plus QUEUED_FRAME_CHARGE, the same as a frame it sent itself."""
+        members = [Member(Protocol()) for _ in range(2)]
+        room = ws_server.ChatRoom()
+        for member in members:
+            room.join(member)
+        room.broadcast(Message(Opcode.BINARY, bytes(300)))
+        for member in members:
+            self.assertEqual(member.protocol.pending_bytes, 4 + 300 + ws_server.QUEUED_FRAME_CHARGE)
 
 
 if __name__ == "__main__":
