@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -125,6 +126,38 @@ class Test01TheHandshakeOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCa
         self.clients.append(client)
         await client.send("hi")
         self.assertEqual(await asyncio.wait_for(client.recv(), TIMEOUT), "hi")
+
+    async def test_12_the_servers_side_of_the_connection_knows_its_subprotocol_and_its_peer(self):
+        """§4.2.2 /subprotocol/ The subprotocol agreed in the 101 ("chat") is the one the server's side of the connection speaks; operational: that side is named for its peer, address and port, as the logs name it."""
+        client = await self.client(subprotocols=["chat"])
+        await self.wait_for_clients(1)
+        [connection] = self.server.room.clients
+        port = client.writer.get_extra_info("sockname")[1]
+        self.assertEqual(connection.protocol.subprotocol, "chat")
+        self.assertEqual((connection.address, connection.name), ("127.0.0.1", f"127.0.0.1:{port}"))
+
+    async def test_13_a_handshake_for_a_host_the_server_does_not_answer_for_gets_421(self):
+        """RFC 9110 §15.5.20 A handshake whose Host names another server (DNS rebinding) is refused with 421 before its WebSocket checks, even with a valid key and version."""
+        status, _, _ = await http_exchange(self.port, handshake_request(Host=f"rebind.evil.example:{self.port}"))
+        self.assertEqual(status, 421)
+
+    async def test_14_the_server_lets_go_of_every_connection_that_ended(self):
+        """Operational: the server holds each connection's task (to end it at shutdown) and, while its head is being read, marks it as handshaking (cancelled at once at shutdown); after the 101 it is handshaking no more, and a connection that ended, a page or a chat, is held no more."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(b"GET / HTTP/1.1\r\n")  # half a head
+        await async_wait_until(lambda: len(self.server._handshaking) == 1, message="one head being read")
+        self.assertEqual(self.server._handlers, self.server._handshaking)
+        writer.close()
+        await writer.wait_closed()
+        await async_wait_until(lambda: not self.server._handlers, message="no task held")
+        await http_exchange(self.port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await async_wait_until(lambda: not self.server._handlers, message="no task held")
+        client = await self.client()
+        await self.wait_for_clients(1)
+        self.assertEqual((len(self.server._handlers), self.server._handshaking), (1, set()))
+        await client.close()
+        await async_wait_until(lambda: not self.server._handlers, message="no task held")
+        self.assertEqual(self.server._handshaking, set())
 
 
 class Test02ThePagesOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCase):
@@ -486,6 +519,42 @@ class Test08ShutdownAndTrace(ServerTestCase, unittest.IsolatedAsyncioTestCase):
             self.assertEqual(caught.exception.code, 1001)
         await asyncio.wait_for(shutdown, TIMEOUT)
         self.assertEqual(self.server.room.clients, set())
+
+    async def test_04_shutdown_gives_its_reason_and_ends_a_half_sent_request_at_once(self):
+        """§7.4.1 1001 with the reason "server shutting down" reaches the client (§7.1.6); operational: a connection still sending its head gets no answer, only the end of TCP, without waiting for --handshake-timeout (10 s) or --close-timeout."""
+        client = await self.client()
+        await self.wait_for_clients(1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(b"GET / HTTP/1.1\r\n")  # half a head, then silence
+        await async_wait_until(lambda: len(self.server._handshaking) == 1, message="the head being read")
+        shutdown = asyncio.create_task(self.server.shutdown())
+        try:
+            self.assertEqual(await asyncio.wait_for(reader.read(), TIMEOUT), b"")
+        finally:
+            writer.close()
+        with self.assertRaises(ws_server.ConnectionClosed) as caught:
+            await asyncio.wait_for(client.recv(), TIMEOUT)
+        self.assertEqual((caught.exception.code, caught.exception.reason), (1001, "server shutting down"))
+        await asyncio.wait_for(shutdown, TIMEOUT)
+
+    async def test_05_the_disconnect_line_of_a_failed_connection_says_why_it_was_failed(self):
+        """Operational: when the server failed the connection (§7.1.7), the departure line adds its own code and reason: an unmasked frame (§5.1) is "after failing it with 1002 (unmasked frame from a client)"."""
+        with self.assertLogs("ws_server", "INFO") as logs:
+            raw = await self.raw_client()
+            await self.wait_for_clients(1)
+            raw.send(Opcode.TEXT, b"x", mask=False)
+            self.assertEqual(await raw.expect_close(), 1002)
+            raw.close()
+            await self.wait_for_clients(0)
+        [departure] = [line for line in logs.output if "disconnected" in line]
+        self.assertIn(", after failing it with 1002 (unmasked frame from a client) (0 open)", departure)
+
+    def test_06_a_server_made_with_no_configuration_has_the_defaults(self):
+        """Operational: WebSocketServer() takes the defaults of ServerConfig(), and serves http:// (https:// only with a TLS context, --certfile)."""
+        server = ws_server.WebSocketServer()
+        self.assertEqual(server.config, ws_server.ServerConfig())
+        self.assertEqual(server.scheme, "http")
+        self.assertEqual(ws_server.WebSocketServer(ws_server.ServerConfig(tls=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))).scheme, "https")
 
     async def test_02_trace_logs_every_frame_dissected(self):
         """Operational: --trace logs the handshake and each frame's §5.2 fields (FIN, RSV, opcode, MASK, length, key) and payload, both ways."""
