@@ -558,7 +558,7 @@ class Test06Sending(unittest.TestCase):
         self.assertEqual(server.pending_bytes, 0)
 
     def test_07_data_to_send_with_a_limit_takes_every_frame_that_fits_and_one_larger_alone(self):
-        """Operational: data_to_send(limit) takes frames while their costs fit in the limit: of three frames of equal cost, a limit of exactly two costs takes two; a frame larger than the limit leaves alone, then the next."""
+        """Operational: data_to_send(limit) takes frames while their costs fit in the limit: of three frames of equal cost, a limit of exactly two costs takes two; a frame larger than the limit leaves alone, then the next, and so does one that is alone in the queue."""
         server = Protocol()
         for text in ("a", "b", "c"):
             server.send_text(text)
@@ -571,6 +571,9 @@ class Test06Sending(unittest.TestCase):
         [large] = server.data_to_send(limit=100)
         self.assertEqual(large, bytes([0x82, 0x7E, 0x01, 0xF4]) + bytes(500))
         self.assertEqual(server.data_to_send(limit=100), [b"\x81\x01d"])
+        server.send_binary(bytes(500))
+        [alone] = server.data_to_send(limit=100)  # the only frame queued, larger than the limit
+        self.assertEqual((alone, server.pending_bytes), (large, 0))
 
 
 class Test07Fuzz(unittest.TestCase):
