@@ -225,6 +225,10 @@ EQUIVALENT: dict[str, str] = {
         'a text that ends with CR always leaves nothing after its last line break',
     'sse:stream_opening: constant: `0` -> `1`  [in `opening = [StoredEvent.from_payload(0, format_retry(retry...`]':
         'the retry line is only bytes: its StoredEvent id is never written',
+    'ws:WebSocketServer.start: drop: `self._end_of_turn = EndOfTurnWrites(asyncio.get_running_loop())`':
+        'each Connection then makes its own EndOfTurnWrites: the same frames leave at the end of the same turn, in more callbacks (speed only)',
+    'ws:WebSocketServer._handshake: drop: `writer.close()`':
+        "an idle preconnect: `_handle`'s finally aborts the transport, and with nothing written or unread the client sees the same EOF",
 }
 
 
