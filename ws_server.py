@@ -1226,7 +1226,7 @@ class WebSocketServer:
               rest: bytes, name: str, address: str) -> Connection:
         """The connection the handshake agreed, with the frames that came right after the head."""
         config = self.config
-        protocol = Protocol(max_size=config.limits.max_size, compression=self._compression(handshake.deflate))
+        protocol = Protocol(max_size=config.limits.max_size, compression=self.shared_compression(handshake.deflate))
         protocol.subprotocol = handshake.subprotocol
         if rest:
             protocol.receive_data(rest)
@@ -1280,7 +1280,7 @@ class WebSocketServer:
         if self.bus is not None:
             await self.bus.close()
 
-    def _compression(self, parameters: DeflateParameters | None) -> Compression | None:
+    def shared_compression(self, parameters: DeflateParameters | None) -> Compression | None:
         """The Compression shared by every connection that agreed these parameters: one
         deflater for all of them, so that a broadcast is compressed once (Part II)."""
         if parameters is None:

@@ -359,6 +359,16 @@ class Test04Compression(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         message = await raw.next_event()
         self.assertEqual(message, Message(Opcode.TEXT, b"x" * 300))
 
+    async def test_05_connections_that_agreed_the_same_parameters_share_one_compression_with_their_window(self):
+        """RFC 7692 §7.1.2.1 A server_max_window_bits the server answered is the window it compresses with (10 here, not zlib's 15), and connections that agreed the same parameters share one Compression, so a broadcast is compressed once."""
+        ten = ws_server.DeflateParameters(True, True, server_max_window_bits=10)
+        first = self.server.shared_compression(ten)
+        self.assertIs(self.server.shared_compression(ten), first)
+        self.assertEqual(first.deflater.window, 10)
+        default = self.server.shared_compression(ws_server.DeflateParameters(True, True))
+        self.assertEqual(default.deflater.window, 15)
+        self.assertIsNot(default, first)
+
 
 class Test05BadInputAndOthersKeepGoing(ServerTestCase, unittest.IsolatedAsyncioTestCase):
     """Each bad frame gets its close code; meanwhile the other clients keep chatting."""

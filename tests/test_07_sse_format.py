@@ -197,6 +197,13 @@ class Test02ChunkedFraming(unittest.TestCase):
         self.assertEqual(decoder.feed(b"1;" + b"x" * 4094 + b"\r\na\r\n0\r\nX: " + b"y" * 4093 + b"\r\n\r\n"), [b"a"])
         self.assertTrue(decoder.done)
 
+    def test_14_the_next_request_after_the_body_may_be_longer_than_max_line(self):
+        """RFC 9112 §9.3 The bytes after the body's last CRLF are the next request, not a line of this coding: however long, they go to `unused` (the `max_line` bound is for this coding's own lines)."""
+        decoder = ChunkedDecoder(100)
+        following = b"POST /publish HTTP/1.1\r\n" + b"X: " + b"y" * 5000
+        self.assertEqual(decoder.feed(b"1\r\na\r\n0\r\n\r\n" + following), [b"a"])
+        self.assertEqual((decoder.done, decoder.unused), (True, following))
+
     def test_12_what_follows_the_body_is_kept_for_the_next_request_even_when_it_comes_later(self):
         """RFC 9112 §9.3: the bytes after a body are the next request on the connection: `unused` is empty until the body ends, then holds what followed it, with whatever is fed afterwards (no more chunks come out)."""
         decoder = ChunkedDecoder(100)
