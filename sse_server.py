@@ -1982,9 +1982,10 @@ class SSERequestHandler(BaseHTTPRequestHandler):
         self.server.access.check_access(request)
         chunked = request.version >= (1, 1)
         address = self.address_string()
+        received = last_event_id(request)
         try:
             subscriber, first = self.server.hub.subscribe(self.connection, chunked=chunked,
-                                                          last_event_id=last_event_id(request),
+                                                          last_event_id=received,
                                                           peer=address, address=address)
         except ShuttingDown:
             # No answer at all: to an EventSource a dropped connection means "reconnect later",
@@ -2000,7 +2001,10 @@ class SSERequestHandler(BaseHTTPRequestHandler):
             self._send_stream_head(chunked)
             log.info("subscriber %s joined%s (%d open)", subscriber.peer, describe_first(first),
                      self.server.hub.subscriber_count)
-            subscriber.stream(stream_opening(config.retry, first, chunked), config.write_timeout)
+            # Right after `retry:`, a comment saying what the server received and answers
+            # (`resumption_comment`); then the replay or the reset, then live events.
+            opening = stream_opening(config.retry, [resumption_comment(received, first), *first], chunked)
+            subscriber.stream(opening, config.write_timeout)
         except (OSError, TimeoutError) as error:
             subscriber.close(f"write failed ({error})")
         finally:
@@ -2153,6 +2157,30 @@ def describe_first(first: list[StoredEvent]) -> str:
     if len(first) == 1 and first[0].payload.startswith(b"event: reset\n"):
         return ", reset"
     return f", {len(first)} events replayed" if first else ""
+
+
+def resumption_comment(last_event_id: str | None, first: list[StoredEvent]) -> StoredEvent:
+    """What the server received and what it answers, said in the stream itself: a comment
+    (WHATWG HTML §9.2.6: EventSource ignores it) written right after `retry:`, on every
+    (re)connection.  A browser shows a page neither the `Last-Event-ID` it sent nor whether the
+    server replayed or reset; a reader of the raw stream (the "On the wire" panel of sse.html,
+    curl) sees both here:
+
+        : no Last-Event-ID: live events from now
+        : Last-Event-ID 1733456789000123 received: replaying 3 events, then live events
+        : Last-Event-ID 12 is unknown here or older than the history kept: reset, then live events
+
+    The id is the client's own text, cut to 100 characters, its control characters escaped."""
+    if last_event_id is None:
+        text = "no Last-Event-ID: live events from now"
+    else:
+        said = ws_server.escape_controls(last_event_id[:100]) or '""'
+        if describe_first(first) == ", reset":
+            text = f"Last-Event-ID {said} is unknown here or older than the history kept: reset, then live events"
+        else:
+            text = (f"Last-Event-ID {said} received: replaying {len(first)} "
+                    f"event{'' if len(first) == 1 else 's'}, then live events")
+    return StoredEvent.from_payload(0, format_comment(text).encode())
 
 
 # ---------------------------------------------------------------------------------------------

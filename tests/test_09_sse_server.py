@@ -55,7 +55,8 @@ class Test01TheStream(SSEServerTestCase):
         self.assertEqual([e.data for e in events], ["one", "two"])
         first, second = (int(e.last_event_id) for e in events)
         self.assertEqual(second, first + 1)
-        self.assertEqual(stream.chunks[1:], [f"id: {first}\ndata: one\n\n".encode(),
+        # (the first chunks: `retry:`, then the server's comment on what it received, Test20)
+        self.assertEqual(stream.chunks[-2:], [f"id: {first}\ndata: one\n\n".encode(),
                                              f"id: {second}\ndata: two\n\n".encode()])
 
     def test_05_an_http_1_0_client_gets_the_stream_without_chunks_ended_by_close(self):
@@ -913,6 +914,58 @@ class Test19WhatTheLogsAndAnswersSay(SSEServerTestCase):
         self.assertEqual(sse_server.exposure_warnings(sse_server.ServerConfig(host="localhost")), [])
         self.assertEqual(sse_server.exposure_warnings(sse_server.ServerConfig(
             host="::", publish_token="t", allowed_hosts=("events.example",))), [])
+
+
+class Test20TheStreamSaysWhatItReceived(SSEServerTestCase):
+    """WHATWG HTML §9.2.5 comments, which EventSource ignores: right after `retry:`, on every (re)connection, the server says in a comment which Last-Event-ID it received and what it answers (`resumption_comment`), for a reader of the raw stream."""
+
+    options = {"history": 5}
+
+    def opening(self, stream: StreamClient) -> bytes:
+        """The stream's first bytes up to the end of the server's comment line."""
+        stream.wait_until(lambda: b"retry: 3000\n\n: " in stream.body and b"\n" in stream.body.split(b"\n\n: ", 1)[1])
+        return stream.body[:stream.body.index(b"\n", stream.body.index(b"\n\n: ") + 2) + 1]
+
+    def test_01_a_fresh_connection_is_told_it_gets_live_events_from_now(self):
+        """WHATWG HTML §9.2.4 No Last-Event-ID (a first connection): the comment says so; it dispatches no event."""
+        stream = self.subscribed(self.stream())
+        self.assertEqual(self.opening(stream), b"retry: 3000\n\n: no Last-Event-ID: live events from now\n")
+        self.publish("live")
+        self.assertEqual([e.data for e in stream.next_events(1)], ["live"])  # the comment was no event
+        self.assertEqual(stream.events, [])
+
+    def test_02_a_replay_names_the_id_received_and_how_many_events_follow(self):
+        """WHATWG HTML §9.2.4 Last-Event-ID: the comment repeats the id the client sent and counts the events replayed, before them; each as it is, one event or none."""
+        stream = self.subscribed(self.stream())
+        for i in range(3):
+            self.publish(f"seen {i}")
+        seen = stream.next_events(3)
+        for last, count in ((seen[0], "2 events"), (seen[1], "1 event"), (seen[2], "0 events")):
+            with self.subTest(count=count):
+                again = self.subscribed(self.stream(Last_Event_ID=last.last_event_id))
+                self.assertEqual(self.opening(again),
+                                 f"retry: 3000\n\n: Last-Event-ID {last.last_event_id} received: replaying {count},"
+                                 f" then live events\n".encode())
+        again = self.subscribed(self.stream(Last_Event_ID=seen[0].last_event_id))
+        self.assertEqual([e.data for e in again.next_events(2)], ["seen 1", "seen 2"])
+
+    def test_03_a_reset_says_the_id_is_unknown_before_the_reset_event(self):
+        """WHATWG HTML §9.2.4 An id this server cannot resume from: the comment names it and says reset; the `reset` event follows."""
+        stream = self.subscribed(self.stream(Last_Event_ID="not-a-number"))
+        self.assertEqual(self.opening(stream), b"retry: 3000\n\n: Last-Event-ID not-a-number is unknown here or older "
+                                               b"than the history kept: reset, then live events\n")
+        self.assertEqual([e.type for e in stream.next_events(1)], ["reset"])
+
+    def test_04_the_id_is_cut_to_100_characters(self):
+        """Operational: the client's own text, bounded like the reset's: a 5000-character id is said in its first 100."""
+        stream = self.subscribed(self.stream(Last_Event_ID="1" * 5000))
+        self.assertIn(b": Last-Event-ID " + b"1" * 100 + b" is unknown", self.opening(stream))
+        self.assertNotIn(b"1" * 101, self.opening(stream))
+
+    def test_05_the_comment_escapes_control_characters(self):
+        """Operational: a control character in the id is written as an escape, so the comment stays one line of text."""
+        comment = sse_server.resumption_comment("7\x1b[2J\r\nevent: x", [])
+        self.assertEqual(comment.payload, b": Last-Event-ID 7\\x1b[2J\\r\\nevent: x received: replaying 0 events, then live events\n")
 
 
 if __name__ == "__main__":
