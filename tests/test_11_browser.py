@@ -227,6 +227,32 @@ class Test01ChatPage(BrowserTestCase):
         await tab.wait_for("document.getElementById('chatBox').textContent.includes('let in')")
         await client.close()
 
+    async def test_10_while_the_page_retries_the_state_line_keeps_the_servers_close_code_and_reason(self):
+        """RFC 6455 §7.1.5-§7.1.6 The close code and reason the server sent (1001, "server shutting down") stay on the state line while the page retries; each failed try (refused: 1006, no close frame) is said as "no connection", with when the next try is, and replaces neither."""
+        tab = await self.open_chat()
+        port = self.server.port
+        # Every text the line shows from now on (a try on loopback is refused in a few ms: too
+        # short to be caught by polling).
+        await tab.evaluate("window.lines = []; new MutationObserver(function () {"
+                           " var s = document.getElementById('state'); lines.push(s.dataset.state + ': ' + s.textContent);"
+                           "}).observe(document.getElementById('state'), {childList: true, attributes: true})")
+        await asyncio.wait_for(self.server.shutdown(), TIMEOUT + 2)
+        state = await tab.wait_for("document.getElementById('state').textContent.includes('2 tries failed') &&"
+                                   "document.getElementById('state').textContent", timeout=10)  # 2 x at most 1 s
+        self.assertRegex(state, r"^closed by the server: code 1001 \(server shutting down\) — "
+                                r"no connection \(2 tries failed\), next try in \d+\.\d s$")
+        self.assertNotIn("1006", state)
+        self.assertEqual(await tab.evaluate("document.getElementById('state').dataset.state"), "closed")
+        # Every line since the server closed, the tries ("connecting") included, shows what it said.
+        lines = await tab.evaluate("lines")
+        self.assertTrue([line for line in lines if line.startswith("connecting: ")], lines)
+        self.assertEqual([line for line in lines if "code 1001 (server shutting down)" not in line], [], lines)
+        self.server = await self.start_chat(port)
+        state = await tab.wait_for("document.getElementById('state').dataset.state === 'open' &&"
+                                   "document.getElementById('state').textContent", timeout=15)
+        self.assertNotIn("1001", state)  # a new connection: the old close is no longer the news
+
+
 class Test02SSEPage(BrowserTestCase):
     """static/sse.html, served by sse_server.py, in Chromium: EventSource reconnects by itself."""
 
