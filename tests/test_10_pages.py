@@ -108,6 +108,36 @@ class Test03TheSSEPage(unittest.TestCase):
         """WAI-ARIA 1.2 aria-live="off": a clock ticking every second must not be read out every second."""
         self.assertEqual(SSE.by_id("ul").get("aria-live"), "off")
 
+    def test_02_the_events_and_the_wire_panel_are_named_by_their_visible_headings(self):
+        """WAI-ARIA 1.2 aria-labelledby: the list and the wire panel are named by the headings a sighted reader sees ("On the wire")."""
+        for identifier, heading in (("ul", "Events, as EventSource dispatched them"), ("wire", "On the wire")):
+            labelled_by = SSE.by_id(identifier).get("aria-labelledby")
+            self.assertEqual(SSE.text_of(labelled_by), heading)
+            self.assertIn(("h2", {"id": labelled_by}), [(tag, attributes) for tag, attributes, _ in SSE.elements])
+
+    def test_03_the_wire_panel_is_not_a_live_region_and_a_keyboard_can_reach_it(self):
+        """WAI-ARIA 1.2 aria-live="off" (a line every second must not be read out), no live role (log, status); WCAG 2.2 2.1.1 Keyboard: it scrolls, so tabindex=0 lets a keyboard reach it."""
+        wire = SSE.by_id("wire")
+        self.assertEqual(wire.get("aria-live"), "off")
+        self.assertNotIn(wire.get("role"), ("log", "status", "alert", "marquee", "timer"))
+        self.assertEqual(wire.get("tabindex"), "0")
+
+    def test_04_the_wire_has_a_labelled_toggle_on_by_default_that_says_what_it_controls(self):
+        """WCAG 2.2 3.3.2 Labels or Instructions and WAI-ARIA 1.2 aria-controls: a checkbox with its own <label>, checked by default, controlling the panel and described by the panel's note."""
+        toggle = SSE.by_id("wireToggle")
+        self.assertEqual(toggle.get("type"), "checkbox")
+        self.assertIn("checked", toggle)
+        self.assertEqual(toggle.get("aria-controls"), "wire")
+        label = [attributes for tag, attributes, _ in SSE.elements if tag == "label" and attributes.get("for") == "wireToggle"]
+        self.assertEqual(len(label), 1)
+        self.assertIn("retry:", SSE.text_of(toggle.get("aria-describedby")))
+
+    def test_05_the_page_says_what_its_ids_are(self):
+        """WHATWG HTML §9.2.4 Last-Event-ID: a short note says the 16-digit ids are microseconds since the epoch at the server's start, plus 1 per event."""
+        note = " ".join(SSE.text_of("idNote").split())
+        self.assertIn("microseconds since 1970 (the Unix epoch) at the moment the server started numbering", note)
+        self.assertIn("the one before plus 1", note)
+
 
 if __name__ == "__main__":
     unittest.main()

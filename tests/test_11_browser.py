@@ -6,6 +6,7 @@ Skipped, with how to install it, when no Chromium is found; CI installs Debian's
 import asyncio
 import http.server
 import json
+import re
 import threading
 import unittest
 from unittest import mock
@@ -411,6 +412,72 @@ class Test02SSEPage(BrowserTestCase):
         server.hub.publish("room again")
         await tab.wait_for(f"{self.items('room again')} === 1")
 
+    async def test_11_a_named_multi_line_event_is_shown_on_the_wire_and_as_dispatched(self):
+        """WHATWG HTML §9.2.5-§9.2.6 `event: note` and two `data:` lines, published with ?event=note (a name the page had never seen): the wire panel shows the lines and the blank line that dispatches; the list shows the event with its type, id and both lines (from the wire if EventSource dispatched it before the page listened); the next one is EventSource's own dispatch, to the listener the wire added."""
+        tab = await self.open_page()
+        await tab.wait_for(f"{self.wire_lines()}.some(l => l.startsWith('retry: '))")
+        status, _, _ = await asyncio.to_thread(http_request, self.port, "POST", "/publish?event=note",
+                                               b"line one\nline two")
+        self.assertEqual(status, 204)
+        text = await tab.wait_for(f"{self.texts()}.find(t => t.startsWith('line one'))")
+        event_id = re.match(r"^line one\nline two \[note, id (\d+)(\]| — from the wire: .*\]$)", text)[1]
+        lines = await tab.wait_for(f"{self.wire_lines()}.includes('id: {event_id}') && {self.wire_lines()}")
+        at = lines.index("event: note")
+        self.assertEqual(lines[at:at + 5], ["event: note", f"id: {event_id}", "data: line one", "data: line two",
+                                            f'(blank line: dispatches the event "note", lastEventId {event_id})'])
+        self.assertEqual(await tab.evaluate("getComputedStyle(document.querySelector('#ul li .data')).whiteSpace"),
+                         "pre-wrap")
+        # The name is known now: the next note is EventSource's own dispatch, shown once.
+        status, _, _ = await asyncio.to_thread(http_request, self.port, "POST", "/publish?event=note",
+                                               b"second note\nstill two lines")
+        self.assertEqual(status, 204)
+        text = await tab.wait_for(f"{self.texts()}.find(t => t.startsWith('second note'))")
+        self.assertRegex(text, r"^second note\nstill two lines \[note, id \d+\]$")
+        await asyncio.sleep(1.2)  # past the wire's wait for a dispatch: nothing more is added
+        self.assertEqual(await tab.evaluate(f"{self.texts()}.filter(t => t.startsWith('second note')).length"), 1)
+        self.assertEqual(await tab.evaluate(f"{self.texts()}.filter(t => t.startsWith('line one')).length"), 1)
+
+    async def test_12_after_a_restart_the_wire_shows_the_last_event_id_the_server_received_and_its_answer(self):
+        """WHATWG HTML §9.2.4 Last-Event-ID: after a restart, the wire panel, which reconnects with the Last-Event-ID the EventSource sent, shows the server's comment right after `retry:`, naming that id and its answer: a reset, from a fresh server that never issued it."""
+        tab = await self.open_page()
+        await tab.wait_for(f"{self.wire_lines()}.includes(': no Last-Event-ID: live events from now')")
+        await tab.wait_for(f"{self.items('Current time: ')} >= 1", timeout=5)
+        await asyncio.to_thread(self.server.stop)
+        await tab.wait_for("source.readyState === 0")
+        last = await tab.evaluate("lastId")
+        self.assertRegex(last, r"^\d{16}$")  # microseconds since the epoch at the server's start, + 1 per event
+        self.server = self.start_sse(self.port)
+        await tab.wait_for("source.readyState === 1", timeout=10)
+        said = f": Last-Event-ID {last} is unknown here or older than the history kept: reset, then live events"
+        lines = await tab.wait_for(f"{self.wire_lines()}.includes({json.dumps(said)}) && {self.wire_lines()}")
+        at = lines.index(said)
+        self.assertEqual(lines[at - 4:at + 2], [f"→ GET sse, Last-Event-ID: {last}", "← 200 text/event-stream; charset=utf-8",
+                                                "retry: 300", "(blank line: no data, so no event is dispatched)",
+                                                said, "event: reset"])
+        self.assertIn("— the server ended the stream —", lines[:at])
+
+    async def test_13_the_wire_panel_can_be_turned_off_and_on(self):
+        """Operational: the toggle hides the panel and closes its connection (one subscriber left, the EventSource); on again, it reads from the page's last id: the server says it replays nothing."""
+        tab = await self.open_page()
+        await asyncio.to_thread(wait_until, lambda: self.server.hub.subscriber_count == 2, TIMEOUT, "the page's two streams")
+        self.assertEqual(await tab.evaluate("document.getElementById('wireToggle').labels[0].textContent"),
+                         "Show the stream as it arrives")
+        await tab.evaluate("document.getElementById('wireToggle').click()")
+        await tab.wait_for(f"{self.wire_lines()}.includes('— stopped: the panel is off —')")
+        self.assertTrue(await tab.evaluate("document.getElementById('wire').hidden"))
+        await asyncio.to_thread(wait_until, lambda: self.server.hub.subscriber_count == 1, TIMEOUT, "the EventSource alone")
+        self.server.hub.publish("while the wire is off")
+        await tab.wait_for(f"{self.items('while the wire is off')} === 1")
+        last = await tab.evaluate("lastId")
+        await tab.evaluate("document.getElementById('wireToggle').click()")
+        await tab.wait_for(f"{self.wire_lines()}.includes(': Last-Event-ID {last} received: replaying 0 events, then live events')")
+        self.assertFalse(await tab.evaluate("document.getElementById('wire').hidden"))
+
+    def texts(self) -> str:
+        return "[...document.querySelectorAll('#ul li')].map(li => li.textContent)"
+
+    def wire_lines(self) -> str:
+        return "[...document.querySelectorAll('#wire div')].map(d => d.textContent)"
 
 #: A page of another site, which makes the visitor's browser POST to the event server in the
 #: three ways that need no preflight: a no-cors fetch, a "simple" CORS fetch (text/plain), and
