@@ -1100,15 +1100,17 @@ class ChatRoom:
 
     def broadcast(self, message: Message) -> None:
         """Send `message` to every open client (the tutorial's `server.clients.forEach`)."""
+        # (No client joins or leaves while this runs: `send_frame_bytes` only queues, and a
+        # client it drops for being too slow leaves the room later, in its own task.)
         plain = None  # the uncompressed frame, encoded at most once for every group
-        for compression, group in tuple(self._groups.items()):
+        for compression, group in self._groups.items():
             if compression is None or len(message.payload) < compression.threshold:
                 plain = plain or encode_server_frame(message.opcode, message.payload)
                 frame = plain
             else:  # RFC 7692 §6: compressed once for the whole group, RSV1 on its (only) frame
                 frame = encode_server_frame(message.opcode, compression.deflater.compress(message.payload), rsv1=True)
             cost = frame_size(frame) + QUEUED_FRAME_CHARGE  # what it costs each client's budget (Part II)
-            for client in tuple(group):
+            for client in group:
                 client.send_frame_bytes(frame, cost)
 
 
