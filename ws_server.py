@@ -153,7 +153,6 @@ class Handshake:
 
 
 def check_request(request: Request, *, access: AccessRules | None = None,
-                  allowed_origins: Iterable[str] | None = None,
                   subprotocols: Iterable[str] = (), compression: bool = False) -> Handshake:
     """§4.2.1: check the client's opening handshake; raise `HandshakeError` to refuse it.
 
@@ -187,32 +186,24 @@ def check_request(request: Request, *, access: AccessRules | None = None,
         raise HandshakeError(426, f"unsupported WebSocket version {version[:20]!r}",
                              [("Upgrade", "websocket"), ("Connection", "Upgrade, close"),
                               ("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
-    check_origin(request, access, allowed_origins)
+    check_origin(request, access)
     # §9.1: extensions are negotiated here too; one this server cannot honour is declined,
     # never refused (permessage-deflate, Part II).
     deflate = negotiate_deflate(request.header("sec-websocket-extensions")) if compression else None
     return Handshake(accept_key(keys[0]), choose_subprotocol(request, subprotocols), deflate)
 
 
-def check_origin(request: Request, access: AccessRules | None = None,
-                 allowed_origins: Iterable[str] | None = None) -> None:
-    """§10.2: refuse (403) a browser page from any origin but this server's own and those allowed.
+def check_origin(request: Request, access: AccessRules | None) -> None:
+    """§10.2: refuse (403) a browser page of any origin but this server's own and those allowed.
 
     Cross-site WebSocket hijacking: a WebSocket is not bound by the same-origin policy, and
-    the browser sends the user's cookies with the handshake.  Any page the user visits could
-    open a socket to this server and act as the user.  Browsers always send `Origin`, and a
-    page cannot forge it, so checking it is the defence.  A request with no `Origin` comes
-    from a program, not a browser page, and is not refused: nothing is hijacked there.
-
-    The server passes its `AccessRules` (Part II): its own origin, whose Host it has checked,
-    and the --allow-origin ones.  Without them, `allowed_origins` alone, if given, is the list.
-    """
+    the browser sends the user's cookies with the handshake, so any page the user visits could
+    open a socket to this server and act as the user.  Browsers always send `Origin`, which a
+    page cannot forge, so checking it is the defence; a request with none is a program's, not a
+    page's, and nothing is hijacked there.  The server's `AccessRules` (Part II) know its own
+    origin (a Host it answers for) and --allow-origin's."""
     if access is not None:
         access.check_origin(request)
-        return
-    origin = request.header("origin")
-    if allowed_origins and origin is not None and origin.lower() not in {o.lower() for o in allowed_origins}:
-        raise HandshakeError(403, f"origin {origin[:100]!r} is not allowed")
 
 
 def choose_subprotocol(request: Request, supported: Iterable[str]) -> str | None:

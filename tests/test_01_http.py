@@ -317,7 +317,8 @@ class Test06Fuzz(unittest.TestCase):
             request = parse_request(head)
             body_length(request)
             if ws_server.is_websocket_request(request):
-                ws_server.check_request(request, allowed_origins=["http://a"], subprotocols=["chat"])
+                ws_server.check_request(request, access=ws_server.AccessRules(True, 80, allowed_origins=("http://a",)),
+                                        subprotocols=["chat"])
         fuzz(self, read, mutations(9112, self.SEEDS, 3000), (HTTPError,))
 
 

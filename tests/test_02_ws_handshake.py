@@ -209,24 +209,29 @@ class Test04Versions(unittest.TestCase):
         self.assertEqual(response.count(b"\r\nConnection:"), 1)
 
 
+def allowing(*origins: str) -> ws_server.AccessRules:
+    """The rules of a server on the RFC's host that allows these origins (--allow-origin)."""
+    return ws_server.AccessRules(loopback=False, port=80, allowed_origins=origins)
+
+
 class Test05TheOrigin(unittest.TestCase):
     """§10.2: cross-site WebSocket hijacking, and the Origin allow-list that stops it."""
 
     def test_01_an_origin_outside_the_allow_list_gets_403(self):
         """§10.2: a server that only accepts some origins refuses the others (403)."""
-        with self.assertRaises(HandshakeError) as caught:
-            check_request(parse_request(RFC_REQUEST), allowed_origins=["http://chat.example"])
+        with self.assertRaises(HTTPError) as caught:
+            check_request(parse_request(RFC_REQUEST), access=allowing("http://chat.example"))
         self.assertEqual(caught.exception.status, 403)
 
     def test_02_origins_compare_case_insensitively(self):
         """RFC 6454 §4, §6.2: an origin's scheme and host are lower case in its serialization, so case does not tell two apart."""
-        self.assertIsInstance(check_request(parse_request(RFC_REQUEST), allowed_origins=["HTTP://EXAMPLE.COM"]), Handshake)
-        self.assertIsInstance(check_request(request_with(Origin="http://Example.COM"), allowed_origins=["http://example.com"]),
+        self.assertIsInstance(check_request(parse_request(RFC_REQUEST), access=allowing("HTTP://EXAMPLE.COM")), Handshake)
+        self.assertIsInstance(check_request(request_with(Origin="http://Example.COM"), access=allowing("http://example.com")),
                               Handshake)
 
     def test_03_no_origin_is_a_program_not_a_page_and_is_accepted(self):
         """§10.2: browsers always send Origin; a request without one hijacks nobody and is accepted."""
-        self.assertIsInstance(check_request(request_with(Origin=None), allowed_origins=["http://chat.example"]), Handshake)
+        self.assertIsInstance(check_request(request_with(Origin=None), access=allowing("http://chat.example")), Handshake)
 
 
     def test_04_the_server_admits_its_own_pages_and_the_allowed_ones_by_default(self):
