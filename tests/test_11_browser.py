@@ -433,7 +433,7 @@ class Test02SSEPage(BrowserTestCase):
         self.assertEqual(status, 204)
         text = await tab.wait_for(f"{self.texts()}.find(t => t.startsWith('second note'))")
         self.assertRegex(text, r"^second note\nstill two lines \[note, id \d+\]$")
-        await asyncio.sleep(1.2)  # past the wire's wait for a dispatch: nothing more is added
+        await tab.wait_for("(document.documentElement.dataset.pendingWireChecks || '0') === '0'")  # none can add more
         self.assertEqual(await tab.evaluate(f"{self.texts()}.filter(t => t.startsWith('second note')).length"), 1)
         self.assertEqual(await tab.evaluate(f"{self.texts()}.filter(t => t.startsWith('line one')).length"), 1)
 

@@ -428,8 +428,11 @@ class Nginx:
         self.folder.cleanup()
 
 
-class Test05BehindNginx(unittest.TestCase):
-    """Both servers behind Debian's nginx, configured as the README says."""
+class NginxInFront(unittest.TestCase):
+    """Both servers, each in a process of its own, behind Debian's nginx with the README's
+    configuration (`tls`: with its TLS lines and the test certificate)."""
+
+    tls = False
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -440,7 +443,7 @@ class Test05BehindNginx(unittest.TestCase):
         cls.events, events_port = start_process("sse_server.py", "--trusted-proxy", "127.0.0.1", "--clock", "0")
         cls.events_log = LogReader(cls.events)
         try:
-            cls.nginx = Nginx(binary, chat_port, events_port)
+            cls.nginx = Nginx(binary, chat_port, events_port, tls=cls.tls)
         except BaseException:
             stop_process(cls.chat)
             stop_process(cls.events)
@@ -452,6 +455,10 @@ class Test05BehindNginx(unittest.TestCase):
         cls.nginx.close()
         stop_process(cls.chat)
         stop_process(cls.events)
+
+
+class Test05BehindNginx(NginxInFront):
+    """Both servers behind Debian's nginx, configured as the README says."""
 
     def publish(self, text: str) -> int:
         connection = http.client.HTTPConnection("127.0.0.1", self.nginx.port, timeout=TIMEOUT)
@@ -523,32 +530,11 @@ class Test05BehindNginx(unittest.TestCase):
                 connection.close()
 
 
-if __name__ == "__main__":
-    unittest.main()
 
-
-class Test06BehindNginxWithTLS(unittest.TestCase):
+class Test06BehindNginxWithTLS(NginxInFront):
     """Both servers behind Debian's nginx with the README's TLS lines and the test certificate."""
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        binary = find_nginx()
-        if binary is None:
-            raise unittest.SkipTest(NGINX_HINT)
-        cls.chat, chat_port = start_process("ws_server.py")
-        cls.events, events_port = start_process("sse_server.py", "--clock", "0")
-        try:
-            cls.nginx = Nginx(binary, chat_port, events_port, tls=True)
-        except BaseException:
-            stop_process(cls.chat)
-            stop_process(cls.events)
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.nginx.close()
-        stop_process(cls.chat)
-        stop_process(cls.events)
+    tls = True
 
     def test_01_the_readme_tls_lines_serve_wss_and_https_through_nginx(self):
         """Operational (the README's nginx TLS lines, accepted by Debian's nginx): a chat message over wss:// and an event over https://, both through nginx, the certificate verified."""
@@ -711,3 +697,7 @@ class Test10TheServerHeader(unittest.TestCase):
             connection.close()
         page = ws_server.static_response(ws_server.STATIC_DIR, ws_server.parse_request(b"GET / HTTP/1.1\r\nHost: x"), "chat.html")
         self.assertNotIn(b"\r\nserver:", page.split(b"\r\n\r\n")[0].lower())
+
+
+if __name__ == "__main__":
+    unittest.main()
