@@ -80,15 +80,7 @@ def next_events(response: http.client.HTTPResponse, parser: sse_server.EventStre
 def closed_without_answer(port: int, data: bytes, timeout: float = TIMEOUT) -> bool:
     """Send `data` raw (no TLS) and read to the end: True if the server closed the connection
     answering nothing, or only a TLS alert record (RFC 8446 §6: content type 21)."""
-    answer = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        if data:
-            sock.sendall(data)
-        try:
-            while chunk := sock.recv(4096):
-                answer += chunk
-        except ConnectionResetError:
-            pass
+    answer = raw_answer(port, data, timeout)
     return answer == b"" or answer[0] == 21
 
 
