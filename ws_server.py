@@ -26,8 +26,9 @@ code that runs (nothing in it is a simplified copy):
 
 Part II, "For real use", is what a server exposed to the Internet needs besides: limits and
 speed, strict HTTP, static files, compression, the connection's pump (byte budgets, batched
-writes, keepalive), the client, TLS, Redis, who may connect, the command line.  Part I calls into Part II where it must (Python looks names up when a function
-runs), and says at each such call what it is for; it defines nothing of Part II.
+writes, keepalive), the client, TLS, Redis, who may connect, the chat page's "On the wire"
+panel, the command line.  Part I calls into Part II where it must (Python looks names up when
+a function runs), and says at each such call what it is for; it defines nothing of Part II.
 
 Sans I/O: everything up to `Protocol` is pure (bytes in, bytes and decisions out); the
 walkthrough (`python -m unittest -v`) feeds it literal bytes.  Only `Connection` (Part II) and
@@ -47,6 +48,7 @@ import enum
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import mimetypes
 import os
@@ -1131,6 +1133,7 @@ class WebSocketServer:
         self.access: AccessRules | None = None  # who may connect (Part II), once the port is known
         self.admission = Admission(self.config.max_clients, self.config.max_clients_per_address)  # Part II
         self.pace = Pace(self.config.pace_bytes, self.config.pace_timeout)  # Part II: fairness
+        self.wires = WirePanel(self.config, self.admission)  # Part II: the page's "On the wire" panel
 
     @property
     def port(self) -> int:
@@ -1161,7 +1164,9 @@ class WebSocketServer:
         self._handshaking.add(task)
         try:
             connection = await self._handshake(reader, writer)
-            if connection is not None:  # the request head, its parse and the handshake are gone:
+            if connection is not None and connection.subprotocol == WIRE_SUBPROTOCOL:
+                await self.wires.serve(connection)  # a page's second connection, for its wire panel (Part II)
+            elif connection is not None:  # the request head, its parse and the handshake are gone:
                 await self._chat(connection)  # an idle client holds only its connection
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -1198,33 +1203,32 @@ class WebSocketServer:
             body_length(request)  # framing that two readers could read two ways is refused (400)
             self.access.check_host(request)  # every request, pages too: DNS rebinding (421, Part II)
             if not is_websocket_request(request):  # the pages, on the same port (Part II)
-                await self._answer_http(writer, chat_page_response(config, self.access, request))
+                await answer_http(writer, chat_page_response(config, self.access, request))
                 return None
             handshake = check_request(request, access=self.access,  # §10.2: the Origin (403)
-                                      subprotocols=config.subprotocols, compression=config.compression)
+                                      subprotocols=self.wires.subprotocols, compression=config.compression)
             self.access.check_access(request)  # --access-token: its cookie or a Bearer token (401)
             self.admission.check(address)  # --max-clients, --max-clients-per-address (503, Part II)
         except HTTPError as error:  # the one place a refusal becomes a response
             log.info("refused %s: %s %s", name, error.status, escape_controls(error.reason))
-            await self._answer_http(writer, build_error_response(error.status, error.reason, error.headers))
+            await answer_http(writer, build_error_response(error.status, error.reason, error.headers))
             return None
         self._handshaking.discard(asyncio.current_task())
         response = build_switching_protocols(handshake)
         if config.trace:
             log.info("%s handshake response:%s", name, trace_head(response.decode("latin-1")))
         writer.write(response)
-        return self._open(reader, writer, handshake, rest, name, address)
+        return self._open(reader, writer, request, handshake, rest, name, address)
 
-    def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handshake: Handshake,
-              rest: bytes, name: str, address: str) -> Connection:
+    def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request,
+              handshake: Handshake, rest: bytes, name: str, address: str) -> Connection:
         """The connection the handshake agreed, with the frames that came right after the head."""
         config = self.config
         protocol = Protocol(max_size=config.limits.max_size, compression=self.shared_compression(handshake.deflate))
         protocol.subprotocol = handshake.subprotocol
-        if rest:
-            protocol.receive_data(rest)
-        return Connection(reader, writer, protocol, limits=config.limits, trace=config.trace, name=name,
-                          end_of_turn=self._end_of_turn, pace=self.pace, address=address)
+        wire = self.wires.tap(request, handshake, address)  # Part II: if its page asked to see the wire
+        return Connection(reader, writer, protocol, limits=config.limits, trace=config.trace, name=name, wire=wire,
+                          end_of_turn=self._end_of_turn, pace=self.pace, address=address, early=rest)
 
     async def _chat(self, connection: Connection) -> None:
         """The tutorial's `socket.on('message', ...)` and `socket.on('close', ...)`."""
@@ -1259,7 +1263,7 @@ class WebSocketServer:
             self._server.close()
         for task in tuple(self._handshaking):  # idle or half-sent requests: nothing to wait for
             task.cancel()
-        for client in tuple(self.room.clients):
+        for client in (*self.room.clients, *self.wires.watchers):  # (the pages' wire connections too)
             if client.state == State.OPEN:
                 client.start_close(code, "server shutting down")
         if self._handlers:
@@ -1285,18 +1289,6 @@ class WebSocketServer:
             self._compressions[parameters] = compression
         return compression
 
-    @staticmethod
-    async def _answer_http(writer: asyncio.StreamWriter, response: bytes) -> None:
-        """Send a plain HTTP answer, then close; a short linger lets the client finish sending."""
-        writer.write(response)
-        try:
-            await asyncio.wait_for(writer.drain(), 5)
-            if writer.can_write_eof():
-                writer.write_eof()
-        except (asyncio.TimeoutError, OSError):
-            pass
-        writer.close()
-
 
 # =============================================================================================
 # PART II — FOR REAL USE
@@ -1304,7 +1296,8 @@ class WebSocketServer:
 #
 # Everything below is what a server exposed to real clients needs besides the protocol: HTTP
 # read as strictly as frames, the pages on the same port, compression, limits and budgets in
-# bytes, batched writes, the client, TLS, Redis for several processes, speed, the command line.
+# bytes, batched writes, the client, TLS, Redis for several processes, speed, the chat page's
+# wire panel, the command line.
 # Part I calls into it; nothing here changes a rule of Part I.
 
 # ---------------------------------------------------------------------------------------------
@@ -1462,6 +1455,7 @@ class Request(HeaderFields):
     headers: dict[str, list[str]]
     path: str = "/"  # the target's path, still percent-encoded ("*" for OPTIONS *)
     query: str = ""
+    head: bytes = b""  # the head as read (the chat page's wire panel shows it: II.10)
 
 
 @dataclasses.dataclass
@@ -1521,7 +1515,7 @@ def parse_request(head: bytes, max_header_lines: int = DEFAULT_MAX_HEADER_LINES)
     path, query = parse_request_target(method, target)
     headers = parse_header_lines(lines[1:])
     check_host(headers, http_version)
-    return Request(method.decode("ascii"), target.decode("ascii"), http_version, headers, path, query)
+    return Request(method.decode("ascii"), target.decode("ascii"), http_version, headers, path, query, head)
 
 
 def parse_http_version(version: bytes) -> tuple[int, int]:
@@ -1689,6 +1683,18 @@ def build_error_response(status: int, reason: str, headers: Iterable[tuple[str, 
     return build_response(status, [("Content-Type", "text/plain; charset=utf-8"),
                                     ("Content-Length", str(len(body))), *headers],
                           body, head_only=head_only)
+
+
+async def answer_http(writer: asyncio.StreamWriter, response: bytes) -> None:
+    """Send a plain HTTP answer, then close; a short linger lets the client finish sending."""
+    writer.write(response)
+    try:
+        await asyncio.wait_for(writer.drain(), 5)
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (asyncio.TimeoutError, OSError):
+        pass
+    writer.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2283,19 +2289,20 @@ class Connection:
     __slots__ = ("_behind", "_close_timer", "_closed_waiter", "_drain_task", "_end_of_turn", "_flush_waiting",
                  "_half_closed", "_high_water", "_loop", "_pace", "_ping_payload", "_ping_timer", "_pong_timer",
                  "_pumping", "_receiving", "address", "limits", "name", "protocol", "reader", "trace", "transport",
-                 "writer")  # no per-connection __dict__: idle clients stay small
+                 "wire", "writer")  # no per-connection __dict__: idle clients stay small
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  protocol: Protocol | None = None, *, limits: Limits | None = None,
                  trace: bool = False, name: str | None = None,
                  end_of_turn: EndOfTurnWrites | None = None, pace: Pace | None = None,
-                 address: str | None = None) -> None:
+                 address: str | None = None, wire: WireTap | None = None, early: bytes = b"") -> None:
         self.reader, self.writer, self.transport = reader, writer, writer.transport
         self.limits = limits or Limits()
         self.protocol = protocol or Protocol(max_size=self.limits.max_size)
         self.trace = trace
-        if trace:
-            self.protocol.receiver.on_frame = self._trace_in
+        self.wire = wire  # the tap of its page's wire panel (II.10), if that page asked; else None
+        if trace or wire is not None:
+            self.protocol.receiver.on_frame = self._frame_decoded
         peer = writer.get_extra_info("peername")
         self.name = name or (f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer))
         self.address = address or (peer[0] if isinstance(peer, tuple) else str(peer))  # the client's, for caps
@@ -2317,6 +2324,10 @@ class Connection:
         self._closed_waiter: asyncio.Future | None = None  # close() waiting for another reader
         if self.limits.ping_interval > 0:
             self._ping_timer = self._loop.call_later(self.limits.ping_interval, self._keepalive)
+        if early:  # what the peer sent right after its request head (already frames)
+            if wire is not None:
+                wire.bytes_in(early)
+            self.protocol.receive_data(early)
 
     @property
     def state(self) -> State:
@@ -2372,6 +2383,8 @@ class Connection:
                     data = b""
                 self._pumping = True
                 if data:
+                    if self.wire is not None:  # the page's wire panel: the bytes as they came
+                        self.wire.bytes_in(data)
                     protocol.receive_data(data)
                 else:  # the peer's TCP is gone
                     protocol.receive_eof()
@@ -2503,9 +2516,8 @@ class Connection:
                 transport.write_eof()
 
     def _write(self, frames: list[Frame]) -> None:
-        if self.trace:
-            for frame in frames:
-                self._trace_out(frame)
+        if self.trace or self.wire is not None:
+            self._show(frames)
         transport = self.transport
         if len(frames) == 1 and type(frames[0]) is bytes:
             transport.write(frames[0])
@@ -2586,6 +2598,9 @@ class Connection:
         self._closed()
 
     def _closed(self) -> None:
+        if self.wire is not None:
+            self.wire.ended(self.protocol.close_code, self.protocol.close_reason)
+            self.wire = None
         if self._closed_waiter is not None and not self._closed_waiter.done():
             self._closed_waiter.set_result(None)
         for timer in (self._ping_timer, self._pong_timer, self._close_timer):
@@ -2612,10 +2627,22 @@ class Connection:
         log.info("%s failing the connection: 1011 keepalive ping timeout", self.name)
         self._after_protocol()
 
-    # -- tracing -------------------------------------------------------------------------------
+    # -- tracing, and the page's wire panel -------------------------------------------------------
 
-    def _trace_in(self, header: FrameHeader, payload: bytes, inflated: bool) -> None:
-        log.info("%s <<< %s", self.name, header.describe(payload, inflated))
+    def _frame_decoded(self, header: FrameHeader, payload: bytes, inflated: bool) -> None:
+        """Each frame the Receiver decoded (its `on_frame`), for --trace and the wire panel."""
+        if self.trace:
+            log.info("%s <<< %s", self.name, header.describe(payload, inflated))
+        if self.wire is not None:
+            self.wire.frame_decoded(header, payload, inflated)
+
+    def _show(self, frames: list[Frame]) -> None:
+        """Frames about to be written, for --trace and the wire panel."""
+        if self.trace:
+            for frame in frames:
+                self._trace_out(frame)
+        if self.wire is not None:
+            self.wire.frames_out(frames)
 
     def _trace_out(self, frame: Frame) -> None:
         if type(frame) is tuple:
@@ -3860,7 +3887,275 @@ def token_from(flag_value: str | None, variable: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# II.10 The server's configuration and the command line
+# II.10 The wire, shown to the page that asks: the chat page's "On the wire" panel
+# ---------------------------------------------------------------------------------------------
+#
+# A browser's developer tools show a page its messages, never its frames: not the header's
+# bits, not the masking key, not what compression made of a message.  The server reads and
+# writes every one of those bytes, so it can show them to the page, and only to it:
+#
+#   1. The page opens a second WebSocket asking for the subprotocol `wire` (§1.9: what the
+#      messages of a connection mean is a subprotocol's business).  The server answers it with
+#      one message, a ticket: a random string nobody else has.
+#   2. The page opens its chat connection as `...?wire=TICKET`.  The server ties that connection
+#      to the `wire` connection holding the ticket (from the same client address), and reports
+#      there, as JSON text messages, the chat connection's opening handshake, each frame it
+#      received (as it arrived: masked, perhaps compressed) and each frame it sent.
+#
+# So a client that does not ask sees exactly the chat: nothing on its connection changes.  The
+# holder of a ticket sees the frames of the connection that presented it, nobody else's.  The
+# reports travel on a connection nobody watches, so no report is ever itself reported.  A
+# connection nobody watches pays one test of `Connection.wire` per read and per write.  And the
+# reports are bounded: each shows at most WIRE_SHOWN bytes of a payload; at most --wire-rate
+# frames a second are reported for a connection (a burst of one second's worth), and none while
+# the page has more than WIRE_BACKLOG bytes of reports still to read; the frames left out are
+# counted, and the next report says how many.
+
+#: The subprotocol of the page's second connection, which carries the reports (§1.9, §4.2.2).
+WIRE_SUBPROTOCOL = "wire"
+
+#: The query parameter with which the page's chat connection presents its ticket.
+WIRE_QUERY = "wire"
+
+DEFAULT_WIRE_RATE = 50.0  # --wire-rate: frames reported per second per watched connection; 0: off
+WIRE_SHOWN = 64  # bytes of a payload shown in a report (hex); what follows is cut
+WIRE_BACKLOG = 64 * 1024  # bytes of reports waiting for the page, past which reports are left out
+
+#: §7.4.1 / §11.7: the name of each close code a report may name.
+_CLOSE_NAMES = {code.value: code.name.replace("_", " ").lower() for code in CloseCode}
+
+
+class WireTap:
+    """One chat connection's frames, as reports for the page that asked: sans I/O.
+
+    Bytes go in as the server read them (`bytes_in`), then the same frames as its `Receiver`
+    decoded them (`frame_decoded`, its `on_frame`), and the frames it writes (`frames_out`).
+    Reports come out through `send`, one JSON text each; the clock and "is the page behind?"
+    (`busy`) are given, so the walkthrough drives it with literal bytes.
+
+    Incoming, the bytes are split into frames by the one header decoder (I.2), keeping of each
+    its header and its first WIRE_SHOWN payload bytes, masked, as they came; the decoder then
+    hands over the same frame unmasked and, if compressed, inflated.  The two views are paired
+    by counting frames: both see every frame, in order."""
+
+    def __init__(self, send: Callable[[str], None], rate: float, clock: Callable[[], float],
+                 busy: Callable[[], bool] = lambda: False, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        self.send: Callable[[str], None] | None = send  # None once the page stopped watching
+        self.rate, self.clock, self.busy, self.max_size = rate, clock, busy, max_size
+        self.burst = max(rate, 1.0)  # one second's worth of reports at once, and at least one
+        self._tokens, self._refilled = self.burst, clock()
+        self.skipped = 0  # frames left out since the last report
+        self._buffer = b""  # an incoming header, not whole yet
+        self._frame: list | None = None  # the incoming frame being read: header, its bytes, shown payload
+        self._left = 0  # what is still to come of its payload
+        self._arrived = 0  # incoming frames read whole so far
+        self._decoded = 0  # incoming frames the decoder has handed over so far
+        self._waiting: dict[int, tuple] = {}  # frame number -> a frame to report, as it came
+        self._lost = False  # a header the decoder refuses: after it the bytes are no longer frames
+
+    def stop(self) -> None:
+        """The page stopped watching: report nothing more, and hold nothing for it."""
+        self.send, self._waiting, self._frame, self._buffer = None, {}, None, b""
+
+    def _may_report(self) -> int | None:
+        """--wire-rate, as a token bucket, and the page's backlog: None if this frame is left
+        out, else how many were left out before it (its report says so)."""
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+        if self._tokens < 1 or self.busy():
+            self.skipped += 1
+            return None
+        self._tokens -= 1
+        skipped, self.skipped = self.skipped, 0
+        return skipped
+
+    def _report(self, report: dict, skipped: int | None = None) -> None:
+        if skipped is None:  # not a frame: it says what was left out up to now
+            skipped, self.skipped = self.skipped, 0
+        report["skipped"] = skipped
+        try:
+            self.send(json.dumps(report, separators=(",", ":")))
+        except ConnectionClosed:  # the page's `wire` connection is closing: it sees nothing more
+            self.stop()
+
+    # -- the opening handshake -------------------------------------------------------------------
+
+    def handshake(self, request: Request, handshake: Handshake) -> None:
+        """§4.2.2: the request as the server read it, and the accept key worked out step by step."""
+        if self.send is None:
+            return
+        key = request.header("sec-websocket-key") or ""
+        response = build_switching_protocols(handshake).decode("latin-1")
+        self._report({"type": "handshake", "request": shown_head(request), "key": key, "guid": GUID,
+                      "sha1": hashlib.sha1((key + GUID).encode("ascii")).hexdigest(),
+                      "accept": handshake.accept, "offered": request.header("sec-websocket-extensions") or "",
+                      "extensions": handshake.deflate.header() if handshake.deflate else "",
+                      "response": response.rstrip("\r\n").replace("\r\n", "\n")})
+
+    # -- frames in ---------------------------------------------------------------------------------
+
+    def bytes_in(self, data: bytes) -> None:
+        """Bytes as read from the client, before the decoder sees them: split into frames."""
+        if self.send is None or self._lost:
+            return
+        buffer = self._buffer + data if self._buffer else data
+        position, end = 0, len(buffer)
+        while position < end:
+            if self._frame is None:
+                try:
+                    parsed = parse_frame_header(buffer, position)
+                except ProtocolError:  # the decoder fails the connection on it: nothing more to show
+                    self._lost, self._buffer = True, b""
+                    return
+                if parsed is None:
+                    break
+                header, payload_start = parsed
+                self._frame, self._left = [header, bytes(buffer[position:payload_start]), b""], header.length
+                position = payload_start
+            frame = self._frame
+            take = min(self._left, end - position)
+            if len(frame[2]) < WIRE_SHOWN:
+                frame[2] += buffer[position:position + min(take, WIRE_SHOWN - len(frame[2]))]
+            position, self._left = position + take, self._left - take
+            if self._left == 0:  # read whole: report it once the decoder has it too
+                self._arrived += 1
+                skipped = self._may_report()
+                if skipped is not None:
+                    self._waiting[self._arrived] = (*frame, skipped)
+                self._frame = None
+        self._buffer = buffer[position:] if position < end else b""
+
+    def frame_decoded(self, header: FrameHeader, payload: bytes, inflated: bool) -> None:
+        """The decoder's view of the next incoming frame: its payload unmasked (and inflated)."""
+        self._decoded += 1
+        raw = self._waiting.pop(self._decoded, None)
+        if raw is None or self.send is None:
+            return
+        _, header_bytes, shown, skipped = raw
+        unmasked = apply_mask(shown, header.masking_key) if header.masking_key else shown
+        self._report(frame_report("client", header, header_bytes, shown, bytes(unmasked), payload, inflated), skipped)
+
+    # -- frames out --------------------------------------------------------------------------------
+
+    def frames_out(self, frames: Iterable[Frame]) -> None:
+        """Frames as the server writes them to the client (unmasked, §5.1)."""
+        for frame in frames:
+            skipped = None if self.send is None else self._may_report()
+            if skipped is None:
+                continue
+            header_bytes, payload = (frame[0], frame[1]) if type(frame) is tuple else (frame, b"")
+            header, payload_start = parse_frame_header(header_bytes)
+            if type(frame) is not tuple:
+                header_bytes, payload = frame[:payload_start], frame[payload_start:]
+            decoded = payload
+            if header.rsv1:  # compressed on its own (II.4): it inflates on its own, within --max-size
+                inflater = zlib.decompressobj(-15)
+                decoded = inflater.decompress(bytes(payload) + DEFLATE_TAIL, self.max_size)
+            shown = bytes(payload[:WIRE_SHOWN])
+            self._report(frame_report("server", header, header_bytes, shown, shown, decoded, header.rsv1), skipped)
+
+    def ended(self, code: int | None, reason: str) -> None:
+        """The TCP connection is gone: how the WebSocket connection ended (§7.1.5, §7.1.6)."""
+        if self.send is not None:
+            self._report({"type": "end", "code": code, "reason": reason})
+            self.stop()
+
+
+def frame_report(sender: str, header: FrameHeader, header_bytes: bytes, shown: bytes, unmasked: bytes,
+                 payload: bytes, inflated: bool) -> dict:
+    """One frame, field by field as the diagram has them (I.2), for the page.
+
+    `shown` is the start of the payload as it was on the wire, `unmasked` the same bytes after
+    unmasking, `payload` the whole payload as the decoder made it (inflated if `inflated`)."""
+    report = {"type": "frame", "from": sender, "header": header_bytes.hex(), "fin": header.fin,
+              "rsv1": header.rsv1, "rsv2": header.rsv2, "rsv3": header.rsv3, "opcode": header.opcode,
+              "name": OPCODE_NAMES.get(header.opcode, "RESERVED"), "mask": header.masked, "length": header.length,
+              "maskingKey": header.masking_key.hex() if header.masking_key else None,
+              "payload": shown.hex(), "unmasked": unmasked.hex() if header.masked else None, "inflated": len(payload) if inflated else None}
+    if header.opcode == Opcode.CLOSE:
+        try:
+            close = parse_close_payload(payload)
+            report["close"] = {"code": close.code, "name": _CLOSE_NAMES.get(close.code, ""), "reason": close.reason}
+        except ProtocolError as error:
+            report["close"] = {"code": None, "name": "", "reason": f"(invalid close payload: {error.reason})"}
+    elif header.opcode == Opcode.TEXT:  # (its start: a cut never splits a character)
+        report["text"] = codecs.getincrementaldecoder("utf-8")("replace").decode(payload[:WIRE_SHOWN * 4])
+    return report
+
+
+def shown_head(request: Request) -> str:
+    """A request head for the page: its lines as the server read them, credentials left out
+    and control characters escaped (as --trace logs it)."""
+    return "\n".join(head_lines(request.head.decode("latin-1")))
+
+
+def wire_ticket(query: str) -> str | None:
+    """The ticket in a chat request's query (`?wire=TICKET`), if there is one."""
+    values = urllib.parse.parse_qs(query, max_num_fields=8).get(WIRE_QUERY) if query else None
+    return values[0] if values else None
+
+
+class WirePanel:
+    """The server's side of the panel: which `wire` connection holds which ticket, and taps.
+
+    Each `wire` connection is counted like a chat connection (--max-clients and per address),
+    and watches at most one chat connection at a time: its page's latest."""
+
+    def __init__(self, config: ServerConfig, admission: Admission) -> None:
+        self.rate, self.max_size, self.admission = config.wire_rate, config.limits.max_size, admission
+        # §4.2.2: with the panel off (--wire-rate 0), `wire` is a subprotocol the server does not
+        # speak: not selected, so the page sees none and closes that connection.
+        self.subprotocols = (WIRE_SUBPROTOCOL, *config.subprotocols) if self.rate > 0 else tuple(config.subprotocols)
+        self._watchers: dict[str, Connection] = {}  # ticket -> the `wire` connection that holds it
+        self._taps: dict[str, WireTap] = {}  # ticket -> the tap on its latest chat connection
+
+    @property
+    def watchers(self) -> Iterable[Connection]:
+        """The pages' `wire` connections, open now."""
+        return tuple(self._watchers.values())
+
+    def tap(self, request: Request, handshake: Handshake, address: str) -> WireTap | None:
+        """A tap for a chat connection whose request presents a ticket held from its address."""
+        ticket = wire_ticket(request.query) if self.rate > 0 else None
+        watcher = self._watchers.get(ticket) if ticket else None
+        if watcher is None or watcher.address != address or watcher.state != State.OPEN:
+            return None
+        previous = self._taps.pop(ticket, None)
+        if previous is not None:  # the page reconnected: watch the new connection instead
+            previous.stop()
+        tap = WireTap(watcher.send_nowait, self.rate, asyncio.get_running_loop().time,
+                      lambda: watcher.buffered_bytes > WIRE_BACKLOG, self.max_size)
+        self._taps[ticket] = tap
+        tap.handshake(request, handshake)
+        return tap
+
+    async def serve(self, connection: Connection) -> None:
+        """A page's `wire` connection: its ticket, then reports until it closes.  The page sends
+        nothing on it; whatever it sends is read and ignored (so that its close is read)."""
+        ticket = secrets.token_urlsafe(16)
+        self._watchers[ticket] = connection
+        self.admission.enter(connection.address)
+        log.info("%s is watching the wire", connection.name)
+        try:
+            connection.send_nowait(json.dumps({"type": "ticket", "ticket": ticket}))
+            while True:
+                await connection.recv_message()
+        except ConnectionClosed:
+            pass
+        finally:
+            del self._watchers[ticket]
+            tap = self._taps.pop(ticket, None)
+            if tap is not None:
+                tap.stop()
+            self.admission.leave(connection.address)
+            if connection.state != State.CLOSED:
+                connection.abort()
+            log.info("%s stopped watching the wire", connection.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# II.11 The server's configuration and the command line
 # ---------------------------------------------------------------------------------------------
 
 
@@ -3944,11 +4239,16 @@ _SECRET_FIELDS = re.compile(r"(?im)^((?:cookie|authorization|proxy-authorization
 _SECRET_QUERY = re.compile(r"(?i)([?&]access=)[^&\s]*")
 
 
+def head_lines(text: str) -> list[str]:
+    """The lines of a request or response head as they may be shown: control characters
+    escaped (a peer's header cannot forge a log line) and credentials left out."""
+    text = _SECRET_QUERY.sub(r"\1[not shown]", _SECRET_FIELDS.sub(r"\1 [not shown]", text))
+    return [escape_controls(line) for line in text.replace("\r\n", "\n").split("\n") if line]
+
+
 def trace_head(text: str) -> str:
-    """A request or response head for --trace, one indented line per header line: control
-    characters escaped (a peer's header cannot forge a log line) and credentials left out."""
-    text = _SECRET_QUERY.sub(r"\1[not logged]", _SECRET_FIELDS.sub(r"\1 [not logged]", text))
-    return "".join(f"\n    {escape_controls(line)}" for line in text.replace("\r\n", "\n").split("\n") if line)
+    """A request or response head for --trace, one indented line per header line."""
+    return "".join(f"\n    {line}" for line in head_lines(text))
 
 
 @dataclasses.dataclass
@@ -3982,6 +4282,7 @@ class ServerConfig:
     max_clients_per_address: int = DEFAULT_MAX_CLIENTS_PER_ADDRESS  # --max-clients-per-address
     pace_bytes: int | None = None  # --pace-bytes (Pace, II.5): None for a quarter of --max-buffer
     pace_timeout: float = DEFAULT_PACE_TIMEOUT  # --pace-timeout
+    wire_rate: float = DEFAULT_WIRE_RATE  # --wire-rate (II.10): 0 turns the page's wire panel off
 
     def __post_init__(self) -> None:
         if self.pace_bytes is None:
@@ -4193,6 +4494,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"--max-buffer decides) (default: {DEFAULT_PACE_TIMEOUT:g})")
     parser.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
                         help="a subprotocol to accept (repeatable)")
+    parser.add_argument("--wire-rate", type=float, default=DEFAULT_WIRE_RATE, metavar="N",
+                        help="frames a second shown to a page's \"On the wire\" panel, for the page's own "
+                             f"connection only; 0 turns the panel off (default: {DEFAULT_WIRE_RATE:g})")
     parser.add_argument("--compression", choices=("deflate", "off"), default="deflate",
                         help="permessage-deflate (RFC 7692) when the client offers it (default: deflate)")
     parser.add_argument("--compression-level", type=int, default=DEFAULT_COMPRESSION_LEVEL, metavar="N",
@@ -4274,6 +4578,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be 0 (off) or more")
     if args.pace_timeout <= 0:
         parser.error("--pace-timeout must be above 0")
+    if not 0 <= args.wire_rate < float("inf"):
+        parser.error("--wire-rate must be 0 (off) or more")
     access_token = token_from(args.access_token, "ACCESS_TOKEN")
     if access_token is not None and not _ACCESS_TOKEN.fullmatch(access_token):
         parser.error("--access-token (or ACCESS_TOKEN): letters, digits and -._~+/ only (it goes in a cookie "
@@ -4306,7 +4612,8 @@ def main(argv: list[str] | None = None) -> int:
                               redis_timeout=args.redis_timeout, reuse_port=args.reuse_port,
                               allowed_hosts=args.allowed_host, access_token=access_token,
                               max_clients=args.max_clients, max_clients_per_address=args.max_clients_per_address,
-                              pace_bytes=args.pace_bytes, pace_timeout=args.pace_timeout)
+                              pace_bytes=args.pace_bytes, pace_timeout=args.pace_timeout,
+                              wire_rate=args.wire_rate)
         asyncio.run(run_server(config))
     except KeyboardInterrupt:  # Ctrl-C in the client, or a second one during the shutdown
         pass

@@ -509,8 +509,8 @@ class Test10TheChatServersMachinery(unittest.TestCase):
         head = ("GET /?a=1&access=s3cret HTTP/1.1\r\nHost: localhost\r\nCookie: access=s3cret\r\n"
                 "authorization: Bearer s3cret\r\nX-Evil: a\x1b[31m\x85b")
         traced = ws_server.trace_head(head)
-        self.assertEqual(traced, "\n    GET /?a=1&access=[not logged] HTTP/1.1\n    Host: localhost\n    Cookie: [not logged]"
-                                 "\n    authorization: [not logged]\n    X-Evil: a\\x1b[31m\\x85b")
+        self.assertEqual(traced, "\n    GET /?a=1&access=[not shown] HTTP/1.1\n    Host: localhost\n    Cookie: [not shown]"
+                                 "\n    authorization: [not shown]\n    X-Evil: a\\x1b[31m\\x85b")
 
     def test_03_a_chat_stream_entry_is_checked_before_it_is_a_message(self):
         """§8.1, §5.6 An entry of the chat's Redis stream is a message only with type text (valid UTF-8) or binary, its data, and at most --max-size bytes; ValueError says what is wrong otherwise."""

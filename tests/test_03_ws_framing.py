@@ -3,6 +3,7 @@
 `Receiver` is fed literal bytes, the RFC's own examples first: no sockets.
 """
 
+import json
 import os
 import random
 import unittest
@@ -508,6 +509,141 @@ class Test08TheTraceLine(unittest.TestCase):
         self.assertEqual(events, [Pong(b"Hello"), Message(Opcode.TEXT, b"Hello")])
         self.assertEqual(frames, [(Opcode.PONG, b"Hello", False), (Opcode.TEXT, b"Hel", False),
                                   (Opcode.CONTINUATION, b"lo", False)])
+
+
+class Tap:
+    """A `WireTap` as a server sets it up, sans I/O: a Receiver whose frames it sees, the reports
+    it sends as parsed JSON, a clock the test moves, and a page that may be behind."""
+
+    def __init__(self, rate: float = 50.0, compression=None) -> None:
+        self.reports: list[dict] = []
+        self.now = 0.0
+        self.behind = False
+        self.tap = ws_server.WireTap(lambda text: self.reports.append(json.loads(text)), rate,
+                                     lambda: self.now, lambda: self.behind)
+        self.receiver = server_receiver(on_frame=self.tap.frame_decoded, compression=compression)
+
+    def read(self, data: bytes) -> list:
+        """What the server does with bytes it read: the tap sees them first, then the decoder."""
+        self.tap.bytes_in(data)
+        return self.receiver.feed(data)
+
+
+class Test09TheWirePanel(unittest.TestCase):
+    """Operational (the chat page's "On the wire" panel, ws_server II.10): `WireTap` turns the frames of one connection into reports for the page, field by field as §5.2 draws them."""
+
+    def test_01_the_rfcs_masked_hello_is_reported_with_its_key_masked_bytes_and_unmasked_bytes(self):
+        """§5.7 A single-frame masked text message (0x81 0x85 0x37 0xfa 0x21 0x3d 0x7f 0x9f 0x4d 0x51 0x58): the report has the header with its key, FIN 1, opcode 1, MASK 1, length 5, the masked payload as it came and "Hello" unmasked (§5.3)."""
+        tap = Tap()
+        self.assertEqual(tap.read(HELLO_MASKED), [Message(Opcode.TEXT, b"Hello")])
+        self.assertEqual(tap.reports, [{
+            "type": "frame", "from": "client", "header": "818537fa213d", "fin": True, "rsv1": False, "rsv2": False,
+            "rsv3": False, "opcode": 1, "name": "TEXT", "mask": True, "length": 5, "maskingKey": "37fa213d",
+            "payload": "7f9f4d5158", "unmasked": "48656c6c6f", "inflated": None, "text": "Hello", "skipped": 0}])
+
+    def test_02_bytes_that_arrive_one_at_a_time_give_the_same_reports(self):
+        """§5.7 The masked "Hello" then the masked Pong, fed one byte per read: the tap splits frames as the decoder does, whatever the reads, and reports each once, in order."""
+        whole, piecewise = Tap(), Tap()
+        whole.read(HELLO_MASKED + PONG_HELLO_MASKED)
+        for byte in HELLO_MASKED + PONG_HELLO_MASKED:
+            piecewise.read(bytes([byte]))
+        self.assertEqual(piecewise.reports, whole.reports)
+        self.assertEqual([(r["name"], r["unmasked"]) for r in whole.reports], [("TEXT", "48656c6c6f"), ("PONG", "48656c6c6f")])
+
+    def test_03_a_server_frame_is_reported_unmasked_and_a_compressed_one_with_both_sizes(self):
+        """§5.1 and RFC 7692 §7.2.3.1: the server's unmasked "Hello" (MASK 0, no key) and the RFC's compressed "Hello" (0xc1 0x07 0xf2 0x48 0xcd 0xc9 0xc9 0x07 0x00): RSV1 1, 7 bytes on the wire, 5 inflated, the text "Hello"."""
+        tap = Tap()
+        tap.tap.frames_out([HELLO_UNMASKED, bytes([0xC1, 0x07, 0xF2, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00])])
+        plain, compressed = tap.reports
+        self.assertEqual((plain["header"], plain["mask"], plain["maskingKey"], plain["unmasked"], plain["text"]),
+                         ("8105", False, None, None, "Hello"))
+        self.assertEqual((compressed["rsv1"], compressed["length"], compressed["inflated"], compressed["text"],
+                          compressed["payload"]), (True, 7, 5, "Hello", "f248cdc9c90700"))
+
+    def test_04_a_compressed_client_frame_shows_the_inflated_size_the_decoder_made(self):
+        """RFC 7692 §7.2.1: the browser's compressed "Hello", masked: the report pairs the bytes as they came (RSV1 1, length 7, masked DEFLATE data) with the decoder's inflated message (5 bytes, "Hello")."""
+        parameters = ws_server.DeflateParameters(server_no_context_takeover=True, client_no_context_takeover=True)
+        tap = Tap(compression=ws_server.Compression(parameters, ws_server.MessageDeflater()))
+        frame = bytearray(masked(Opcode.TEXT, bytes([0xF2, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00])))
+        frame[0] |= 0x40  # RSV1
+        self.assertEqual(tap.read(bytes(frame)), [Message(Opcode.TEXT, b"Hello")])
+        (report,) = tap.reports
+        self.assertEqual((report["rsv1"], report["length"], report["inflated"], report["text"], report["unmasked"]),
+                         (True, 7, 5, "Hello", "f248cdc9c90700"))
+
+    def test_05_a_close_frame_is_reported_with_its_code_name_and_reason(self):
+        """§5.5.1 and §7.4.1: a masked Close carrying 1001 and "bye" is reported with code 1001, its name (going away) and the reason."""
+        tap = Tap()
+        tap.read(masked(Opcode.CLOSE, b"\x03\xe9bye"))
+        self.assertEqual(tap.reports[0]["close"], {"code": 1001, "name": "going away", "reason": "bye"})
+
+    def test_06_a_long_payload_is_cut_at_64_bytes_and_its_length_kept(self):
+        """Operational: a 200-byte binary frame is reported with length 200 but only its first WIRE_SHOWN (64) bytes, masked and unmasked."""
+        tap = Tap()
+        tap.read(masked(Opcode.BINARY, bytes(range(200))))
+        (report,) = tap.reports
+        self.assertEqual(report["length"], 200)
+        self.assertEqual(bytes.fromhex(report["unmasked"]), bytes(range(ws_server.WIRE_SHOWN)))
+        self.assertEqual(len(bytes.fromhex(report["payload"])), ws_server.WIRE_SHOWN)
+
+    def test_07_past_the_rate_frames_are_left_out_and_the_next_report_counts_them(self):
+        """Operational (--wire-rate): at 2 a second, of five frames read at once two are reported; a second later the next report says 3 were left out."""
+        tap = Tap(rate=2)
+        tap.read(HELLO_MASKED * 5)
+        self.assertEqual([r["skipped"] for r in tap.reports], [0, 0])
+        tap.now += 1.0
+        tap.read(HELLO_MASKED)
+        self.assertEqual(tap.reports[-1]["skipped"], 3)
+        self.assertEqual(len(tap.reports), 3)
+
+    def test_08_while_the_page_is_behind_nothing_is_reported(self):
+        """Operational (WIRE_BACKLOG): while the page's connection has reports waiting, frames are left out and counted, not queued."""
+        tap = Tap()
+        tap.behind = True
+        tap.read(HELLO_MASKED + HELLO_MASKED)
+        tap.tap.frames_out([HELLO_UNMASKED])
+        self.assertEqual(tap.reports, [])
+        tap.behind = False
+        tap.read(HELLO_MASKED)
+        self.assertEqual([r["skipped"] for r in tap.reports], [3])
+
+    def test_09_once_stopped_it_reports_nothing_and_the_decoder_goes_on(self):
+        """Operational: when the page stops watching, the tap sends nothing more, and the connection's own decoding is untouched."""
+        tap = Tap()
+        tap.tap.stop()
+        self.assertEqual(tap.read(HELLO_MASKED), [Message(Opcode.TEXT, b"Hello")])
+        tap.tap.frames_out([HELLO_UNMASKED])
+        tap.tap.ended(1000, "")
+        self.assertEqual(tap.reports, [])
+
+    def test_10_a_frame_the_decoder_refuses_is_not_reported_and_the_end_is(self):
+        """§5.1: an unmasked frame from a client fails the connection (1002): the tap reports no frame the decoder did not accept, then how the connection ended."""
+        tap = Tap()
+        events = tap.read(HELLO_UNMASKED)
+        self.assertEqual(events[-1].code, CloseCode.PROTOCOL_ERROR)
+        tap.tap.ended(1006, "")
+        self.assertEqual(tap.reports, [{"type": "end", "code": 1006, "reason": "", "skipped": 0}])
+
+    def test_11_the_handshake_report_works_out_the_rfcs_accept_key_and_hides_credentials(self):
+        """§1.3 and §4.2.2: for the key dGhlIHNhbXBsZSBub25jZQ== the report shows key + GUID, SHA-1 b37a4f2c... and s3pPLMBiTxaQ9kYGzzhZRbK+xOo=; the request as read, its Cookie left out."""
+        tap = Tap()
+        request = ws_server.parse_request(b"GET /?wire=t HTTP/1.1\r\nHost: localhost\r\nCookie: access=secret\r\n"
+                                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+        tap.tap.handshake(request, ws_server.Handshake(ws_server.accept_key("dGhlIHNhbXBsZSBub25jZQ==")))
+        (report,) = tap.reports
+        self.assertEqual((report["key"], report["guid"], report["sha1"], report["accept"]),
+                         ("dGhlIHNhbXBsZSBub25jZQ==", "258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
+                          "b37a4f2cc0624f1690f64606cf385945b2bec4ea", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="))
+        self.assertEqual(report["request"], "GET /?wire=t HTTP/1.1\nHost: localhost\nCookie: [not shown]\n"
+                                            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+        self.assertIn("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", report["response"].split("\n"))
+
+    def test_12_the_ticket_is_read_from_the_query(self):
+        """Operational: the chat connection presents its ticket as ?wire=TICKET, among other parameters or alone; a query without one has none."""
+        self.assertEqual(ws_server.wire_ticket("wire=abc"), "abc")
+        self.assertEqual(ws_server.wire_ticket("x=1&wire=abc"), "abc")
+        self.assertIsNone(ws_server.wire_ticket("x=1"))
+        self.assertIsNone(ws_server.wire_ticket(""))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ shutdown, the command line, and other platforms simulated.
 """
 
 import asyncio
+import base64
+import hashlib
+import json
 import os
 import signal
 import socket
@@ -793,8 +796,8 @@ class Test12TheAccessToken(ServerTestCase, unittest.IsolatedAsyncioTestCase):
             await asyncio.wait_for(client.recv(), TIMEOUT)
         text = "\n".join(logs.output)
         self.assertIn("handshake request", text)
-        self.assertIn("Authorization: [not logged]", text)
-        self.assertIn("Cookie: [not logged]", text)
+        self.assertIn("Authorization: [not shown]", text)
+        self.assertIn("Cookie: [not shown]", text)
         self.assertNotIn("s3cret", text)
 
     def test_04_a_server_open_to_the_network_without_a_token_says_so_at_start(self):
@@ -940,6 +943,133 @@ class Test15AFlooder(unittest.IsolatedAsyncioTestCase):
             for client in readers:
                 client.abort()
             await asyncio.to_thread(stop_process, server)
+
+class Test16TheWirePanel(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+    """Operational (the chat page's "On the wire" panel, II.10): a second connection with the subprotocol `wire` gets a ticket; the chat connection that presents it has its frames reported there."""
+
+    server_options = {"trusted_proxies": ["127.0.0.1"], "max_clients": 4}
+
+    async def watcher(self, **headers) -> tuple[RawClient, str]:
+        """A `wire` connection, as the page opens it (§4.2.2: the server chose `wire`); its ticket."""
+        raw = RawClient(*await asyncio.open_connection("127.0.0.1", self.port))
+        self.clients.append(raw)
+        raw.writer.write(handshake_request(Sec_WebSocket_Protocol="wire", **headers))
+        status, answer, rest = await read_response(raw.reader)
+        self.assertEqual((status, answer.get("sec-websocket-protocol")), (101, "wire"))
+        raw.events.extend(raw.receiver.feed(rest))  # (the ticket may come with the 101)
+        first = await raw.next_event()
+        return raw, json.loads(first.data)["ticket"]
+
+    async def reports(self, raw: RawClient, until) -> list[dict]:
+        """The reports a `wire` connection receives, up to the first for which `until` is true."""
+        reports = []
+        while not reports or not until(reports[-1]):
+            event = await raw.next_event()
+            self.assertIsInstance(event, Message)  # reports only: never a chat message, a ping or a close
+            reports.append(json.loads(event.data))
+        return reports
+
+    async def test_01_the_chat_connection_with_the_ticket_has_its_handshake_frames_and_end_reported(self):
+        """§4.2.2, §5.2, §5.3: with the ticket, a chat connection's handshake (its key and accept), its masked message and the server's echo of it, its close frames and its end are reported to the `wire` connection; the chat itself goes on as ever."""
+        watcher, ticket = await self.watcher()
+        chat = await ws_server.connect(f"{self.url}?wire={ticket}", compression=False)
+        self.clients.append(chat)
+        await chat.send("seen on the wire")
+        self.assertEqual(await asyncio.wait_for(chat.recv(), TIMEOUT), "seen on the wire")
+        await chat.close()
+        reports = await self.reports(watcher, lambda report: report["type"] == "end")
+        handshake, *frames, end = reports
+        self.assertEqual(handshake["type"], "handshake")
+        self.assertEqual(handshake["accept"], base64.b64encode(hashlib.sha1(
+            (handshake["key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode())
+        sent = next(f for f in frames if f["from"] == "client" and f["name"] == "TEXT")
+        key, masked = bytes.fromhex(sent["maskingKey"]), bytes.fromhex(sent["payload"])
+        self.assertEqual(bytes(b ^ key[i % 4] for i, b in enumerate(masked)), b"seen on the wire")
+        echo = next(f for f in frames if f["from"] == "server" and f["name"] == "TEXT")
+        self.assertEqual((echo["mask"], echo["text"]), (False, "seen on the wire"))
+        self.assertEqual([(f["from"], f["close"]["code"]) for f in frames if f["name"] == "CLOSE"],
+                         [("client", 1000), ("server", 1000)])
+        self.assertEqual(end["code"], 1000)
+
+    async def test_02_nobody_sees_the_frames_of_a_connection_without_its_ticket(self):
+        """Operational: a chat connection with no ticket, or an unknown one, chats as usual and nothing of it is reported; only the connection that presents the ticket is."""
+        watcher, ticket = await self.watcher()
+        for url in (self.url, f"{self.url}?wire=not-a-ticket"):
+            other = await self.client()
+            await other.send(f"unseen via {url}")
+            self.assertEqual(await asyncio.wait_for(other.recv(), TIMEOUT), f"unseen via {url}")
+        seen = await self.client()
+        await seen.close()  # (opened without the ticket: it is not watched either)
+        watched = await ws_server.connect(f"{self.url}?wire={ticket}")
+        self.clients.append(watched)
+        await watched.send("watched")
+        reports = await self.reports(watcher, lambda report: report.get("text") == "watched" and report["from"] == "server")
+        self.assertEqual(reports[0]["type"], "handshake")
+        self.assertEqual([r.get("text") for r in reports[1:]], ["watched", "watched"])
+
+    async def test_03_a_ticket_from_another_address_is_not_honoured(self):
+        """Operational: the ticket ties a chat connection to a `wire` connection from the same client address only (here the address --trusted-proxy vouches for): from another one, nothing is reported."""
+        watcher, ticket = await self.watcher(X_Forwarded_For="198.51.100.1")
+        stranger = RawClient(*await asyncio.open_connection("127.0.0.1", self.port))
+        self.clients.append(stranger)
+        stranger.writer.write(handshake_request(f"/?wire={ticket}", X_Forwarded_For="198.51.100.2"))
+        self.assertEqual((await read_response(stranger.reader))[0], 101)
+        stranger.send(Opcode.TEXT, b"not for the watcher")
+        self.assertEqual((await stranger.next_event()).data, "not for the watcher")
+        own = RawClient(*await asyncio.open_connection("127.0.0.1", self.port))
+        self.clients.append(own)
+        own.writer.write(handshake_request(f"/?wire={ticket}", X_Forwarded_For="198.51.100.1"))
+        self.assertEqual((await read_response(own.reader))[0], 101)
+        reports = await self.reports(watcher, lambda report: report["type"] == "handshake")
+        self.assertEqual(len(reports), 1)  # the first report is its own connection's handshake
+        self.assertIn("X-Forwarded-For: 198.51.100.1", reports[0]["request"])
+
+    async def test_04_the_wire_connection_counts_against_max_clients(self):
+        """Operational (--max-clients, 4 here): a `wire` connection takes a place like a chat connection; the next handshake past the cap is 503."""
+        for _ in range(2):
+            await self.watcher()
+        for _ in range(2):
+            await self.client()
+        raw = RawClient(*await asyncio.open_connection("127.0.0.1", self.port))
+        self.clients.append(raw)
+        raw.writer.write(handshake_request())
+        self.assertEqual((await read_response(raw.reader))[0], 503)
+
+    async def test_05_at_shutdown_the_wire_connection_is_closed_with_1001_like_the_chat(self):
+        """§7.4.1 1001 (going away): shutting down closes a page's `wire` connection as it closes chat connections, with the close handshake, not by dropping it."""
+        watcher, _ = await self.watcher()
+        stopping = asyncio.create_task(self.server.shutdown())
+        self.assertEqual(await watcher.expect_close(), CloseCode.GOING_AWAY)
+        watcher.send(Opcode.CLOSE, ws_server.build_close_payload(CloseCode.GOING_AWAY))
+        self.assertTrue(await watcher.at_eof())
+        await asyncio.wait_for(stopping, TIMEOUT + 2)
+
+
+class Test17TheWirePanelTurnedOff(ServerTestCase, unittest.IsolatedAsyncioTestCase):
+    """Operational (--wire-rate 0): the server shows no wire."""
+
+    server_options = {"wire_rate": 0}
+
+    async def test_01_the_server_does_not_choose_the_wire_subprotocol_and_the_connection_is_a_chat_one(self):
+        """§4.2.2 /subprotocol/: with the panel off, `wire` is a subprotocol the server does not speak: the 101 names none (so the page closes that connection), and no ticket comes: it is an ordinary chat connection."""
+        raw = RawClient(*await asyncio.open_connection("127.0.0.1", self.port))
+        self.clients.append(raw)
+        raw.writer.write(handshake_request(Sec_WebSocket_Protocol="wire"))
+        status, answer, _ = await read_response(raw.reader)
+        self.assertEqual((status, answer.get("sec-websocket-protocol")), (101, None))
+        raw.send(Opcode.TEXT, b"a chat message")
+        self.assertEqual((await raw.next_event()).data, "a chat message")
+
+    def test_02_the_flag_sets_the_rate_and_refuses_a_negative_one(self):
+        """Operational: --wire-rate N is the rate the server gets (50 by default), and a negative one exits 2 with a one-line reason."""
+        parser = ws_server.build_parser()
+        self.assertEqual(parser.parse_args([]).wire_rate, ws_server.DEFAULT_WIRE_RATE)
+        self.assertEqual(parser.parse_args(["--wire-rate", "0"]).wire_rate, 0)
+        process = subprocess.run([os.sys.executable, str(ROOT / "ws_server.py"), "--wire-rate", "-1"],
+                                 capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(process.returncode, 2)
+        self.assertIn("--wire-rate must be 0 (off) or more", process.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
