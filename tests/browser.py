@@ -7,6 +7,7 @@ client against Chromium's server, while Chromium's clients (the pages) talk to o
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import os
@@ -159,6 +160,19 @@ class Tab:
                 raise AssertionError(f"timed out waiting for {expression}; "
                                      f"page says: {await self.evaluate('document.body && document.body.innerText')!r}")
             await asyncio.sleep(0.05)
+
+    async def screenshot(self, path: Path, width: int = 1000, height: int = 640, scale: float = 0.75) -> bytes:
+        """A PNG of the page as a `width` x `height` window shows it, made `scale` times as large
+        (small enough for a README), written to `path`; returns its bytes."""
+        await self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
+                                                               "deviceScaleFactor": 1, "mobile": False})
+        await self.evaluate("new Promise(function (done) { requestAnimationFrame(function () { done(true); }); })")
+        shot = await self.send("Page.captureScreenshot", {"format": "png", "clip": {
+            "x": 0, "y": 0, "width": width, "height": height, "scale": scale}})
+        data = base64.b64decode(shot["data"])
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        return data
 
     async def press_enter(self) -> None:
         for kind in ("keyDown", "keyUp"):

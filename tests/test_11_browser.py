@@ -4,19 +4,35 @@ Skipped, with how to install it, when no Chromium is found; CI installs Debian's
 """
 
 import asyncio
+import base64
+import hashlib
 import http.server
 import json
 import re
 import threading
 import unittest
+import zlib
 from unittest import mock
 
 import sse_server
 import ws_server
 from tests.browser import INSTALL_HINT, Chromium, DevTools, Tab, find_chromium
-from tests.support import CERT_FILE, KEY_FILE, TIMEOUT, StreamClient, http_request, spki_sha256, wait_until
+from tests.support import (CERT_FILE, KEY_FILE, ROOT, TIMEOUT, StreamClient, async_wait_until, http_request,
+                           spki_sha256, wait_until)
 
 BROWSER: Chromium | None = None
+
+#: Where the README's pictures of the pages are made (by tests 16 of the chat and 14 of the SSE page).
+SCREENSHOTS = ROOT / "tests" / "screenshots"
+
+#: The entries of the chat page's wire panel, as the data each carries (JavaScript).
+WIRE_ITEMS = ("Array.from(document.querySelectorAll('#wire li'))"
+              ".map(function (li) { return Object.assign({}, li.dataset); })")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height, from a PNG's IHDR chunk (PNG specification §11.2.2)."""
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def setUpModule() -> None:
@@ -254,6 +270,118 @@ class Test01ChatPage(BrowserTestCase):
         self.assertNotIn("1001", state)  # a new connection: the old close is no longer the news
 
 
+    # -- the "On the wire" panel (ws_server II.10) ------------------------------------------------
+
+    async def restart_chat(self, **limits) -> None:
+        """This test's server, started again with other limits (the same port is not needed)."""
+        await asyncio.wait_for(self.server.shutdown(), TIMEOUT + 2)
+        self.server = ws_server.WebSocketServer(ws_server.ServerConfig(port=0, limits=ws_server.Limits(**limits)))
+        await self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.port}/"
+
+    @staticmethod
+    async def wire_item(tab: Tab, condition: str, timeout: float = 10.0) -> dict:
+        """The data of the first entry of the tab's wire panel for which `condition` (JavaScript
+        about `d`, the entry's dataset) is true, once there is one."""
+        return await tab.wait_for(f"{WIRE_ITEMS}.filter(function (d) {{ return {condition}; }})[0]", timeout)
+
+    async def type_message(self, tab: Tab, text: str) -> None:
+        await tab.evaluate("document.getElementById('messageInput').focus()")
+        await tab.send("Input.insertText", {"text": text})
+        await tab.press_enter()
+
+    async def test_11_a_typed_message_shows_on_the_wire_masked_and_unmasking_its_bytes_gives_it(self):
+        """§5.2, §5.3 In Chromium, a message typed in the chat appears in the "On the wire" panel as the server received it: its header bytes (FIN, RSV1, opcode 1, MASK 1, the length, the key), the masking key and the masked bytes, which unmasked here (and inflated when RSV1 says Chromium compressed it, RFC 7692 §7.2.2) give the message; the handshake entry shows the accept key (§4.2.2) worked out from the browser's key."""
+        tab = await self.open_chat()
+        handshake = await self.wire_item(tab, "d.kind === 'handshake'")
+        digest = hashlib.sha1((handshake["key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        self.assertEqual(handshake["accept"], base64.b64encode(digest).decode())
+        message = "masked by the browser, unmasked here"
+        await self.type_message(tab, message)
+        item = await self.wire_item(tab, f"d.from === 'client' && d.opcode === '1' && d.text === {json.dumps(message)}")
+        key, masked = bytes.fromhex(item["maskingKey"]), bytes.fromhex(item["payload"])
+        unmasked = bytes(byte ^ key[i % 4] for i, byte in enumerate(masked))
+        self.assertEqual(unmasked.hex(), item["unmasked"])
+        compressed = item["rsv1"] == "1"
+        data = zlib.decompressobj(-15).decompress(unmasked + b"\x00\x00\xff\xff") if compressed else unmasked
+        self.assertEqual(data, message.encode())
+        header = bytes.fromhex(item["header"])
+        self.assertEqual(header, bytes([0x80 | (0x40 if compressed else 0) | 0x1, 0x80 | len(masked)]) + key)
+        self.assertEqual(int(item["length"]), len(masked))
+
+    async def test_12_a_compressed_message_shows_rsv1_and_both_sizes_both_ways(self):
+        """RFC 7692 §6, §7.2.1 A long line, compressed by Chromium and by the server (over --compression-threshold), appears twice in the panel with RSV1 1, its size on the wire smaller than its inflated size, which is the line's."""
+        tab = await self.open_chat()
+        line = "a long line, long enough to be compressed: " + "blah " * 60
+        await self.type_message(tab, line)
+        for sender in ("client", "server"):
+            with self.subTest(sender=sender):
+                item = await self.wire_item(tab, f"d.from === '{sender}' && d.opcode === '1' && d.rsv1 === '1'")
+                self.assertEqual(int(item["inflated"]), len(line))
+                self.assertLess(int(item["length"]), len(line))
+                self.assertTrue(line.startswith(item["text"]))
+
+    async def test_13_the_servers_ping_and_the_browsers_pong_appear(self):
+        """§5.5.2, §5.5.3 With keepalive pings every 0.3 s, the panel shows the server's Ping (unmasked) and the Pong that Chromium sent by itself, masked, whose unmasked payload is the Ping's."""
+        await self.restart_chat(ping_interval=0.3)
+        tab = await self.open_chat()
+        ping = await self.wire_item(tab, "d.from === 'server' && d.opcode === '9'")
+        self.assertEqual(ping["maskingKey"], "")
+        pong = await self.wire_item(tab, f"d.from === 'client' && d.opcode === '10' && d.unmasked === '{ping['payload']}'")
+        self.assertNotEqual(pong["maskingKey"], "")
+
+    async def test_14_a_tab_without_the_panel_receives_only_chat_messages(self):
+        """Operational: a second tab that turned the panel off (remembered) and reloaded opens one WebSocket, without `wire` or a ticket, and receives exactly the chat's messages, while the first tab's panel shows the same messages as frames."""
+        first = await self.open_chat()
+        second = await self.open_chat()
+        await second.evaluate("document.getElementById('wireToggle').click()")
+        await second.send("Network.enable")
+        start = len(self.devtools.events)
+        await second.send("Page.reload")
+        await second.wait_for("document.getElementById('state').dataset.state === 'open' &&"
+                              "!document.getElementById('wireToggle').checked")
+        for text in ("one", "two"):
+            await self.type_message(first, text)
+            await second.wait_for(f"document.getElementById('chatBox').textContent.includes('{text}')")
+            await self.wire_item(first, f"d.from === 'server' && d.text === '{text}'")
+
+        def of_second(method: str) -> list[dict]:
+            return [event["params"] for event in self.devtools.events[start:]
+                    if event["method"] == method and event.get("sessionId") == second.session]
+        self.assertEqual([created["url"] for created in of_second("Network.webSocketCreated")], [self.url.replace("http", "ws")])
+        (request,) = of_second("Network.webSocketWillSendHandshakeRequest")
+        self.assertNotIn("sec-websocket-protocol", {name.lower() for name in request["request"]["headers"]})
+        await async_wait_until(lambda: len(of_second("Network.webSocketFrameReceived")) >= 2)
+        self.assertEqual([frame["response"]["payloadData"] for frame in of_second("Network.webSocketFrameReceived")],
+                         ["one", "two"])
+
+    async def test_15_turned_off_the_panel_closes_its_connection_and_on_again_it_shows_a_new_handshake(self):
+        """Operational: the toggle off closes the page's `wire` connection (the server stops watching); on again, the chat reconnects through a new one and the panel shows that connection's handshake; the chat goes on."""
+        tab = await self.open_chat()
+        await self.wire_item(tab, "d.kind === 'handshake'")
+        with self.assertLogs("ws_server", "INFO") as logs:
+            await tab.evaluate("document.getElementById('wireToggle').click()")
+            await async_wait_until(lambda: any("stopped watching the wire" in line for line in logs.output))
+        self.assertTrue(await tab.evaluate("document.getElementById('wire').hidden"))
+        await tab.evaluate("document.getElementById('wireToggle').click()")
+        await tab.wait_for(f"{WIRE_ITEMS}.filter(function (d) {{ return d.kind === 'handshake'; }}).length === 2")
+        await tab.wait_for("document.getElementById('state').dataset.state === 'open'")
+        await self.type_message(tab, "still chatting")
+        await self.wire_item(tab, "d.from === 'server' && d.text === 'still chatting'")
+
+    async def test_16_the_readme_picture_of_the_page_with_its_panel_open_is_made_here(self):
+        """Operational (the README's picture): a screenshot of the chat page with its panel open, after a message and a ping, written to tests/screenshots/chat.png: a PNG of 750 x 480 pixels, under 80 KiB."""
+        await self.restart_chat(ping_interval=0.5)
+        tab = await self.open_chat()
+        await self.type_message(tab, "Hello, wire!")
+        await self.wire_item(tab, "d.from === 'client' && d.opcode === '10'")
+        await tab.evaluate("var list = document.getElementById('wire'), first = list.querySelector('li[data-from=client]');"
+                           "list.scrollTop += first.getBoundingClientRect().top - list.getBoundingClientRect().top - 4")
+        data = await tab.screenshot(SCREENSHOTS / "chat.png")
+        self.assertEqual((data[:8], png_size(data)), (b"\x89PNG\r\n\x1a\n", (750, 480)))
+        self.assertLess(len(data), 80 * 1024)
+        self.assertEqual((SCREENSHOTS / "chat.png").read_bytes(), data)
+
 class Test02SSEPage(BrowserTestCase):
     """static/sse.html, served by sse_server.py, in Chromium: EventSource reconnects by itself."""
 
@@ -472,6 +600,20 @@ class Test02SSEPage(BrowserTestCase):
         await tab.evaluate("document.getElementById('wireToggle').click()")
         await tab.wait_for(f"{self.wire_lines()}.includes(': Last-Event-ID {last} received: replaying 0 events, then live events')")
         self.assertFalse(await tab.evaluate("document.getElementById('wire').hidden"))
+
+    async def test_14_the_readme_picture_of_the_page_with_its_panel_open_is_made_here(self):
+        """Operational (the README's picture): a screenshot of the SSE page with its wire panel open, after the clock ticked and a two-line `note` was published, written to tests/screenshots/sse.png: a PNG of 750 x 480 pixels, under 80 KiB."""
+        tab = await self.open_page()
+        await tab.wait_for(f"{self.items('Current time: ')} >= 2", timeout=5)
+        status, _, _ = await asyncio.to_thread(http_request, self.port, "POST", "/publish?event=note",
+                                               b"Hello from curl\non two lines")
+        self.assertEqual(status, 204)
+        await tab.wait_for(f"{self.wire_lines()}.includes('data: on two lines')")
+        await tab.wait_for(f"{self.texts()}.some(t => t.startsWith('Hello from curl'))")
+        data = await tab.screenshot(SCREENSHOTS / "sse.png")
+        self.assertEqual((data[:8], png_size(data)), (b"\x89PNG\r\n\x1a\n", (750, 480)))
+        self.assertLess(len(data), 80 * 1024)
+        self.assertEqual((SCREENSHOTS / "sse.png").read_bytes(), data)
 
     def texts(self) -> str:
         return "[...document.querySelectorAll('#ul li')].map(li => li.textContent)"
