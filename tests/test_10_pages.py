@@ -89,6 +89,29 @@ class Test01BothPages(unittest.TestCase):
         self.assertIn("ul", ids(SSE))
 
 
+    def test_06_each_wire_panel_is_not_a_live_region_and_a_keyboard_can_reach_it(self):
+        """WAI-ARIA 1.2 aria-live="off" (a frame or a line every second must not be read out), no live role (log, status); WCAG 2.2 2.1.1 Keyboard: it scrolls, so tabindex=0 lets a keyboard reach it; it is named by its visible heading, "On the wire"."""
+        for page in (CHAT, SSE):
+            with self.subTest(page=page):
+                wire = page.by_id("wire")
+                self.assertEqual(wire.get("aria-live"), "off")
+                self.assertNotIn(wire.get("role"), ("log", "status", "alert", "marquee", "timer"))
+                self.assertEqual(wire.get("tabindex"), "0")
+                self.assertEqual(page.text_of(wire.get("aria-labelledby")), "On the wire")
+
+    def test_07_each_wire_panel_has_a_labelled_toggle_on_by_default_that_says_what_it_controls(self):
+        """WCAG 2.2 3.3.2 Labels or Instructions and WAI-ARIA 1.2 aria-controls: a checkbox with its own <label>, checked by default, controlling the panel and described by the panel's note (the chat's names the masking key, the clock's `retry:`)."""
+        for page, in_note in ((CHAT, "masking key"), (SSE, "retry:")):
+            with self.subTest(page=page):
+                toggle = page.by_id("wireToggle")
+                self.assertEqual(toggle.get("type"), "checkbox")
+                self.assertIn("checked", toggle)
+                self.assertEqual(toggle.get("aria-controls"), "wire")
+                label = [attributes for tag, attributes, _ in page.elements if tag == "label" and attributes.get("for") == "wireToggle"]
+                self.assertEqual(len(label), 1)
+                self.assertIn(in_note, page.text_of(toggle.get("aria-describedby")))
+
+
 class Test02TheChatPage(unittest.TestCase):
 
     def test_01_the_chat_is_a_log(self):
@@ -115,24 +138,7 @@ class Test03TheSSEPage(unittest.TestCase):
             self.assertEqual(SSE.text_of(labelled_by), heading)
             self.assertIn(("h2", {"id": labelled_by}), [(tag, attributes) for tag, attributes, _ in SSE.elements])
 
-    def test_03_the_wire_panel_is_not_a_live_region_and_a_keyboard_can_reach_it(self):
-        """WAI-ARIA 1.2 aria-live="off" (a line every second must not be read out), no live role (log, status); WCAG 2.2 2.1.1 Keyboard: it scrolls, so tabindex=0 lets a keyboard reach it."""
-        wire = SSE.by_id("wire")
-        self.assertEqual(wire.get("aria-live"), "off")
-        self.assertNotIn(wire.get("role"), ("log", "status", "alert", "marquee", "timer"))
-        self.assertEqual(wire.get("tabindex"), "0")
-
-    def test_04_the_wire_has_a_labelled_toggle_on_by_default_that_says_what_it_controls(self):
-        """WCAG 2.2 3.3.2 Labels or Instructions and WAI-ARIA 1.2 aria-controls: a checkbox with its own <label>, checked by default, controlling the panel and described by the panel's note."""
-        toggle = SSE.by_id("wireToggle")
-        self.assertEqual(toggle.get("type"), "checkbox")
-        self.assertIn("checked", toggle)
-        self.assertEqual(toggle.get("aria-controls"), "wire")
-        label = [attributes for tag, attributes, _ in SSE.elements if tag == "label" and attributes.get("for") == "wireToggle"]
-        self.assertEqual(len(label), 1)
-        self.assertIn("retry:", SSE.text_of(toggle.get("aria-describedby")))
-
-    def test_05_the_page_says_what_its_ids_are(self):
+    def test_03_the_page_says_what_its_ids_are(self):
         """WHATWG HTML §9.2.4 Last-Event-ID: a short note says the 16-digit ids are microseconds since the epoch at the server's start, plus 1 per event."""
         note = " ".join(SSE.text_of("idNote").split())
         self.assertIn("microseconds since 1970 (the Unix epoch) at the moment the server started numbering", note)
