@@ -501,7 +501,7 @@ class Receiver:
                  compression: Compression | None = None) -> None:
         self.mask_expected = mask_expected  # §5.1: True for a server, False for a client
         self.max_size = max_size
-        self.on_frame = on_frame  # for --trace: called with each frame, its payload, and "inflated?"
+        self.on_frame = on_frame  # --trace, the wire panel: called with each frame, its payload, "inflated?"
         self.compression = compression  # permessage-deflate, if negotiated
         self.failed: ProtocolError | None = None
         self._buffer = b""  # kept for the next feed: a header, or a control frame, not whole yet
@@ -609,7 +609,7 @@ class Receiver:
         if self._cost > limit:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message over the limit of {self.max_size} bytes")
         self._frame, self._remaining = header, header.length
-        if self.on_frame is not None:  # --trace: where this frame's pieces start
+        if self.on_frame is not None:  # --trace, the wire panel: where this frame's pieces start
             self._frame_start = len(self._parts)
 
     def _read_payload(self, buffer: bytes, position: int, end: int, events: list[Event]) -> int:
@@ -1218,15 +1218,15 @@ class WebSocketServer:
         if config.trace:
             log.info("%s handshake response:%s", name, trace_head(response.decode("latin-1")))
         writer.write(response)
-        return self._open(reader, writer, request, handshake, rest, name, address)
+        return self._open(reader, writer, head, request, handshake, rest, name, address)
 
-    def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request,
+    def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, request: Request,
               handshake: Handshake, rest: bytes, name: str, address: str) -> Connection:
         """The connection the handshake agreed, with the frames that came right after the head."""
         config = self.config
         protocol = Protocol(max_size=config.limits.max_size, compression=self.shared_compression(handshake.deflate))
         protocol.subprotocol = handshake.subprotocol
-        wire = self.wires.tap(request, handshake, address)  # Part II: if its page asked to see the wire
+        wire = self.wires.tap(head, request, handshake, address)  # Part II: if its page asked to see the wire
         return Connection(reader, writer, protocol, limits=config.limits, trace=config.trace, name=name, wire=wire,
                           end_of_turn=self._end_of_turn, pace=self.pace, address=address, early=rest)
 
@@ -1263,9 +1263,10 @@ class WebSocketServer:
             self._server.close()
         for task in tuple(self._handshaking):  # idle or half-sent requests: nothing to wait for
             task.cancel()
-        for client in (*self.room.clients, *self.wires.watchers):  # (the pages' wire connections too)
+        for client in tuple(self.room.clients):
             if client.state == State.OPEN:
                 client.start_close(code, "server shutting down")
+        self.wires.close_all(code, "server shutting down")  # Part II: each after the chat it shows
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=self.config.limits.close_timeout + 1)
         for task in tuple(self._handlers):
@@ -1455,7 +1456,6 @@ class Request(HeaderFields):
     headers: dict[str, list[str]]
     path: str = "/"  # the target's path, still percent-encoded ("*" for OPTIONS *)
     query: str = ""
-    head: bytes = b""  # the head as read (the chat page's wire panel shows it: II.10)
 
 
 @dataclasses.dataclass
@@ -1515,7 +1515,7 @@ def parse_request(head: bytes, max_header_lines: int = DEFAULT_MAX_HEADER_LINES)
     path, query = parse_request_target(method, target)
     headers = parse_header_lines(lines[1:])
     check_host(headers, http_version)
-    return Request(method.decode("ascii"), target.decode("ascii"), http_version, headers, path, query, head)
+    return Request(method.decode("ascii"), target.decode("ascii"), http_version, headers, path, query)
 
 
 def parse_http_version(version: bytes) -> tuple[int, int]:
@@ -2303,6 +2303,8 @@ class Connection:
         self.wire = wire  # the tap of its page's wire panel (II.10), if that page asked; else None
         if trace or wire is not None:
             self.protocol.receiver.on_frame = self._frame_decoded
+        if wire is not None:  # once the page stops watching, this connection costs what any other does
+            wire.on_stop.append(self._unwatch)
         peer = writer.get_extra_info("peername")
         self.name = name or (f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer))
         self.address = address or (peer[0] if isinstance(peer, tuple) else str(peer))  # the client's, for caps
@@ -2636,6 +2638,12 @@ class Connection:
         if self.wire is not None:
             self.wire.frame_decoded(header, payload, inflated)
 
+    def _unwatch(self) -> None:
+        """The wire panel's tap stopped: let it go, and the decoder's hook unless --trace."""
+        self.wire = None
+        if not self.trace:
+            self.protocol.receiver.on_frame = None
+
     def _show(self, frames: list[Frame]) -> None:
         """Frames about to be written, for --trace and the wire panel."""
         if self.trace:
@@ -2652,7 +2660,7 @@ class Connection:
         if header.masking_key is not None:
             payload = apply_mask(payload, header.masking_key)
         if header.rsv1:  # compressed on its own (II.4): it inflates on its own too
-            payload = zlib.decompressobj(-15).decompress(payload + DEFLATE_TAIL)
+            payload = inflate_alone(payload, self.limits.max_size)
         log.info("%s >>> %s", self.name, header.describe(payload, inflated=header.rsv1))
 
 
@@ -3918,11 +3926,25 @@ WIRE_SUBPROTOCOL = "wire"
 WIRE_QUERY = "wire"
 
 DEFAULT_WIRE_RATE = 50.0  # --wire-rate: frames reported per second per watched connection; 0: off
-WIRE_SHOWN = 64  # bytes of a payload shown in a report (hex); what follows is cut
-WIRE_BACKLOG = 64 * 1024  # bytes of reports waiting for the page, past which reports are left out
+WIRE_SHOWN = 64  # bytes of a payload shown in a report (hex), and 4 x that of its text; the rest is cut
+WIRE_BACKLOG = 64 * 1024  # bytes of reports waiting for the page (at most half of --max-buffer)
+WIRE_TICKET_WAIT = 5.0  # seconds the page waits for its ticket before it chats without the panel
+
+#: What the server says, closing a page's `wire` connection at once, when it shows no wire.
+WIRE_OFF = "this server shows no wire (--wire-rate 0)"
 
 #: §7.4.1 / §11.7: the name of each close code a report may name.
 _CLOSE_NAMES = {code.value: code.name.replace("_", " ").lower() for code in CloseCode}
+
+
+@dataclasses.dataclass(slots=True)
+class ArrivingFrame:
+    """An incoming frame as the tap keeps it: its header, the header's bytes as they came
+    (masking key included), and the start of its payload, still masked."""
+
+    header: FrameHeader
+    header_bytes: bytes
+    shown: bytes = b""
 
 
 class WireTap:
@@ -3935,44 +3957,56 @@ class WireTap:
 
     Incoming, the bytes are split into frames by the one header decoder (I.2), keeping of each
     its header and its first WIRE_SHOWN payload bytes, masked, as they came; the decoder then
-    hands over the same frame unmasked and, if compressed, inflated.  The two views are paired
-    by counting frames: both see every frame, in order."""
+    hands over the same frames, in the same order, unmasked and, if compressed, inflated: the
+    two views are paired by counting.  A frame the decoder never hands over (one after it failed
+    the connection, or after a Close) is never reported."""
 
     def __init__(self, send: Callable[[str], None], rate: float, clock: Callable[[], float],
                  busy: Callable[[], bool] = lambda: False, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        self.send: Callable[[str], None] | None = send  # None once the page stopped watching
+        self.send: Callable[[str], None] | None = send  # None once the tap stopped
         self.rate, self.clock, self.busy, self.max_size = rate, clock, busy, max_size
+        self.on_stop: list[Callable[[], None]] = []  # called once it stops (the page left, or the connection ended)
         self.burst = max(rate, 1.0)  # one second's worth of reports at once, and at least one
         self._tokens, self._refilled = self.burst, clock()
         self.skipped = 0  # frames left out since the last report
         self._buffer = b""  # an incoming header, not whole yet
-        self._frame: list | None = None  # the incoming frame being read: header, its bytes, shown payload
+        self._frame: ArrivingFrame | None = None  # the incoming frame being read
         self._left = 0  # what is still to come of its payload
         self._arrived = 0  # incoming frames read whole so far
         self._decoded = 0  # incoming frames the decoder has handed over so far
-        self._waiting: dict[int, tuple] = {}  # frame number -> a frame to report, as it came
+        self._waiting: dict[int, tuple[ArrivingFrame, int]] = {}  # frame number -> (frame, left out before it)
         self._lost = False  # a header the decoder refuses: after it the bytes are no longer frames
 
-    def stop(self) -> None:
-        """The page stopped watching: report nothing more, and hold nothing for it."""
-        self.send, self._waiting, self._frame, self._buffer = None, {}, None, b""
+    @property
+    def watching(self) -> bool:
+        return self.send is not None
 
-    def _may_report(self) -> int | None:
-        """--wire-rate, as a token bucket, and the page's backlog: None if this frame is left
-        out, else how many were left out before it (its report says so)."""
+    def stop(self) -> None:
+        """Report nothing more, and hold nothing: neither the page's connection nor frames."""
+        if self.send is not None:
+            self.send = self.busy = None
+            self._waiting, self._frame, self._buffer = {}, None, b""
+            for callback in self.on_stop:
+                callback()
+
+    def _admit(self) -> bool:
+        """--wire-rate, as a token bucket, and the page's backlog: may one more report go?
+        If not, it is counted as left out."""
         now = self.clock()
         self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
         self._refilled = now
         if self._tokens < 1 or self.busy():
             self.skipped += 1
-            return None
+            return False
         self._tokens -= 1
+        return True
+
+    def _take_skipped(self) -> int:
+        """How many were left out since the last report admitted; the next one says so."""
         skipped, self.skipped = self.skipped, 0
         return skipped
 
-    def _report(self, report: dict, skipped: int | None = None) -> None:
-        if skipped is None:  # not a frame: it says what was left out up to now
-            skipped, self.skipped = self.skipped, 0
+    def _report(self, report: dict, skipped: int) -> None:
         report["skipped"] = skipped
         try:
             self.send(json.dumps(report, separators=(",", ":")))
@@ -3981,17 +4015,17 @@ class WireTap:
 
     # -- the opening handshake -------------------------------------------------------------------
 
-    def handshake(self, request: Request, handshake: Handshake) -> None:
+    def handshake(self, head: bytes, request: Request, handshake: Handshake) -> None:
         """§4.2.2: the request as the server read it, and the accept key worked out step by step."""
-        if self.send is None:
+        if self.send is None or not self._admit():
             return
         key = request.header("sec-websocket-key") or ""
-        response = build_switching_protocols(handshake).decode("latin-1")
-        self._report({"type": "handshake", "request": shown_head(request), "key": key, "guid": GUID,
-                      "sha1": hashlib.sha1((key + GUID).encode("ascii")).hexdigest(),
+        response = build_switching_protocols(handshake).decode("latin-1")  # what the server wrote
+        self._report({"type": "handshake", "request": "\n".join(head_lines(head.decode("latin-1"))),
+                      "key": key, "guid": GUID, "sha1": hashlib.sha1((key + GUID).encode("ascii")).hexdigest(),
                       "accept": handshake.accept, "offered": request.header("sec-websocket-extensions") or "",
                       "extensions": handshake.deflate.header() if handshake.deflate else "",
-                      "response": response.rstrip("\r\n").replace("\r\n", "\n")})
+                      "response": "\n".join(head_lines(response))}, self._take_skipped())
 
     # -- frames in ---------------------------------------------------------------------------------
 
@@ -4011,55 +4045,57 @@ class WireTap:
                 if parsed is None:
                     break
                 header, payload_start = parsed
-                self._frame, self._left = [header, bytes(buffer[position:payload_start]), b""], header.length
-                position = payload_start
+                self._frame = ArrivingFrame(header, bytes(buffer[position:payload_start]))
+                self._left, position = header.length, payload_start
             frame = self._frame
             take = min(self._left, end - position)
-            if len(frame[2]) < WIRE_SHOWN:
-                frame[2] += buffer[position:position + min(take, WIRE_SHOWN - len(frame[2]))]
+            if len(frame.shown) < WIRE_SHOWN:
+                frame.shown += buffer[position:position + min(take, WIRE_SHOWN - len(frame.shown))]
             position, self._left = position + take, self._left - take
-            if self._left == 0:  # read whole: report it once the decoder has it too
+            if self._left == 0:  # read whole: reported once the decoder has it too
                 self._arrived += 1
-                skipped = self._may_report()
-                if skipped is not None:
-                    self._waiting[self._arrived] = (*frame, skipped)
+                if self._admit():
+                    self._waiting[self._arrived] = (frame, self._take_skipped())
                 self._frame = None
         self._buffer = buffer[position:] if position < end else b""
 
     def frame_decoded(self, header: FrameHeader, payload: bytes, inflated: bool) -> None:
         """The decoder's view of the next incoming frame: its payload unmasked (and inflated)."""
         self._decoded += 1
-        raw = self._waiting.pop(self._decoded, None)
-        if raw is None or self.send is None:
+        waiting = self._waiting.pop(self._decoded, None)
+        if waiting is None or self.send is None:
             return
-        _, header_bytes, shown, skipped = raw
-        unmasked = apply_mask(shown, header.masking_key) if header.masking_key else shown
-        self._report(frame_report("client", header, header_bytes, shown, bytes(unmasked), payload, inflated), skipped)
+        frame, skipped = waiting
+        unmasked = bytes(apply_mask(frame.shown, header.masking_key)) if header.masking_key else frame.shown
+        self._report(frame_report("client", header, frame.header_bytes, frame.shown, unmasked, payload, inflated),
+                     skipped)
 
     # -- frames out --------------------------------------------------------------------------------
 
     def frames_out(self, frames: Iterable[Frame]) -> None:
         """Frames as the server writes them to the client (unmasked, §5.1)."""
         for frame in frames:
-            skipped = None if self.send is None else self._may_report()
-            if skipped is None:
+            if self.send is None or not self._admit():
                 continue
-            header_bytes, payload = (frame[0], frame[1]) if type(frame) is tuple else (frame, b"")
+            header_bytes = frame[0] if type(frame) is tuple else frame
             header, payload_start = parse_frame_header(header_bytes)
-            if type(frame) is not tuple:
-                header_bytes, payload = frame[:payload_start], frame[payload_start:]
-            decoded = payload
-            if header.rsv1:  # compressed on its own (II.4): it inflates on its own, within --max-size
-                inflater = zlib.decompressobj(-15)
-                decoded = inflater.decompress(bytes(payload) + DEFLATE_TAIL, self.max_size)
+            payload = frame[1] if type(frame) is tuple else frame[payload_start:]
+            decoded = inflate_alone(payload, self.max_size) if header.rsv1 else payload
             shown = bytes(payload[:WIRE_SHOWN])
-            self._report(frame_report("server", header, header_bytes, shown, shown, decoded, header.rsv1), skipped)
+            self._report(frame_report("server", header, header_bytes[:payload_start], shown, shown, decoded,
+                                      header.rsv1), self._take_skipped())
 
     def ended(self, code: int | None, reason: str) -> None:
         """The TCP connection is gone: how the WebSocket connection ended (§7.1.5, §7.1.6)."""
-        if self.send is not None:
-            self._report({"type": "end", "code": code, "reason": reason})
-            self.stop()
+        if self.send is not None and self._admit():
+            self._report({"type": "end", "code": code, "reason": reason}, self._take_skipped())
+        self.stop()
+
+
+def inflate_alone(payload: bytes | bytearray, max_size: int) -> bytes:
+    """A compressed message that stands alone (II.4: this server takes no context over), as it
+    inflates, at most `max_size` bytes of it: for --trace and the wire panel."""
+    return zlib.decompressobj(-15).decompress(bytes(payload) + DEFLATE_TAIL, max_size)
 
 
 def frame_report(sender: str, header: FrameHeader, header_bytes: bytes, shown: bytes, unmasked: bytes,
@@ -4071,8 +4107,8 @@ def frame_report(sender: str, header: FrameHeader, header_bytes: bytes, shown: b
     report = {"type": "frame", "from": sender, "header": header_bytes.hex(), "fin": header.fin,
               "rsv1": header.rsv1, "rsv2": header.rsv2, "rsv3": header.rsv3, "opcode": header.opcode,
               "name": OPCODE_NAMES.get(header.opcode, "RESERVED"), "mask": header.masked, "length": header.length,
-              "maskingKey": header.masking_key.hex() if header.masking_key else None,
-              "payload": shown.hex(), "unmasked": unmasked.hex() if header.masked else None, "inflated": len(payload) if inflated else None}
+              "maskingKey": header.masking_key.hex() if header.masking_key else None, "payload": shown.hex(),
+              "unmasked": unmasked.hex() if header.masked else None, "inflated": len(payload) if inflated else None}
     if header.opcode == Opcode.CLOSE:
         try:
             close = parse_close_payload(payload)
@@ -4084,16 +4120,13 @@ def frame_report(sender: str, header: FrameHeader, header_bytes: bytes, shown: b
     return report
 
 
-def shown_head(request: Request) -> str:
-    """A request head for the page: its lines as the server read them, credentials left out
-    and control characters escaped (as --trace logs it)."""
-    return "\n".join(head_lines(request.head.decode("latin-1")))
-
-
 def wire_ticket(query: str) -> str | None:
     """The ticket in a chat request's query (`?wire=TICKET`), if there is one."""
-    values = urllib.parse.parse_qs(query, max_num_fields=8).get(WIRE_QUERY) if query else None
-    return values[0] if values else None
+    for field in query.split("&"):
+        name, _, value = field.partition("=")
+        if name == WIRE_QUERY:
+            return urllib.parse.unquote(value)
+    return None
 
 
 class WirePanel:
@@ -4104,41 +4137,59 @@ class WirePanel:
 
     def __init__(self, config: ServerConfig, admission: Admission) -> None:
         self.rate, self.max_size, self.admission = config.wire_rate, config.limits.max_size, admission
-        # §4.2.2: with the panel off (--wire-rate 0), `wire` is a subprotocol the server does not
-        # speak: not selected, so the page sees none and closes that connection.
-        self.subprotocols = (WIRE_SUBPROTOCOL, *config.subprotocols) if self.rate > 0 else tuple(config.subprotocols)
+        self.backlog = min(WIRE_BACKLOG, config.limits.max_buffer // 2)  # never dropped for its reports
+        self.subprotocols = (WIRE_SUBPROTOCOL, *config.subprotocols)
         self._watchers: dict[str, Connection] = {}  # ticket -> the `wire` connection that holds it
         self._taps: dict[str, WireTap] = {}  # ticket -> the tap on its latest chat connection
+        self._closing: tuple[int, str] | None = None  # (code, reason) once the server shuts down
 
-    @property
-    def watchers(self) -> Iterable[Connection]:
-        """The pages' `wire` connections, open now."""
-        return tuple(self._watchers.values())
-
-    def tap(self, request: Request, handshake: Handshake, address: str) -> WireTap | None:
+    def tap(self, head: bytes, request: Request, handshake: Handshake, address: str) -> WireTap | None:
         """A tap for a chat connection whose request presents a ticket held from its address."""
-        ticket = wire_ticket(request.query) if self.rate > 0 else None
-        watcher = self._watchers.get(ticket) if ticket else None
+        ticket = wire_ticket(request.query) if self.rate > 0 and handshake.subprotocol != WIRE_SUBPROTOCOL else None
+        watcher = self._watchers.get(ticket) if ticket else None  # (a `wire` connection is never watched)
         if watcher is None or watcher.address != address or watcher.state != State.OPEN:
             return None
         previous = self._taps.pop(ticket, None)
         if previous is not None:  # the page reconnected: watch the new connection instead
             previous.stop()
         tap = WireTap(watcher.send_nowait, self.rate, asyncio.get_running_loop().time,
-                      lambda: watcher.buffered_bytes > WIRE_BACKLOG, self.max_size)
+                      lambda: watcher.buffered_bytes > self.backlog, self.max_size)
+        tap.on_stop.append(lambda: self._tap_stopped(ticket))
         self._taps[ticket] = tap
-        tap.handshake(request, handshake)
+        tap.handshake(head, request, handshake)
         return tap
+
+    def _tap_stopped(self, ticket: str) -> None:
+        """At shutdown, a page's `wire` connection closes once what it shows has ended."""
+        watcher = self._watchers.get(ticket)
+        if self._closing is not None and watcher is not None and watcher.state == State.OPEN:
+            watcher.start_close(*self._closing)
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Shutdown: close every page's `wire` connection, each after the chat connection it
+        shows has ended (so that its page sees that closing handshake to the end)."""
+        self._closing = (code, reason)
+        for ticket, watcher in tuple(self._watchers.items()):
+            tap = self._taps.get(ticket)
+            if (tap is None or not tap.watching) and watcher.state == State.OPEN:
+                watcher.start_close(code, reason)
 
     async def serve(self, connection: Connection) -> None:
         """A page's `wire` connection: its ticket, then reports until it closes.  The page sends
-        nothing on it; whatever it sends is read and ignored (so that its close is read)."""
+        nothing on it; whatever it sends is read and ignored (so that its close is read).  With
+        the panel off (--wire-rate 0) it is closed at once, saying why (WIRE_OFF): a browser
+        fails a connection whose answer names no subprotocol when it asked for one (§4.1)."""
+        if self.rate <= 0:
+            await connection.close(CloseCode.NORMAL_CLOSURE, WIRE_OFF)
+            return
         ticket = secrets.token_urlsafe(16)
         self._watchers[ticket] = connection
         self.admission.enter(connection.address)
         log.info("%s is watching the wire", connection.name)
         try:
             connection.send_nowait(json.dumps({"type": "ticket", "ticket": ticket}))
+            if self._closing is not None:  # (it opened while the server was shutting down)
+                connection.start_close(*self._closing)
             while True:
                 await connection.recv_message()
         except ConnectionClosed:

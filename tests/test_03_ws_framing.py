@@ -627,9 +627,10 @@ class Test09TheWirePanel(unittest.TestCase):
     def test_11_the_handshake_report_works_out_the_rfcs_accept_key_and_hides_credentials(self):
         """§1.3 and §4.2.2: for the key dGhlIHNhbXBsZSBub25jZQ== the report shows key + GUID, SHA-1 b37a4f2c... and s3pPLMBiTxaQ9kYGzzhZRbK+xOo=; the request as read, its Cookie left out."""
         tap = Tap()
-        request = ws_server.parse_request(b"GET /?wire=t HTTP/1.1\r\nHost: localhost\r\nCookie: access=secret\r\n"
-                                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
-        tap.tap.handshake(request, ws_server.Handshake(ws_server.accept_key("dGhlIHNhbXBsZSBub25jZQ==")))
+        head = (b"GET /?wire=t HTTP/1.1\r\nHost: localhost\r\nCookie: access=secret\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+        handshake = ws_server.Handshake(ws_server.accept_key("dGhlIHNhbXBsZSBub25jZQ=="))
+        tap.tap.handshake(head, ws_server.parse_request(head), handshake)
         (report,) = tap.reports
         self.assertEqual((report["key"], report["guid"], report["sha1"], report["accept"]),
                          ("dGhlIHNhbXBsZSBub25jZQ==", "258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
@@ -639,11 +640,24 @@ class Test09TheWirePanel(unittest.TestCase):
         self.assertIn("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", report["response"].split("\n"))
 
     def test_12_the_ticket_is_read_from_the_query(self):
-        """Operational: the chat connection presents its ticket as ?wire=TICKET, among other parameters or alone; a query without one has none."""
+        """Operational: the chat connection presents its ticket as ?wire=TICKET, alone or among any number of other parameters; a query without one has none."""
         self.assertEqual(ws_server.wire_ticket("wire=abc"), "abc")
         self.assertEqual(ws_server.wire_ticket("x=1&wire=abc"), "abc")
-        self.assertIsNone(ws_server.wire_ticket("x=1"))
+        self.assertEqual(ws_server.wire_ticket("&".join(f"p{i}" for i in range(20)) + "&wire=abc"), "abc")
+        self.assertIsNone(ws_server.wire_ticket("x=1&wired=abc"))
         self.assertIsNone(ws_server.wire_ticket(""))
+
+    def test_13_when_it_stops_it_tells_each_hook_once_and_lets_the_page_go(self):
+        """Operational: stopping (the page left, or the connection ended) calls each `on_stop` hook once, however often it is asked, and the tap no longer holds the page's `send` or `busy`."""
+        tap = Tap()
+        calls = []
+        tap.tap.on_stop.append(lambda: calls.append("server"))
+        tap.tap.on_stop.append(lambda: calls.append("connection"))
+        tap.tap.ended(1000, "")
+        tap.tap.stop()
+        self.assertEqual(calls, ["server", "connection"])
+        self.assertFalse(tap.tap.watching)
+        self.assertEqual((tap.tap.send, tap.tap.busy), (None, None))
 
 
 if __name__ == "__main__":

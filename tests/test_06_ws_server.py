@@ -998,8 +998,8 @@ class Test16TheWirePanel(ServerTestCase, unittest.IsolatedAsyncioTestCase):
             other = await self.client()
             await other.send(f"unseen via {url}")
             self.assertEqual(await asyncio.wait_for(other.recv(), TIMEOUT), f"unseen via {url}")
-        seen = await self.client()
-        await seen.close()  # (opened without the ticket: it is not watched either)
+        unwatched = await self.client()
+        await unwatched.close()  # (opened without the ticket: not watched either)
         watched = await ws_server.connect(f"{self.url}?wire={ticket}")
         self.clients.append(watched)
         await watched.send("watched")
@@ -1035,14 +1035,56 @@ class Test16TheWirePanel(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         raw.writer.write(handshake_request())
         self.assertEqual((await read_response(raw.reader))[0], 503)
 
-    async def test_05_at_shutdown_the_wire_connection_is_closed_with_1001_like_the_chat(self):
-        """§7.4.1 1001 (going away): shutting down closes a page's `wire` connection as it closes chat connections, with the close handshake, not by dropping it."""
-        watcher, _ = await self.watcher()
+    async def test_05_at_shutdown_the_wire_connection_shows_the_chats_closing_handshake_then_closes_with_1001(self):
+        """§7.1.2, §7.4.1 1001 (going away): at shutdown, a page's `wire` connection stays open until the chat connection it shows has ended, so that it reports the server's Close (1001), the client's answer and the end; then it is closed with 1001 itself, with the close handshake; a `wire` connection that shows nothing is closed at once."""
+        watcher, ticket = await self.watcher()
+        idle, _ = await self.watcher()
+        chat = await ws_server.connect(f"{self.url}?wire={ticket}")
+        self.clients.append(chat)
+        await self.reports(watcher, lambda report: report["type"] == "handshake")
         stopping = asyncio.create_task(self.server.shutdown())
+        self.assertEqual(await idle.expect_close(), CloseCode.GOING_AWAY)
+        reader = asyncio.create_task(chat.recv())  # the client reads the server's Close and answers it
+        reports = await self.reports(watcher, lambda report: report["type"] == "end")
+        self.assertEqual([(r["from"], r["close"]["code"]) for r in reports if r.get("name") == "CLOSE"],
+                         [("server", 1001), ("client", 1001)])
+        self.assertEqual(reports[-1]["code"], 1001)
         self.assertEqual(await watcher.expect_close(), CloseCode.GOING_AWAY)
-        watcher.send(Opcode.CLOSE, ws_server.build_close_payload(CloseCode.GOING_AWAY))
-        self.assertTrue(await watcher.at_eof())
+        for raw in (watcher, idle):
+            raw.send(Opcode.CLOSE, ws_server.build_close_payload(CloseCode.GOING_AWAY))
+            self.assertTrue(await raw.at_eof())
         await asyncio.wait_for(stopping, TIMEOUT + 2)
+        with self.assertRaises(ws_server.ConnectionClosed):
+            await reader
+
+    async def test_06_a_wire_connection_is_never_watched_itself(self):
+        """Operational: a second `wire` connection that presents the first one's ticket is not tapped: no report is ever reported (the first gets nothing about it)."""
+        watcher, ticket = await self.watcher()
+        raw = RawClient(*await asyncio.open_connection("127.0.0.1", self.port))
+        self.clients.append(raw)
+        raw.writer.write(handshake_request(f"/?wire={ticket}", Sec_WebSocket_Protocol="wire"))
+        status, answer, rest = await read_response(raw.reader)
+        self.assertEqual((status, answer.get("sec-websocket-protocol")), (101, "wire"))
+        raw.events.extend(raw.receiver.feed(rest))
+        self.assertEqual(json.loads((await raw.next_event()).data)["type"], "ticket")
+        watched = await ws_server.connect(f"{self.url}?wire={ticket}")  # the control: this one is watched
+        self.clients.append(watched)
+        reports = await self.reports(watcher, lambda report: report["type"] == "handshake")
+        self.assertEqual(len(reports), 1)
+        self.assertNotIn("Sec-WebSocket-Protocol", reports[0]["request"])
+
+    async def test_07_a_query_of_many_fields_is_read_without_error(self):
+        """Operational: a chat request whose query has twenty fields besides the ticket (the server reads it for one) gets its 101 and chats, and nothing unexpected is logged."""
+        watcher, ticket = await self.watcher()
+        query = "&".join(f"p{i}={i}" for i in range(20))
+        with self.assertLogs("ws_server", "INFO") as logs:
+            chat = await ws_server.connect(f"{self.url}?{query}&wire={ticket}")
+            self.clients.append(chat)
+            await chat.send("many fields")
+            self.assertEqual(await asyncio.wait_for(chat.recv(), TIMEOUT), "many fields")
+        self.assertEqual([line for line in logs.output if "unexpected" in line or "Traceback" in line], [])
+        reports = await self.reports(watcher, lambda report: report["type"] == "handshake")
+        self.assertIn(f"GET /?{query}&wire={ticket} HTTP/1.1", reports[0]["request"])
 
 
 class Test17TheWirePanelTurnedOff(ServerTestCase, unittest.IsolatedAsyncioTestCase):
@@ -1050,18 +1092,23 @@ class Test17TheWirePanelTurnedOff(ServerTestCase, unittest.IsolatedAsyncioTestCa
 
     server_options = {"wire_rate": 0}
 
-    async def test_01_the_server_does_not_choose_the_wire_subprotocol_and_the_connection_is_a_chat_one(self):
-        """§4.2.2 /subprotocol/: with the panel off, `wire` is a subprotocol the server does not speak: the 101 names none (so the page closes that connection), and no ticket comes: it is an ordinary chat connection."""
+    async def test_01_a_wire_connection_is_closed_at_once_saying_why_and_the_chat_goes_on(self):
+        """§4.2.2, §7.1.2 With the panel off, the server still chooses `wire` (a browser fails a handshake whose answer names no subprotocol it asked for, §4.1, and could not say why), then closes the connection at once with 1000 and the reason WIRE_OFF, which the page shows; no ticket comes.  A chat connection with a ticket in its query chats as ever."""
         raw = RawClient(*await asyncio.open_connection("127.0.0.1", self.port))
         self.clients.append(raw)
         raw.writer.write(handshake_request(Sec_WebSocket_Protocol="wire"))
-        status, answer, _ = await read_response(raw.reader)
-        self.assertEqual((status, answer.get("sec-websocket-protocol")), (101, None))
-        raw.send(Opcode.TEXT, b"a chat message")
-        self.assertEqual((await raw.next_event()).data, "a chat message")
+        status, answer, rest = await read_response(raw.reader)
+        self.assertEqual((status, answer.get("sec-websocket-protocol")), (101, "wire"))
+        raw.events.extend(raw.receiver.feed(rest))
+        self.assertEqual(await raw.next_event(), Close(CloseCode.NORMAL_CLOSURE, ws_server.WIRE_OFF))
+        chat = await self.client()
+        other = await ws_server.connect(f"{self.url}?wire=anything")
+        self.clients.append(other)
+        await other.send("a chat message")
+        self.assertEqual(await asyncio.wait_for(chat.recv(), TIMEOUT), "a chat message")
 
     def test_02_the_flag_sets_the_rate_and_refuses_a_negative_one(self):
-        """Operational: --wire-rate N is the rate the server gets (50 by default), and a negative one exits 2 with a one-line reason."""
+        """Operational: --wire-rate N is parsed (50 by default, 0 for off), and a negative one exits 2 with a one-line reason."""
         parser = ws_server.build_parser()
         self.assertEqual(parser.parse_args([]).wire_rate, ws_server.DEFAULT_WIRE_RATE)
         self.assertEqual(parser.parse_args(["--wire-rate", "0"]).wire_rate, 0)

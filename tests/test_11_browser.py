@@ -369,6 +369,29 @@ class Test01ChatPage(BrowserTestCase):
         await self.type_message(tab, "still chatting")
         await self.wire_item(tab, "d.from === 'server' && d.text === 'still chatting'")
 
+    async def test_17_a_server_that_shows_no_wire_says_so_and_the_page_chats_without_it(self):
+        """RFC 6455 §7.1.5-§7.1.6 (Operational: --wire-rate 0): the server closes the page's `wire` connection at once with its reason, which the page shows; the page chats without the panel and asks no more after a reconnection."""
+        await asyncio.wait_for(self.server.shutdown(), TIMEOUT + 2)
+        self.server = ws_server.WebSocketServer(ws_server.ServerConfig(
+            port=0, limits=ws_server.Limits(ping_interval=0), wire_rate=0))
+        await self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.port}/"
+        tab = await self.open_chat()
+        status = await tab.wait_for("document.getElementById('wireStatus').textContent")
+        self.assertEqual(status, f"Closed by the server: {ws_server.WIRE_OFF}.")
+        await self.type_message(tab, "no wire here")
+        await tab.wait_for("document.getElementById('chatBox').textContent.includes('no wire here')")
+        self.assertEqual(await tab.evaluate(f"{WIRE_ITEMS}.length"), 0)
+        await tab.send("Network.enable")
+        start = len(self.devtools.events)
+        for client in tuple(self.server.room.clients):  # the server restarts the chat connection
+            client.start_close(1012, "service restart")
+        await tab.wait_for("document.getElementById('state').textContent.includes('code 1012')")
+        await tab.wait_for("document.getElementById('state').dataset.state === 'open'")
+        created = [event["params"]["url"] for event in self.devtools.events[start:]
+                   if event["method"] == "Network.webSocketCreated" and event.get("sessionId") == tab.session]
+        self.assertEqual(created, [self.url.replace("http", "ws")])  # the chat alone: no `wire` asked again
+
     async def test_16_the_readme_picture_of_the_page_with_its_panel_open_is_made_here(self):
         """Operational (the README's picture): a screenshot of the chat page with its panel open, after a message and a ping, written to tests/screenshots/chat.png: a PNG of 750 x 480 pixels, under 80 KiB."""
         await self.restart_chat(ping_interval=0.5)
