@@ -3928,7 +3928,6 @@ WIRE_QUERY = "wire"
 DEFAULT_WIRE_RATE = 50.0  # --wire-rate: frames reported per second per watched connection; 0: off
 WIRE_SHOWN = 64  # bytes of a payload shown in a report (hex), and 4 x that of its text; the rest is cut
 WIRE_BACKLOG = 64 * 1024  # bytes of reports waiting for the page (at most half of --max-buffer)
-WIRE_TICKET_WAIT = 5.0  # seconds the page waits for its ticket before it chats without the panel
 
 #: What the server says, closing a page's `wire` connection at once, when it shows no wire.
 WIRE_OFF = "this server shows no wire (--wire-rate 0)"

@@ -89,7 +89,7 @@ REGIONS = (
     Region("ws", "I.9", "server", tuple(T06 + name for name in (
         "Test01TheHandshakeOnTheWire", "Test02ThePagesOnTheWire", "Test03TheChat", "Test04Compression",
         "Test05BadInputAndOthersKeepGoing", "Test08ShutdownAndTrace", "Test11WhoMayConnect",
-        "Test12TheAccessToken", "Test13Caps"))),
+        "Test12TheAccessToken", "Test13Caps", "Test16TheWirePanel", "Test17TheWirePanelTurnedOff"))),
     Region("ws", "II.2", "http", (T01, T02), skip=("STATUS_PHRASES",)),
     Region("ws", "II.4", "extensions", (T04,), only=(
         "_TOKEN", "PERMESSAGE_DEFLATE", "parse_extensions", "window_bits", "DeflateParameters",
