@@ -189,6 +189,15 @@ class Test02ThePagesOnTheWire(ServerTestCase, unittest.IsolatedAsyncioTestCase):
             with self.subTest(request=request):
                 self.assertEqual((await http_exchange(self.port, request))[0], status)
 
+    async def test_04_a_page_and_a_refusal_end_without_an_error_logged(self):
+        """Operational (never a traceback): serving a page (200) and refusing a request (404, 400) end their connections' handling cleanly: once the server has shut down, which waits for every handler, nothing was logged as an error."""
+        with self.assertNoLogs("ws_server", "ERROR"):
+            for request, status in ((b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", 200),
+                                    (b"GET /nope.html HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+                                    (handshake_request(Sec_WebSocket_Version="12"), 426)):
+                self.assertEqual((await http_exchange(self.port, request))[0], status)
+            await asyncio.wait_for(self.server.shutdown(), TIMEOUT + 2)
+
 
 class Test03TheChat(ServerTestCase, unittest.IsolatedAsyncioTestCase):
 
@@ -1043,7 +1052,9 @@ class Test16TheWirePanel(ServerTestCase, unittest.IsolatedAsyncioTestCase):
         self.clients.append(chat)
         await self.reports(watcher, lambda report: report["type"] == "handshake")
         stopping = asyncio.create_task(self.server.shutdown())
-        self.assertEqual(await idle.expect_close(), CloseCode.GOING_AWAY)
+        while not isinstance(close := await idle.next_event(), Close):
+            pass
+        self.assertEqual(close, Close(CloseCode.GOING_AWAY, "server shutting down"))
         reader = asyncio.create_task(chat.recv())  # the client reads the server's Close and answers it
         reports = await self.reports(watcher, lambda report: report["type"] == "end")
         self.assertEqual([(r["from"], r["close"]["code"]) for r in reports if r.get("name") == "CLOSE"],
