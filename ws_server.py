@@ -1685,18 +1685,6 @@ def build_error_response(status: int, reason: str, headers: Iterable[tuple[str, 
                           body, head_only=head_only)
 
 
-async def answer_http(writer: asyncio.StreamWriter, response: bytes) -> None:
-    """Send a plain HTTP answer, then close; a short linger lets the client finish sending."""
-    writer.write(response)
-    try:
-        await asyncio.wait_for(writer.drain(), 5)
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (asyncio.TimeoutError, OSError):
-        pass
-    writer.close()
-
-
 # ---------------------------------------------------------------------------------------------
 # II.3 Static files on the same port
 # ---------------------------------------------------------------------------------------------
@@ -2169,6 +2157,18 @@ async def read_http_head(reader: asyncio.StreamReader, max_bytes: int,
             return buffer[:found[0]], buffer[found[1]:]
         if len(buffer) > max_bytes:
             raise HTTPError(431, f"request head over {max_bytes} bytes")
+
+
+async def answer_http(writer: asyncio.StreamWriter, response: bytes) -> None:
+    """Send a plain HTTP answer, then close; a short linger lets the client finish sending."""
+    writer.write(response)
+    try:
+        await asyncio.wait_for(writer.drain(), 5)
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (asyncio.TimeoutError, OSError):
+        pass
+    writer.close()
 
 
 class EndOfTurnWrites:
